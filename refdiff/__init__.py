@@ -1,0 +1,72 @@
+"""refdiff: denoising diffusion as a readable NumPy reference and a CUDA backend behind one API.
+
+    import refdiff as rd
+    s = rd.NoiseSchedule.linear(T=1000)
+    x_t = rd.q_sample(x0, t, noise, s)
+
+Every public name below lives in the module that defines it; this file only re-exports them,
+importing each module the first time one of its names is used, so `import refdiff` needs
+NumPy alone and stays fast. The map is the table of contents of the library.
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # noise schedules (DDPM sec. 2, improved DDPM sec. 3.2, Lin et al. 2023)
+    "NoiseSchedule": "refdiff.schedule",
+    # forward process q(x_t | x_0), q(x_t | x_{t-1}) and the training target
+    "q_sample": "refdiff.forward",
+    "q_step": "refdiff.forward",
+    "q_sample_with_target": "refdiff.forward",
+    # posterior q(x_{t-1} | x_t, x_0)
+    "q_posterior": "refdiff.posterior",
+    # conversions between the eps, x0, v and score parameterizations
+    "x0_from_eps": "refdiff.parameterization",
+    "eps_from_x0": "refdiff.parameterization",
+    "v_from_x0_eps": "refdiff.parameterization",
+    "x0_from_v": "refdiff.parameterization",
+    "eps_from_v": "refdiff.parameterization",
+    "score_from_eps": "refdiff.parameterization",
+    "eps_from_score": "refdiff.parameterization",
+    "training_target": "refdiff.parameterization",
+    # loss weighting (min-SNR-gamma)
+    "loss_weight": "refdiff.losses",
+    # reverse updates
+    "ddpm_step": "refdiff.reverse",
+    "ddim_step": "refdiff.reverse",
+    "classifier_free_guidance": "refdiff.reverse",
+    "inference_timesteps": "refdiff.timesteps",
+    "timestep_embedding": "refdiff.embedding",
+    # autograd, layers, networks, optimizers
+    "Tensor": "refdiff.autograd",
+    "no_grad": "refdiff.autograd",
+    "UNet": "refdiff.unet",
+    "MLPDenoiser": "refdiff.mlp",
+    # training and sampling
+    "GaussianDiffusion": "refdiff.diffusion",
+    "Trainer": "refdiff.trainer",
+    # backends
+    "get_backend": "refdiff.backend",
+}
+
+# subpackages reachable as attributes: rd.nn, rd.optim, rd.kernels, ...
+_SUBMODULES = {"nn", "functional", "optim", "data", "metrics", "samplers", "kernels", "backend"}
+
+__all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"refdiff.{name}")
+    else:
+        raise AttributeError(f"module 'refdiff' has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return __all__

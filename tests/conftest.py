@@ -1,0 +1,35 @@
+"""Test configuration shared by the whole suite.
+
+- Hypothesis: a derandomized "ci" profile (used when CI is set) and a "dev" profile.
+- The kernels are Numba CUDA code. Where no GPU is visible they run under Numba's CUDA
+  simulator, which must be switched on before numba is first imported: done here.
+"""
+import os
+
+from hypothesis import HealthCheck, settings
+
+
+def _gpu_visible():
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+GPU_VISIBLE = _gpu_visible()
+if not GPU_VISIBLE:
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=40,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
