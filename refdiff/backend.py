@@ -1,0 +1,85 @@
+"""Backends: where arrays live and which implementation of the fused ops runs.
+
+A backend holds an array module (`numpy` or `cupy`) and the four diffusion hot paths:
+`q_sample`, `q_sample_with_target`, `timestep_embedding`, `ddpm_step`, `ddim_step`.
+The "numpy" backend uses the reference functions; the "cuda" backend uses CuPy arrays and the
+fused kernels of `refdiff.kernels`, which have the same signatures.
+
+This is plumbing, not math: the only module of the package (with kernels/) allowed to import
+CuPy or Numba, and it does so only when the "cuda" backend is asked for.
+"""
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable
+
+import numpy as np
+
+
+def array_module(x) -> ModuleType:
+    """The array module of `x`: cupy for a CuPy array, numpy for anything else.
+
+    Checked by the type's module name so that CuPy is never imported to answer the question.
+    """
+    if type(x).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    xp: ModuleType
+    q_sample: Callable
+    q_sample_with_target: Callable
+    timestep_embedding: Callable
+    ddpm_step: Callable
+    ddim_step: Callable
+
+    def asarray(self, a, dtype=None):
+        """`a` as an array of this backend (a copy to the device for cuda)."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        """`a` as a NumPy array on the host."""
+        return a.get() if hasattr(a, "get") and self.xp is not np else np.asarray(a)
+
+    def rng(self, seed=None):
+        """A random generator of this backend with `.standard_normal(size, dtype)` and `.integers`."""
+        return self.xp.random.default_rng(seed)
+
+    def __repr__(self):
+        return f"Backend({self.name!r})"
+
+
+def _numpy_backend() -> Backend:
+    from . import embedding, forward, reverse
+
+    return Backend(
+        name="numpy",
+        xp=np,
+        q_sample=forward.q_sample,
+        q_sample_with_target=forward.q_sample_with_target,
+        timestep_embedding=embedding.timestep_embedding,
+        ddpm_step=reverse.ddpm_step,
+        ddim_step=reverse.ddim_step,
+    )
+
+
+_BACKENDS = {}
+
+
+def get_backend(name="numpy") -> Backend:
+    """The backend called `name` ("numpy" or "cuda"); a Backend passed in is returned as is."""
+    if isinstance(name, Backend):
+        return name
+    if name not in ("numpy", "cuda"):
+        raise ValueError(f"unknown backend {name!r}: expected 'numpy' or 'cuda'")
+    if name not in _BACKENDS:
+        _BACKENDS[name] = _numpy_backend() if name == "numpy" else _cuda_backend()
+    return _BACKENDS[name]
+
+
+def _cuda_backend() -> Backend:
+    raise NotImplementedError("the cuda backend is being written (issue 5)")
