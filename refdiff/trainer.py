@@ -186,13 +186,12 @@ class Trainer:
     @contextlib.contextmanager
     def ema_weights(self):
         """Inside the block the model holds the EMA weights; the training weights come back after."""
-        saved = [p.data.copy() for p in self.params]
+        self.ema.store(self.params)
         self.ema.copy_to(self.params)
         try:
             yield self.model
         finally:
-            for p, data in zip(self.params, saved):
-                p.data[...] = data
+            self.ema.restore(self.params)
 
     def save_samples(self, path=None, n=None, seed=0):
         """Sample with the EMA weights (DDIM, sample_steps) and write a picture; returns its path."""
