@@ -45,9 +45,7 @@ class Attention(Module):
             return t.reshape(B, N, heads, d).transpose(0, 2, 1, 3)
 
         q, k, v = split_heads(self.to_q(h)), split_heads(self.to_k(h)), split_heads(self.to_v(h))
-        scores = (q @ k.transpose(0, 1, 3, 2)) * (d ** -0.5)  # (B, heads, N, N): Q K^T / sqrt(d)
-        weights = F.softmax(scores, axis=-1)  # each row sums to 1 over the N keys
-        out = weights @ v  # (B, heads, N, d)
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(Q K^T / sqrt(d)) V: (B, heads, N, d)
         out = out.transpose(0, 2, 1, 3).reshape(B, N, C)  # heads side by side again
         out = self.to_out[1](self.to_out[0](out))  # W_o (and diffusers' no-op dropout)
         out = out.transpose(0, 2, 1).reshape(B, C, H, W)
