@@ -8,8 +8,9 @@
         ema.step(params)                              weights for sampling (DDPM sec. 4)
 
 Randomness: every random draw of step s comes from generators derived from (seed, s) with
-numpy's SeedSequence: the batch order of epoch e from SeedSequence([seed, 1, e]), t / noise /
-label dropout of step s from SeedSequence([seed, 2, s]). So the whole random state of a run is
+numpy's SeedSequence: the batch order of epoch e from default_rng([seed, e])
+(refdiff.data.batch_indices), t / noise / label dropout of step s from
+SeedSequence([seed, 2, s]). So the whole random state of a run is
 (seed, step): a run resumed from a checkpoint of step s draws exactly what the uninterrupted run
 drew, and on the NumPy backend reproduces its losses bit for bit.
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .checkpoint import CheckpointError
+from .data import batch_indices
 from .diffusion import GaussianDiffusion, model_num_classes
 from .optim import EMA, AdamW, clip_grad_norm, warmup_lr
 
@@ -113,22 +115,13 @@ class Trainer:
         self.ema = EMA(self.params, decay=config.ema_decay, use_ema_warmup=config.ema_warmup)
         self.step = 0
         self.losses = []
-        self._perm_epoch, self._perm = None, None
 
     # ----------------------------------------------------------------------------------------
     # the loop
 
     def batch_indices(self, step):
-        """Indices of the batch of `step`: the stream of per-epoch permutations, cut in batches."""
-        N, B = len(self.x), self.config.batch_size
-        positions = np.arange(step * B, (step + 1) * B)
-        out = np.empty(B, dtype=np.int64)
-        for epoch in np.unique(positions // N):
-            if self._perm_epoch != epoch:
-                self._perm_epoch, self._perm = epoch, step_rng(self.config.seed, 1, epoch).permutation(N)
-            mask = positions // N == epoch
-            out[mask] = self._perm[positions[mask] % N]
-        return out
+        """Indices of the batch of `step`: shuffled epochs cut in batches (refdiff.data.batch_indices)."""
+        return batch_indices(len(self.x), self.config.batch_size, step, seed=self.config.seed)
 
     def train_step(self):
         """One optimisation step; returns the loss (float)."""
@@ -226,7 +219,7 @@ class Trainer:
             "diffusion": self.diffusion.config(),
             "train": _jsonable(dataclasses.asdict(self.config)),
             "data": _jsonable(self.data_info),
-            "rng": {"seed": self.config.seed, "generators": "SeedSequence([seed, stream, step or epoch])"},
+            "rng": {"seed": self.config.seed, "generators": "batches: default_rng([seed, epoch]); step s: SeedSequence([seed, 2, s])"},
             "losses": self.losses,
             "states": {"model": model_skel, "ema": ema_skel, "optimizer": opt_skel},
         }
