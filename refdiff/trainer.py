@@ -132,15 +132,15 @@ class Trainer:
         self.optimizer.lr = warmup_lr(self.step, cfg.lr, cfg.warmup_steps)
         self.optimizer.zero_grad()
         loss = self.diffusion.loss(x0, y, cond_drop_prob=cfg.cond_drop_prob if y is not None else 0.0, rng=step_rng(cfg.seed, 2, self.step))
+        value = float(loss.item())
+        if not math.isfinite(value):  # before the update: the weights stay as they were
+            raise FloatingPointError(f"loss became {value} at step {self.step} (learning rate too high? data not in [-1, 1]?)")
         loss.backward()
         if cfg.grad_clip:
             clip_grad_norm(self.params, cfg.grad_clip)
         self.optimizer.step()
         self.ema.step(self.params)
         self.step += 1
-        value = float(loss.item())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {self.step - 1} (learning rate too high?)")
         self.losses.append(value)
         return value
 
