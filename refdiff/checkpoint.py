@@ -211,7 +211,7 @@ def resolve_checkpoint(path):
     if path.endswith(".safetensors"):
         path = path[: -len(".safetensors")] + ".json"
     if not os.path.exists(path):
-        raise CheckpointError(f"{path}: checkpoint file not found")
+        raise CheckpointError(f"{path}: no such checkpoint directory or file")
     return path
 
 

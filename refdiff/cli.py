@@ -138,6 +138,8 @@ def build_parser():
     p.add_argument("--channel-mults", type=_int_tuple, default=(1, 2), help="unet: e.g. 1,2,2")
     p.add_argument("--num-res-blocks", type=_positive_int, default=1, help="unet: resnet blocks per level")
     p.add_argument("--sample-every", type=_nonnegative_int, default=0, help="write a sample picture every N steps (0: at the end only)")
+    p.add_argument("--sample-n", type=_positive_int, default=64, help="samples in each picture")
+    p.add_argument("--sample-steps", type=_positive_int, default=50, help="DDIM steps for the pictures")
     p.add_argument("--checkpoint-every", type=_nonnegative_int, default=0, help="checkpoint every N steps (0: at the end only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -251,7 +253,8 @@ def cmd_train(args):
         if latest_checkpoint(ckpt_dir) is None:
             raise CLIError(f"--resume: no checkpoint in {ckpt_dir}")
         trainer = Trainer.resume(args.out, backend=args.backend, progress=not args.no_progress,
-                                 sample_every=args.sample_every, checkpoint_every=args.checkpoint_every)
+                                 sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
+                                 sample_n=args.sample_n, sample_steps=args.sample_steps)
         print(f"resuming {args.out} at step {trainer.step}")
     else:
         if args.data is None:
@@ -280,6 +283,8 @@ def cmd_train(args):
             seed=args.seed,
             cond_drop_prob=args.cond_drop_prob,
             sample_every=args.sample_every,
+            sample_n=args.sample_n,
+            sample_steps=args.sample_steps,
             checkpoint_every=args.checkpoint_every,
         )
     remaining = args.steps - trainer.step
@@ -360,22 +365,24 @@ def cmd_demo(args):
     from .schedule import NoiseSchedule
     from .trainer import Trainer
 
-    steps = 150 if args.quick else args.steps
-    n_eval = 300 if args.quick else 2000
+    steps = 100 if args.quick else args.steps
+    n_eval = 200 if args.quick else 2000
     t_start = time.perf_counter()
-    train = load_dataset(args.data, n=4000 if args.quick else 20000, seed=args.seed)
+    train = load_dataset(args.data, n=2000 if args.quick else 10000, seed=args.seed)
     held_out = load_dataset(args.data, n=n_eval, seed=args.seed + 1).x
     reference = load_dataset(args.data, n=n_eval, seed=args.seed + 2).x
     model = MLPDenoiser(dim=2, hidden=128, num_blocks=3, backend=args.backend, seed=args.seed)
     diffusion = GaussianDiffusion(model, NoiseSchedule.linear(T=DEMO_T))
-    untrained = diffusion.sample(n_eval, sampler="ddim", steps=DEMO_SAMPLE_STEPS, seed=args.seed + 3, progress=False)
+    # the quick run samples with 20 DDIM steps; the real one with all DDPM steps
+    sampling = dict(sampler="ddim", steps=20) if args.quick else dict(sampler="ddpm")
+    untrained = diffusion.sample(n_eval, seed=args.seed + 3, progress=False, **sampling)
     trainer = Trainer(diffusion, train, out_dir=args.out, data_info={"spec": args.data, "n": len(train.x), "seed": args.seed},
                       progress=not args.no_progress, batch_size=256, lr=2e-3, warmup_steps=100,
                       ema_decay=0.995, seed=args.seed)
     print(f"refdiff demo: training a {DEMO_T}-step diffusion model (MLP) on {args.data!r} for {steps} steps")
     trainer.train(steps)
     with trainer.ema_weights():
-        samples = diffusion.sample(n_eval, sampler="ddpm", seed=args.seed + 4, progress=not args.no_progress)
+        samples = diffusion.sample(n_eval, seed=args.seed + 4, progress=not args.no_progress, **sampling)
     picture = save_scatter(samples, os.path.join(args.out, "samples.png"), reference=train.x[:3000],
                            title=f"refdiff demo: {args.data}, {steps} steps (grey: data, red: samples)")
     d_model = energy_distance(samples, held_out)
@@ -392,7 +399,6 @@ def cmd_demo(args):
 
 
 DEMO_T = 1000
-DEMO_SAMPLE_STEPS = 50
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "demo": cmd_demo}

@@ -262,8 +262,8 @@ class Trainer:
         without changing the run's randomness (sample_every, checkpoint_every, keep_checkpoints, ...).
         """
         run_dir = path
-        if os.path.isdir(os.path.join(path, "checkpoints")):
-            path = os.path.join(path, "checkpoints")
+        if checkpoint_location(path) != path:
+            path = checkpoint_location(path)
         else:
             run_dir = os.path.dirname(os.path.dirname(os.path.abspath(ckpt.resolve_checkpoint(path))))
         arrays, meta = ckpt.load_checkpoint(path)
@@ -343,8 +343,16 @@ def diffusion_from_checkpoint(arrays, meta, where, backend=None, ema=True):
         raise CheckpointError(f"{where}: bad diffusion config in the checkpoint: {e}") from None
 
 
+def checkpoint_location(path):
+    """A run directory's checkpoints folder (path/checkpoints) if it has one, else path itself."""
+    inner = os.path.join(path, "checkpoints")
+    return inner if os.path.isdir(inner) else path
+
+
 def load_diffusion(path, backend=None, ema=True):
-    """(diffusion, meta) from a checkpoint directory or file, ready to sample (EMA weights by default)."""
+    """(diffusion, meta) from a run directory, checkpoint directory or checkpoint file, ready to
+    sample (with the EMA weights by default; ema=False: the training weights)."""
+    path = checkpoint_location(path)
     arrays, meta = ckpt.load_checkpoint(path)
     return diffusion_from_checkpoint(arrays, meta, ckpt.resolve_checkpoint(path), backend=backend, ema=ema), meta
 

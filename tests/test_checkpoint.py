@@ -120,7 +120,7 @@ def test_missing_arrays_file_is_reported(tmp_path):
 def test_directory_without_checkpoint_is_reported(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         ckpt.load_checkpoint(str(tmp_path))
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="nothing.json: no such checkpoint directory or file"):
         ckpt.load_checkpoint(str(tmp_path / "nothing.json"))
 
 
