@@ -1,0 +1,45 @@
+"""End to end: a few hundred training steps on moons make samples far closer to the data."""
+import numpy as np
+import pytest
+
+import refdiff as rd
+from refdiff.data import load_dataset
+from refdiff.metrics import energy_distance
+from refdiff.trainer import Trainer
+
+try:  # small matrix products: one BLAS thread is fastest, and many are very slow on a busy 2-core box
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    if threadpool_limits is None:
+        yield
+    else:
+        with threadpool_limits(limits=1):
+            yield
+
+
+def test_training_on_moons_beats_the_untrained_model_by_a_wide_margin():
+    data = load_dataset("moons", n=2000, seed=0)
+    held_out = load_dataset("moons", n=500, seed=1).x
+    fresh = load_dataset("moons", n=500, seed=2).x
+    model = rd.MLPDenoiser(dim=2, hidden=64, num_blocks=2, seed=0)
+    diffusion = rd.GaussianDiffusion(model, rd.NoiseSchedule.linear(T=100))
+    untrained = diffusion.sample(500, sampler="ddim", steps=20, seed=1, progress=False)
+    trainer = Trainer(diffusion, data, batch_size=128, lr=3e-3, warmup_steps=20, ema_decay=0.99, progress=False)
+    losses = trainer.train(300)
+    with trainer.ema_weights():
+        samples = diffusion.sample(500, sampler="ddim", steps=20, seed=1, progress=False)
+
+    d_trained = energy_distance(samples, held_out)
+    d_untrained = energy_distance(untrained, held_out)
+    d_data = energy_distance(fresh, held_out)
+    # measured (2-core CPU, this seed): trained 0.009, untrained 0.23, fresh data 0.0017.
+    # The untrained network outputs eps = 0, so its samples are a shrunken blob: >= 10x worse.
+    assert d_trained < d_untrained / 10, (d_trained, d_untrained)
+    # and the trained model is within an order of magnitude of the data-vs-data noise floor
+    assert d_trained < 10 * d_data, (d_trained, d_data)
+    assert np.mean(losses[-50:]) < np.mean(losses[:50])
