@@ -91,6 +91,10 @@ class Dataset:
     def __len__(self):
         return len(self.x)
 
+    def __repr__(self):
+        labels = f", {self.num_classes} classes" if self.y is not None else ""
+        return f"Dataset({self.name!r}, {self.kind} {self.x.shape} {self.x.dtype}{labels})"
+
     @property
     def shape(self):
         """Shape of one item: (D,) for points, (C, H, W) for images."""

@@ -516,3 +516,7 @@ def test_iterate_batches_accepts_a_generator():
 def test_batch_indices_rejects_bad_arguments():
     with pytest.raises(ValueError, match="batch_size >= 1"):
         data.batch_indices(10, 0, 0)
+
+
+def test_dataset_repr_is_short():
+    assert repr(data.load_dataset("moons", n=10)) == "Dataset('moons', points (10, 2) float32, 2 classes)"

@@ -557,3 +557,71 @@ def test_ema_step_with_other_parameter_count_raises():
 def test_ema_bad_hyper_parameters_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         optim.EMA([P([1.0])], **kwargs)
+
+
+# --- the same updates on CuPy arrays (CUDA backend) ----------------------------------------------
+
+
+def _cupy_or_skip():
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy
+    except Exception:
+        pass
+    pytest.skip("no CUDA GPU visible to CuPy")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "make",
+    [lambda ps: optim.Adam(ps, lr=0.01, weight_decay=0.1), lambda ps: optim.AdamW(ps, lr=0.01),
+     lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.01)],
+    ids=["adam", "adamw", "sgd"],
+)
+def test_optimizer_on_cupy_matches_numpy(make):
+    cp = _cupy_or_skip()
+    host = params_with_grads(0, dtype=np.float32)
+    device = [P(p.data) for p in host]
+    for p, h in zip(device, host):
+        p.data = cp.asarray(h.data)
+    opt_host, opt_device = make(host), make(device)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        set_grads(host, rng)
+        for p, h in zip(device, host):
+            p.grad = cp.asarray(h.grad)
+        optim.clip_grad_norm(host, 1.0)
+        optim.clip_grad_norm(device, 1.0)
+        opt_host.step()
+        opt_device.step()
+    for p, h in zip(device, host):
+        assert isinstance(p.data, cp.ndarray) and p.data.dtype == np.float32
+        # float32 on both sides, different libm/FMA: a few ulp per step on values of order 1
+        np.testing.assert_allclose(p.data.get(), h.data, rtol=0, atol=1e-5)
+    sd = opt_device.state_dict()
+    assert all(isinstance(v, np.ndarray) for k, v in sd.items() if k != "step")
+    opt_device.load_state_dict(sd)
+    assert all(a is None or isinstance(a, cp.ndarray) for arrays in opt_device.state.values() for a in arrays)
+
+
+@pytest.mark.gpu
+def test_ema_on_cupy_matches_numpy():
+    cp = _cupy_or_skip()
+    host = params_with_grads(0, dtype=np.float32)
+    device = [P(p.data) for p in host]
+    for p, h in zip(device, host):
+        p.data = cp.asarray(h.data)
+    ema_host, ema_device = optim.EMA(host, decay=0.9), optim.EMA(device, decay=0.9)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        for p, h in zip(device, host):
+            h.data += rng.standard_normal(h.data.shape).astype(np.float32)
+            p.data[...] = cp.asarray(h.data)
+        ema_host.step(host)
+        ema_device.step(device)
+    ema_device.copy_to(device)
+    ema_host.copy_to(host)
+    for p, h in zip(device, host):
+        np.testing.assert_allclose(p.data.get(), h.data, rtol=0, atol=1e-6)  # float32 arithmetic, O(1) values
