@@ -7,6 +7,7 @@ al. 2020, appendix B) uses it, one head, at the 16x16 level, as a residual block
 Parameter names follow diffusers' Attention (group_norm, to_q, to_k, to_v, to_out.0).
 """
 from .. import functional as F
+from .init import as_rng
 from .layers import Dropout, GroupNorm, Linear
 from .module import Module, ModuleList
 
@@ -21,8 +22,6 @@ class Attention(Module):
 
     def __init__(self, channels, head_dim=None, norm_groups=32, eps=1e-5, rescale_output_factor=1.0, rng=None):
         super().__init__()
-        from .init import as_rng
-
         rng = as_rng(rng)
         head_dim = channels if head_dim is None else int(head_dim)
         if head_dim < 1 or channels % head_dim != 0:

@@ -5,6 +5,7 @@ and calls the matching op of refdiff.functional, where forward and backward are 
 """
 from .. import functional as F
 from ..autograd import Tensor
+from ..backend import array_module
 from . import init
 from .module import Module
 
@@ -110,8 +111,6 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             return x
         if self._rng is None:
-            from ..backend import array_module
-
             self._rng = array_module(x.data).random.default_rng(self.seed)
         return F.dropout(x, self.p, training=True, rng=self._rng)
 
@@ -132,8 +131,6 @@ class Embedding(Module):
         self.weight = Tensor(init.normal(rng, (num_embeddings, embedding_dim)), requires_grad=True)
 
     def forward(self, indices):
-        from ..backend import array_module
-
         xp = array_module(self.weight.data)
         idx = xp.asarray(indices.data if isinstance(indices, Tensor) else indices)
         if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.num_embeddings):

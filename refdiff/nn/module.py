@@ -108,9 +108,9 @@ class Module:
         """{dotted name: NumPy array (a host copy)} for every parameter and buffer."""
         out = OrderedDict()
         for name, p in self.named_parameters():
-            out[name] = _to_numpy(p.data)
+            out[name] = np.array(_to_numpy(p.data))  # a copy: writing it leaves the model alone
         for name, b in self.named_buffers():
-            out[name] = _to_numpy(b)
+            out[name] = np.array(_to_numpy(b))
         return out
 
     def load_state_dict(self, state_dict, strict=True):
