@@ -65,6 +65,20 @@ def test_ddpm_step_with_the_true_prediction_and_zero_noise_lands_on_the_posterio
     np.testing.assert_allclose(out, mean, rtol=0, atol=1e-11)
 
 
+@given(clean_problem(), st.data())
+def test_ddpm_step_mean_for_an_eps_output_is_ddpm_eq_11(problem, data):
+    # DDPM eq. 11 / Algorithm 2: mu = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t), for
+    # any eps output when x0 is not clipped
+    schedule, _, _, _, t = problem
+    x_t = data.draw(hnp.arrays(np.float64, problem[1].shape, elements=st.floats(-4, 4)))
+    eps = data.draw(hnp.arrays(np.float64, problem[1].shape, elements=st.floats(-4, 4)))
+    out = ddpm_step(x_t, eps, t, schedule, np.zeros_like(x_t), clip_sample=False)
+    beta = bcast(schedule.betas[t], x_t)
+    expected = (x_t - beta / bcast(schedule.sqrt_one_minus_alphas_cumprod[t], x_t) * eps) / np.sqrt(1 - beta)
+    # float64: refdiff goes through x0 = (x_t - s eps) / sqrt(abar) (rounding amplified by <= 160)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-11)
+
+
 @given(clean_problem(t_min=1), st.sampled_from(["fixed_small", "fixed_large"]))
 def test_ddpm_step_adds_noise_scaled_by_the_square_root_of_its_variance(problem, variance_type):
     schedule, x0, eps, noise, t = problem
