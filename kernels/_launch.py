@@ -1,0 +1,415 @@
+"""Launcher plumbing shared by the fused kernels: checks, coefficient tables, launch shape, stream.
+
+Nothing here is diffusion math (that is in the kernel files and kernels/_device.py). A launcher
+in kernels/<name>.py validates its arguments with the helpers below, allocates its outputs,
+and calls `launch(kernel, B, N, *args)`. Everything that costs host time and can be reused
+(device tables of a schedule, the launch configuration, numba stream objects, placeholder
+arrays) is computed once and cached here.
+
+Two modes, fixed when numba is first imported:
+- GPU: arrays are CuPy arrays. Each launch runs on CuPy's current stream (a numba external
+  stream wrapping cupy.cuda.get_current_stream().ptr) and CuPy arrays are handed to numba with
+  `cuda.as_cuda_array(a, sync=False)`: numba's default for the CUDA Array Interface is to
+  synchronise the host with the producer's stream at every launch (NUMBA_CUDA_ARRAY_INTERFACE_SYNC=1),
+  which would put a host sync in every sampling step. Nothing here synchronises the host.
+- Simulator (NUMBA_ENABLE_CUDASIM=1, set by tests/conftest.py where no GPU is visible): arrays
+  are NumPy arrays, the same kernel source runs in Python threads on the CPU. The grid is kept
+  small there (see launch_config) so that the grid-stride loops really stride.
+
+Checks that would need a device-to-host copy are not made on device arrays: a timestep array
+that lives on the GPU is not range-checked on the host, and array values are not checked for
+NaN/inf. Instead the kernels write NaN wherever a sample's timesteps are invalid (never reading
+out of bounds). Set REFDIFF_KERNEL_CHECKS=1 to add those checks (they synchronise the host).
+"""
+import functools
+import math
+import numbers
+import os
+import weakref
+from collections import namedtuple
+
+import numpy as np
+from numba import config as _numba_config
+from numba import cuda
+
+from refdiff._validate import check_choice, check_positive_int, check_prediction_type
+
+SIMULATED = bool(_numba_config.ENABLE_CUDASIM)
+DEBUG_CHECKS = os.environ.get("REFDIFF_KERNEL_CHECKS", "0") == "1"
+
+# codes of the string options, as the kernels see them (uniform branches inside the kernel)
+PREDICTION_CODES = {"epsilon": 0, "sample": 1, "v_prediction": 2}
+TARGET_NONE = -1  # q_sample: write x_t only
+VARIANCE_CODES = {"fixed_small": 0, "fixed_large": 1}
+
+# launch shape. On a GPU: up to 256 threads per block, each thread handles about
+# ELEMENTS_PER_THREAD elements of a sample so that its per-sample coefficients (computed once
+# per sample in float64) are amortised. In the simulator every thread is a Python thread: small
+# blocks, and a grid capped well below the problem size so that both loops wrap around.
+if SIMULATED:
+    MAX_BLOCK, MAX_GRID_X, MAX_GRID_Y, ELEMENTS_PER_THREAD = 32, 2, 3, 1
+else:
+    MAX_BLOCK, MAX_GRID_X, MAX_GRID_Y, ELEMENTS_PER_THREAD = 256, 65535, 65535, 4
+
+
+# ---- arrays ------------------------------------------------------------------------------
+
+
+def array_module_name():
+    return "NumPy (simulator)" if SIMULATED else "CuPy"
+
+
+def _is_device_array(a):
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def check_array(x, name):
+    """`x` as a float32, C-contiguous array with a batch axis, of the array module the kernels take.
+
+    On a GPU that is a CuPy array; under the simulator a NumPy array.
+    """
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        raise TypeError(f"{name} must be a float32 array of shape (B, ...), got {type(x).__name__}")
+    if SIMULATED and not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array under the CUDA simulator, got {type(x).__module__}.{type(x).__name__}")
+    if not SIMULATED and not _is_device_array(x):
+        raise TypeError(
+            f"{name} must be a CuPy array (the CUDA kernels run on the GPU), got {type(x).__module__}.{type(x).__name__}; "
+            f"move it with refdiff.get_backend('cuda').asarray(...)"
+        )
+    if np.dtype(x.dtype) != np.float32:
+        raise TypeError(
+            f"{name} must have dtype float32 for the CUDA kernels, got {x.dtype} "
+            f"(the NumPy reference in refdiff handles float64)"
+        )
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have shape (B, ...) with a batch axis, got a 0-d array")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (the kernels index it flat); pass xp.ascontiguousarray({name})")
+    return x
+
+
+def check_like(x, other, name_x, name_other):
+    """`other` checked as check_array, with the shape of `x`."""
+    check_array(other, name_other)
+    if tuple(other.shape) != tuple(x.shape):
+        raise ValueError(f"{name_other} must have the shape of {name_x} {tuple(x.shape)}, got {tuple(other.shape)}")
+    return other
+
+
+def check_real(value, name):
+    """`value` as a finite python float (bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    return float(value)
+
+
+def check_clip(clip_sample, clip_sample_range):
+    """(clip_sample, clip_sample_range) checked as the reference checks them."""
+    if not isinstance(clip_sample, (bool, np.bool_)):
+        raise TypeError(f"clip_sample must be True or False, got {clip_sample!r}")
+    clip_sample_range = check_real(clip_sample_range, "clip_sample_range")
+    if clip_sample and clip_sample_range <= 0:
+        raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}")
+    return bool(clip_sample), clip_sample_range
+
+
+def check_guidance(model_output_uncond, guidance_scale, x_t):
+    """The optional classifier-free-guidance inputs: (uncond array or None, scale as float)."""
+    guidance_scale = check_real(guidance_scale, "guidance_scale")
+    if model_output_uncond is None:
+        if guidance_scale != 1.0:
+            raise ValueError(
+                f"guidance_scale={guidance_scale!r} needs model_output_uncond (the unconditional output); "
+                f"without it, leave guidance_scale at 1.0"
+            )
+        return None, guidance_scale
+    return check_like(x_t, model_output_uncond, "x_t", "model_output_uncond"), guidance_scale
+
+
+def check_finite_if_debugging(x, name):
+    """With REFDIFF_KERNEL_CHECKS=1: raise if `x` holds NaN or inf (a host sync on a GPU)."""
+    if DEBUG_CHECKS and x is not None:
+        xp = _xp()
+        if not bool(xp.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or inf")
+
+
+def flat(x):
+    """The 1-D view of a C-contiguous array (no copy)."""
+    return x.reshape(-1)
+
+
+def empty_like(x):
+    return _xp().empty_like(x)
+
+
+def batch_and_size(x):
+    """(B, N): the batch size and the number of elements per sample of an array (B, ...)."""
+    B = int(x.shape[0])
+    return B, (int(x.size) // B if B else 0)
+
+
+def empty(shape, dtype):
+    return _xp().empty(shape, dtype=dtype)
+
+
+def _xp():
+    if SIMULATED:
+        return np
+    import cupy
+
+    return cupy
+
+
+# ---- timesteps ---------------------------------------------------------------------------
+
+# A timestep argument reaches a kernel as (t_array, t_scalar, per_sample): a python int is
+# passed by value (per_sample False, t_array a cached 1-element placeholder), an array as an
+# int64 array of shape (B,) read at t_array[b].
+TimestepArg = namedtuple("TimestepArg", "array scalar per_sample")
+
+
+def timestep_arg(t, T, batch, name="t", allow_negative=False):
+    """Check timesteps `t` (int or int array (B,)) against a schedule of T steps; see TimestepArg.
+
+    Host values (python ints, NumPy arrays) are fully checked here, with the reference's rules.
+    A CuPy array is checked for dtype and shape only (its values are on the device: the kernel
+    writes NaN for a sample whose timestep is out of range), unless REFDIFF_KERNEL_CHECKS=1.
+    """
+    if isinstance(t, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer or an integer array, got a bool")
+    if isinstance(t, numbers.Integral):
+        t = int(t)
+        _check_timestep_range(np.asarray([t]), T, name, allow_negative)
+        return TimestepArg(_placeholder(np.int64), t, False)
+    if not (hasattr(t, "dtype") and hasattr(t, "shape")):
+        raise TypeError(f"{name} must be an integer or an integer array, got {type(t).__name__}")
+    if not np.issubdtype(np.dtype(t.dtype), np.integer):
+        raise TypeError(f"{name} must be an integer or an integer array, got dtype {t.dtype}")
+    if t.ndim == 0:
+        return timestep_arg(int(t), T, batch, name, allow_negative)
+    if tuple(t.shape) != (batch,):
+        raise ValueError(f"{name} must be an integer or have shape ({batch},) (one per sample), got shape {tuple(t.shape)}")
+    if _is_device_array(t):
+        if SIMULATED:
+            raise TypeError(f"{name} must be a NumPy array under the CUDA simulator, got a CuPy array")
+        if DEBUG_CHECKS:
+            _check_timestep_range(t.get(), T, name, allow_negative)
+        return TimestepArg(device_view(t.astype(np.int64, copy=False)), 0, True)
+    t = np.ascontiguousarray(t, dtype=np.int64)
+    _check_timestep_range(t, T, name, allow_negative)
+    return TimestepArg(t if SIMULATED else device_view(_xp().asarray(t)), 0, True)
+
+
+def _check_timestep_range(t, T, name, allow_negative):
+    upper = t >= T
+    lower = np.zeros_like(upper) if allow_negative else t < 0
+    if upper.any() or lower.any():
+        bad = t[upper | lower][0]
+        valid = f"< {T}" if allow_negative else f"in 0..{T - 1}"
+        raise ValueError(f"{name} must be {valid} (the schedule has T={T} steps), got {bad}")
+
+
+def device_timesteps(t, dtype):
+    """A 1-D timestep array (embedding) as a contiguous array of `dtype` on the kernels' side.
+
+    Host arrays are checked for NaN/inf (as the reference does) and copied to the device on a
+    GPU; a CuPy array is converted on the device (its values checked only with REFDIFF_KERNEL_CHECKS=1).
+    """
+    if _is_device_array(t):
+        if SIMULATED:
+            raise TypeError("t must be a NumPy array under the CUDA simulator, got a CuPy array")
+        if DEBUG_CHECKS and not bool(_xp().isfinite(t).all()):
+            raise ValueError("t contains NaN or inf")
+        return _xp().ascontiguousarray(t.astype(dtype, copy=False))
+    t = np.ascontiguousarray(t, dtype=dtype)
+    if not np.isfinite(t).all():
+        raise ValueError("t contains NaN or inf")
+    return t if SIMULATED else _xp().asarray(t)
+
+
+def check_t_prev_below_t(t, t_prev):
+    """Host check that every t_prev < t (a reverse step); device arrays are left to the kernel."""
+    def host(arg, b):
+        if not arg.per_sample:
+            return np.full(b, arg.scalar, dtype=np.int64)
+        return arg.array if isinstance(arg.array, np.ndarray) else None
+
+    batch = max(_len(t.array) if t.per_sample else 1, _len(t_prev.array) if t_prev.per_sample else 1)
+    a, b = host(t, batch), host(t_prev, batch)
+    if a is None or b is None:
+        return
+    bad = np.broadcast_to(b, (batch,)) >= np.broadcast_to(a, (batch,))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"t_prev must be smaller than t (a reverse step), got t={np.broadcast_to(a, (batch,))[i]}, "
+            f"t_prev={np.broadcast_to(b, (batch,))[i]} at sample {i}"
+        )
+
+
+def _len(a):
+    return int(a.shape[0])
+
+
+def any_positive(t):
+    """True if some timestep is > 0; None if that cannot be known without a device sync."""
+    if not t.per_sample:
+        return t.scalar > 0
+    if isinstance(t.array, np.ndarray):
+        return bool((t.array > 0).any())
+    return None
+
+
+# ---- placeholders for absent optional arrays ---------------------------------------------
+
+_PLACEHOLDERS = {}
+
+
+def _placeholder(dtype):
+    """A cached 1-element array standing in for an absent optional argument (never read)."""
+    key = (np.dtype(dtype).str, _device_id())
+    if key not in _PLACEHOLDERS:
+        a = np.zeros(1, dtype=dtype)
+        _PLACEHOLDERS[key] = a if SIMULATED else cuda.to_device(a)
+    return _PLACEHOLDERS[key]
+
+
+def optional_array(x):
+    """(view, present) for an optional float32 input array that may be None."""
+    if x is None:
+        return _placeholder(np.float32), False
+    return device_view(flat(x)), True
+
+
+# ---- schedule tables on the device -------------------------------------------------------
+
+ScheduleTables = namedtuple(
+    "ScheduleTables", "T sqrt_alphas_cumprod sqrt_one_minus_alphas_cumprod alphas_cumprod"
+)
+_SCHEDULE_TABLES = {}
+
+
+def schedule_tables(schedule):
+    """The device tables a kernel gathers per-sample coefficients from, cached per schedule.
+
+    sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod: float32 (T,), the schedule's float64
+      values rounded once, exactly as the reference rounds them (q_sample).
+    alphas_cumprod: float64 (T,): the reverse steps compute their coefficients from abar_t and
+      abar_{t_prev} in float64 once per sample (the reference does the same on the host), which
+      avoids float32 cancellation in 1 - abar near t = 0.
+    The cache is keyed by the schedule object (schedules are immutable) and the device, and
+    dropped when the schedule is garbage collected.
+    """
+    key = (id(schedule), _device_id())
+    entry = _SCHEDULE_TABLES.get(key)
+    if entry is not None and entry[0] is schedule.alphas_cumprod:
+        return entry[1]
+    try:
+        T = int(schedule.T)
+        arrays = [np.asarray(getattr(schedule, n), dtype=np.float64) for n in
+                  ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "alphas_cumprod")]
+    except AttributeError as e:
+        raise TypeError(f"schedule must be a refdiff.NoiseSchedule, got {type(schedule).__name__}") from e
+    host = (arrays[0].astype(np.float32), arrays[1].astype(np.float32), arrays[2])
+    dev = host if SIMULATED else tuple(cuda.to_device(np.ascontiguousarray(a)) for a in host)
+    tables = ScheduleTables(T, *dev)
+    _SCHEDULE_TABLES[key] = (schedule.alphas_cumprod, tables)
+    try:
+        weakref.finalize(schedule, _SCHEDULE_TABLES.pop, key, None)
+    except TypeError:  # an object without weak references: keep the entry
+        pass
+    return tables
+
+
+_FREQUENCY_TABLES = {}
+
+
+def frequency_table(half_dim, max_period, downscale_freq_shift):
+    """The embedding's float64 frequencies (half_dim,), from the reference's own function, cached."""
+    from refdiff.embedding import timestep_frequencies
+
+    key = (half_dim, float(max_period), float(downscale_freq_shift), _device_id())
+    if key not in _FREQUENCY_TABLES:
+        freqs = np.ascontiguousarray(timestep_frequencies(half_dim, max_period, downscale_freq_shift), dtype=np.float64)
+        if freqs.size == 0:
+            freqs = np.zeros(1)  # dim = 1: no frequency is read, a placeholder keeps the type
+        _FREQUENCY_TABLES[key] = freqs if SIMULATED else cuda.to_device(freqs)
+    return _FREQUENCY_TABLES[key]
+
+
+# ---- launching ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1024)
+def launch_config(B, N):
+    """(grid, block) for a kernel whose loops stride over samples (grid y) and elements (grid x).
+
+    block: a power of two from 32 to MAX_BLOCK covering N; grid x: enough blocks for about
+    ELEMENTS_PER_THREAD elements per thread; grid y: one row of blocks per sample, up to the
+    hardware limit (the kernels loop over the rest).
+    """
+    block = min(MAX_BLOCK, max(32, 1 << max(0, (N - 1).bit_length())))
+    grid_x = max(1, min(MAX_GRID_X, -(-N // (block * ELEMENTS_PER_THREAD))))
+    grid_y = max(1, min(MAX_GRID_Y, B))
+    return (grid_x, grid_y), block
+
+
+_STREAMS = {}
+
+
+def current_stream():
+    """CuPy's current stream as a numba stream (cached per stream pointer); 0 in the simulator."""
+    if SIMULATED:
+        return 0
+    import cupy
+
+    ptr = cupy.cuda.get_current_stream().ptr
+    stream = _STREAMS.get(ptr)
+    if stream is None:
+        stream = _STREAMS[ptr] = cuda.external_stream(ptr) if ptr else cuda.default_stream()
+    return stream
+
+
+def device_view(a):
+    """`a` as a kernel argument: NumPy arrays as they are (simulator), CuPy arrays as numba
+    device arrays without the CUDA-array-interface synchronisation."""
+    if SIMULATED or not _is_device_array(a):
+        return a
+    return cuda.as_cuda_array(a, sync=False)
+
+
+def output_view(a):
+    """An output array as a kernel argument (in the simulator: written back, never copied in)."""
+    return cuda.Out(a) if SIMULATED else device_view(a)
+
+
+def launch(kernel, B, N, *args):
+    """Launch `kernel` over B samples of N elements each, on CuPy's current stream.
+
+    In the simulator, NumPy arguments not marked by output_view are passed as inputs (cuda.In:
+    copied in, never written back, so read-only arrays such as a schedule's tables work).
+    """
+    if B == 0 or N == 0:
+        return
+    grid, block = launch_config(B, N)
+    if SIMULATED:
+        args = [cuda.In(a) if isinstance(a, np.ndarray) else a for a in args]
+    kernel[grid, block, current_stream()](*args)
+
+
+def _device_id():
+    if SIMULATED:
+        return -1
+    import cupy
+
+    return cupy.cuda.runtime.getDevice()
+
+
+# re-exported checks of the string options (the reference's own, so the messages agree)
+__all__ = [
+    "check_array", "check_like", "check_real", "check_clip", "check_guidance", "check_choice",
+    "check_positive_int", "check_prediction_type", "timestep_arg", "schedule_tables",
+    "frequency_table", "launch", "launch_config", "device_view", "optional_array", "flat",
+]

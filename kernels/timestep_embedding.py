@@ -1,0 +1,72 @@
+"""Fused sinusoidal timestep embedding: (B,) timesteps -> (B, dim) float32 in one launch.
+
+Twin: refdiff.embedding.timestep_embedding (diffusers get_timestep_embedding layout).
+
+    freq_i = exp(-ln(max_period) i / (half - downscale_freq_shift)),  i < half = dim // 2
+             (float64 table from the reference's timestep_frequencies, cached per
+             (half, max_period, shift) in kernels/_launch.py)
+    angle  = scale t freq_i                                   float64, as the reference
+    emb[b] = [sin(angle), cos(angle)]  ([cos, sin] if flip_sin_to_cos), + a zero column if dim is odd
+    each value rounded once to float32, as the reference rounds its float64 result.
+
+Napkin math, per output element: writes 4 B, reads one float64 frequency (8 B, from cache:
+half * 8 B per block) and, per sample, t (8 B). Tiny next to a network; fused so that the
+embedding costs one launch instead of six array ops.
+"""
+import math
+import numbers
+
+import numpy as np
+from numba import cuda
+
+from . import _launch
+
+
+@cuda.jit
+def _timestep_embedding_kernel(t, freqs, half, flip, scale, B, dim, emb):
+    """Loops: samples b over grid y, columns j over grid x (both grid-stride)."""
+    for b in range(cuda.blockIdx.y, B, cuda.gridDim.y):
+        t_b = t[b] * 1.0  # float64, as the reference's t.astype(np.float64)
+        for j in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, dim, cuda.gridDim.x * cuda.blockDim.x):
+            if j >= 2 * half:  # the zero column of an odd dim
+                emb[b * dim + j] = np.float32(0.0)
+                continue
+            i = j if j < half else j - half
+            angle = scale * t_b * freqs[i]  # (scale t) freq, the reference's order
+            use_sin = (j < half) != flip  # first half sin unless flipped
+            emb[b * dim + j] = np.float32(math.sin(angle) if use_sin else math.cos(angle))
+
+
+def timestep_embedding(t, dim, max_period=10000, flip_sin_to_cos=False, downscale_freq_shift=1, scale=1.0):
+    """Sinusoidal embedding (B,) -> (B, dim) float32; twin of refdiff.timestep_embedding.
+
+    t: 1-D integer or real array (B,): a CuPy array (NumPy under the simulator); a NumPy array
+    is accepted on a GPU too and copied to the device. Returns a new (B, dim) float32 array.
+    """
+    dim = _launch.check_positive_int(dim, "dim")
+    if not hasattr(t, "dtype") or not hasattr(t, "shape"):
+        raise TypeError(f"t must be a 1-D array of timesteps of shape (B,), got {type(t).__name__}")
+    if t.ndim != 1:
+        raise ValueError(f"t must be a 1-D array of timesteps of shape (B,), got shape {tuple(t.shape)}")
+    kind = np.dtype(t.dtype)
+    if not (np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)):
+        raise TypeError(f"t must hold integer or real timesteps, got dtype {t.dtype}")
+    if not (isinstance(max_period, numbers.Real) and max_period > 0 and math.isfinite(max_period)):
+        raise ValueError(f"max_period must be a finite number > 0, got {max_period!r}")
+    scale = _launch.check_real(scale, "scale")
+    half = dim // 2
+    if half > 0 and half == downscale_freq_shift:
+        raise ValueError(
+            f"dim={dim} with downscale_freq_shift={downscale_freq_shift} divides by zero "
+            f"(dim // 2 - downscale_freq_shift = 0): use a larger dim or downscale_freq_shift=0"
+        )
+    # one dtype per kind reaches the kernel (compiled once for integer and once for real t)
+    t = _launch.device_timesteps(t, np.int64 if np.issubdtype(kind, np.integer) else np.float64)
+    freqs = _launch.frequency_table(half, max_period, downscale_freq_shift)
+    B = int(t.shape[0])
+    emb = _launch.empty((B, dim), np.float32)
+    _launch.launch(
+        _timestep_embedding_kernel, B, dim,
+        _launch.device_view(t), freqs, half, bool(flip_sin_to_cos), scale, B, dim, _launch.output_view(_launch.flat(emb)),
+    )
+    return emb
