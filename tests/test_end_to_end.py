@@ -37,9 +37,10 @@ def test_training_on_moons_beats_the_untrained_model_by_a_wide_margin():
     d_trained = energy_distance(samples, held_out)
     d_untrained = energy_distance(untrained, held_out)
     d_data = energy_distance(fresh, held_out)
-    # measured (2-core CPU, this seed): trained 0.009, untrained 0.23, fresh data 0.0017.
-    # The untrained network outputs eps = 0, so its samples are a shrunken blob: >= 10x worse.
-    assert d_trained < d_untrained / 10, (d_trained, d_untrained)
-    # and the trained model is within an order of magnitude of the data-vs-data noise floor
-    assert d_trained < 10 * d_data, (d_trained, d_data)
+    # measured (2-core CPU, this seed): trained 0.095, untrained 0.48, fresh data 0.041 (energy
+    # distance, square-root form). The untrained network outputs eps = 0, so its samples are a
+    # shrunken blob: demand the trained model be >= 3x closer (it is 5x) ...
+    assert d_trained < d_untrained / 3, (d_trained, d_untrained)
+    # ... and within 3x of the data-vs-data noise floor at this sample size (it is 2.3x)
+    assert d_trained < 3 * d_data, (d_trained, d_data)
     assert np.mean(losses[-50:]) < np.mean(losses[:50])
