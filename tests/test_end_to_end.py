@@ -1,6 +1,11 @@
-"""End to end: a few hundred training steps on moons make samples far closer to the data."""
+"""End to end: a few hundred training steps on moons make samples far closer to the data; the
+examples run (with --quick) and write their pictures."""
+import importlib
+import os
+
 import numpy as np
 import pytest
+from PIL import Image
 
 import refdiff as rd
 from refdiff.data import load_dataset
@@ -44,3 +49,18 @@ def test_training_on_moons_beats_the_untrained_model_by_a_wide_margin():
     # ... and within 3x of the data-vs-data noise floor at this sample size (it is 2.3x)
     assert d_trained < 3 * d_data, (d_trained, d_data)
     assert np.mean(losses[-50:]) < np.mean(losses[:50])
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+@pytest.mark.parametrize("name", ["forward_process", "schedules", "toy_2d", "ddpm_vs_ddim", "guidance_digits"])
+def test_example_runs_with_quick_and_writes_its_pictures(name, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib", reason="the examples' plots need the 'examples' extra")
+    monkeypatch.syspath_prepend(EXAMPLES)
+    module = importlib.import_module(name)
+    module.main(["--quick", "--out", str(tmp_path)])
+    pictures = [f for f in os.listdir(tmp_path) if f.endswith(".png")]
+    assert pictures, f"{name} wrote no picture"
+    for f in pictures:
+        assert min(Image.open(tmp_path / f).size) > 40  # a real picture, not an empty file
