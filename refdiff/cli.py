@@ -406,11 +406,23 @@ DEMO_T = 1000
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "demo": cmd_demo}
 
 
+def _check_backend(name):
+    if name in (None, "numpy"):
+        return
+    from .backend import get_backend
+
+    try:
+        get_backend(name)
+    except Exception as e:  # no CuPy, no GPU, or the backend is not built here
+        raise CLIError(f"--backend {name} is not available here: {e}") from None
+
+
 def main(argv=None):
     """Entry point of the `refdiff` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_backend(getattr(args, "backend", None))
         return COMMANDS[args.command](args)
     except CLIError as e:
         parser.exit(2, f"refdiff {args.command}: error: {e}\n")
