@@ -132,6 +132,21 @@ def test_strided_ddpm_step_draws_from_the_posterior_of_the_strided_chain(problem
     np.testing.assert_allclose(out, mean + bcast(np.sqrt(np.maximum(var, 1e-20)), x0) * noise, rtol=0, atol=1e-10)
 
 
+def test_strided_ddpm_step_from_t_above_0_to_negative_t_prev_still_adds_noise_like_diffusers():
+    # trailing spacing ends with t = 99 -> t_prev = -1: abar_prev = 1, the step's beta is
+    # 1 - abar_t; diffusers adds noise since t > 0: beta tilde = 0 floored at 1e-20 for
+    # fixed_small, the whole 1 - abar_t for fixed_large
+    rng = np.random.default_rng(5)
+    x_t, eps, noise = rng.standard_normal((3, 2, 3))
+    t, t_prev = 99, -1
+    base = ddpm_step(x_t, eps, t, LINEAR, np.zeros_like(noise), t_prev=t_prev, variance_type="fixed_large")
+    large = ddpm_step(x_t, eps, t, LINEAR, noise, t_prev=t_prev, variance_type="fixed_large")
+    small = ddpm_step(x_t, eps, t, LINEAR, noise, t_prev=t_prev, variance_type="fixed_small")
+    np.testing.assert_allclose(large - base, np.sqrt(1 - LINEAR.alphas_cumprod[t]) * noise, rtol=1e-12)
+    # sqrt(1e-20) = 1e-10; the difference of two outputs of size ~1 carries ~1e-16 rounding
+    np.testing.assert_allclose(small - base, 1e-10 * noise, rtol=0, atol=1e-15)
+
+
 def test_ddpm_step_clips_the_predicted_x0_to_the_clip_range():
     rng = np.random.default_rng(1)
     x_t = rng.standard_normal((4, 3))
