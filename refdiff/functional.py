@@ -2,8 +2,12 @@
 
 Every function takes Tensors (arrays are wrapped) and returns a Tensor. As in `refdiff.autograd`,
 the backward closure sits right under the forward and a comment gives the derivative. Ops that
-the chain rule could build from Tensor primitives (group norm, softmax, attention, linear, conv)
-are fused here instead: one pass each way, fewer temporaries, and the formula in one place.
+the chain rule could build from Tensor primitives (group norm, softmax, attention, linear, mse)
+are fused here instead: one graph node each, a hand-derived backward with fewer temporaries,
+and the formula in one place.
+
+Ops: linear, embedding, silu, gelu (tanh approximation), softmax, conv2d, group_norm,
+upsample_nearest2x, avg_pool2d, dropout, mse_loss, scaled_dot_product_attention.
 
 Shapes: images are NCHW (batch, channels, height, width); a conv weight is
 (out_channels, in_channels, kh, kw) and a linear weight is (out_features, in_features), as in
