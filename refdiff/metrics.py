@@ -51,12 +51,19 @@ def _point_clouds(a, b):
 # distances between point clouds
 
 
-def mean_pairwise_distance(a, b, block=1024):
-    """E|X - Y| over all pairs (x_i, y_j): (1 / (n m)) sum_ij |a_i - b_j|, in row blocks of a."""
+def mean_pairwise_distance(a, b, block=512):
+    """E|X - Y| over all pairs (x_i, y_j): (1 / (n m)) sum_ij |a_i - b_j|, in row blocks of a.
+
+    |a_i - b_j|^2 is summed one coordinate at a time over a (block, m) array, never (n, m, D).
+    """
     total = 0.0
     for start in range(0, len(a), block):
-        diff = a[start:start + block, None, :] - b[None, :, :]  # (block, m, D)
-        total += np.sqrt(np.einsum("ijk,ijk->ij", diff, diff)).sum()
+        rows = a[start:start + block]
+        sq = np.zeros((len(rows), len(b)))
+        for k in range(a.shape[1]):
+            d = rows[:, k, None] - b[None, :, k]  # (block, m)
+            sq += d * d
+        total += np.sqrt(sq, out=sq).sum()
     return total / (len(a) * len(b))
 
 
