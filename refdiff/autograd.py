@@ -337,10 +337,10 @@ class Tensor:
             a = self.data[None, :] if self.ndim == 1 else self.data
             b = other.data[:, None] if other.ndim == 1 else other.data
             g = out.grad
-            if self.ndim == 1:
-                g = xp.expand_dims(g, -2)
             if other.ndim == 1:
                 g = xp.expand_dims(g, -1)
+            if self.ndim == 1:
+                g = xp.expand_dims(g, -2)
             if self.requires_grad:
                 ga = g @ xp.swapaxes(b, -1, -2)
                 self._accumulate(ga[..., 0, :] if self.ndim == 1 else ga)

@@ -157,38 +157,41 @@ def _conv_output_size(size, k, stride, pad):
 
 
 def _im2col(x_pad, kh, kw, sh, sw, Ho, Wo):
-    """(N, C, Hp, Wp) -> cols (N, C*kh*kw, Ho*Wo) with cols[n, (c, i, j), (h, w)] = x_pad[n, c, sh h + i, sw w + j].
+    """(N, C, Hp, Wp) -> cols (C*kh*kw, N*Ho*Wo), cols[(c, i, j), (n, h, w)] = x_pad[n, c, sh h + i, sw w + j].
 
-    A strided view over the padded input (no copy) reshaped into one contiguous buffer (one copy).
+    A strided view over the padded input (no copy), reshaped into one contiguous buffer (one copy).
     """
     xp = array_module(x_pad)
     N, C = x_pad.shape[:2]
     sN, sC, sH, sW = x_pad.strides
     windows = xp.lib.stride_tricks.as_strided(
-        x_pad, shape=(N, C, kh, kw, Ho, Wo), strides=(sN, sC, sH, sW, sH * sh, sW * sw)
+        x_pad, shape=(C, kh, kw, N, Ho, Wo), strides=(sC, sH, sW, sN, sH * sh, sW * sw)
     )
-    return windows.reshape(N, C * kh * kw, Ho * Wo)
+    return windows.reshape(C * kh * kw, N * Ho * Wo)
 
 
 def _col2im(cols, padded_shape, kh, kw, sh, sw, Ho, Wo):
-    """The adjoint of _im2col: add each column entry back to the input pixel it was read from."""
+    """The adjoint of _im2col: add each column entry back onto the input pixel it was read from.
+
+    Returns the gradient of the padded input, (N, C, Hp, Wp).
+    """
     xp = array_module(cols)
-    N, C = padded_shape[:2]
-    cols = cols.reshape(N, C, kh, kw, Ho, Wo)
-    x_pad = xp.zeros(padded_shape, dtype=cols.dtype)
+    N, C, Hp, Wp = padded_shape
+    cols = cols.reshape(C, kh, kw, N, Ho, Wo)
+    x_pad = xp.zeros((C, N, Hp, Wp), dtype=cols.dtype)  # channel-major, like cols
     for i in range(kh):  # kh*kw shifted, strided slices of the padded input
         for j in range(kw):
-            x_pad[:, :, i : i + sh * Ho : sh, j : j + sw * Wo : sw] += cols[:, :, i, j]
-    return x_pad
+            x_pad[:, :, i : i + sh * Ho : sh, j : j + sw * Wo : sw] += cols[:, i, j]
+    return x_pad.transpose(1, 0, 2, 3)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0):
     """2-D cross-correlation, NCHW: y[n,o,h,w] = b[o] + sum_{c,i,j} W[o,c,i,j] x_pad[n, c, s h + i, s w + j].
 
     x (N, C, H, W), weight (O, C, kh, kw), bias (O,); zero padding on each side; stride and
-    padding are ints or (h, w) pairs. Computed as im2col + one batched GEMM: (O, CK) @ (N, CK, L)
-    with CK = C*kh*kw and L = Ho*Wo. Backward: dW = sum_n dY_n cols_n^T, dcols = W^T dY, then
-    col2im (the transpose of im2col).
+    padding are ints or (h, w) pairs. Computed as im2col + one GEMM:
+    Y (O, N*L) = W (O, CK) @ cols (CK, N*L), with CK = C*kh*kw and L = Ho*Wo.
+    Backward, one GEMM each: dW = dY cols^T, dcols = W^T dY, then col2im (the transpose of im2col).
     """
     x, weight = _tensor(x), _tensor(weight)
     bias = None if bias is None else _tensor(bias)
@@ -204,6 +207,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         raise ValueError(f"conv2d: bias of shape {bias.shape} does not match weight of shape {weight.shape}")
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
+    if min(sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"conv2d: stride must be >= 1 and padding >= 0, got stride {stride}, padding {padding}")
     Ho, Wo = _conv_output_size(H, kh, sh, ph), _conv_output_size(W, kw, sw, pw)
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv2d: kernel {kh}x{kw} is larger than the padded input of shape {x.shape}")
@@ -215,23 +220,24 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         x_pad[:, :, ph : ph + H, pw : pw + W] = x.data
     else:
         x_pad = x.data
-    cols = _im2col(x_pad, kh, kw, sh, sw, Ho, Wo)  # (N, CK, L)
+    cols = _im2col(x_pad, kh, kw, sh, sw, Ho, Wo)  # (CK, N*L)
     w2 = weight.data.reshape(O, C * kh * kw)  # (O, CK)
-    y = w2 @ cols  # (N, O, L)
+    y = w2 @ cols  # (O, N*L)
+    y = xp.ascontiguousarray(y.reshape(O, N, Ho, Wo).transpose(1, 0, 2, 3))  # (N, O, Ho, Wo)
     if bias is not None:
-        y += bias.data[:, None]
+        y += bias.data.reshape(1, O, 1, 1)
     parents = (x, weight) if bias is None else (x, weight, bias)
-    out = _node(y.reshape(N, O, Ho, Wo), *parents)
+    out = _node(y, *parents)
 
-    def backward():  # y = W cols + b: dW = dy cols^T, dcols = W^T dy, db = sum dy
-        g = out.grad.reshape(N, O, Ho * Wo)
+    def backward():  # Y = W cols + b: dW = dY cols^T, dcols = W^T dY, db = sum dY
+        g = xp.ascontiguousarray(out.grad.transpose(1, 0, 2, 3)).reshape(O, N * Ho * Wo)  # (O, N*L)
         if weight.requires_grad:
-            weight._accumulate((g @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(weight.shape))
+            weight._accumulate((g @ cols.T).reshape(weight.shape))
         if bias is not None and bias.requires_grad:
-            bias._accumulate(g.sum(axis=(0, 2)))
+            bias._accumulate(g.sum(axis=1))
         if x.requires_grad:
             dx_pad = _col2im(w2.T @ g, padded_shape, kh, kw, sh, sw, Ho, Wo)
-            x._accumulate(dx_pad[:, :, ph : ph + H, pw : pw + W])
+            x._accumulate(xp.ascontiguousarray(dx_pad[:, :, ph : ph + H, pw : pw + W]))
 
     return out._set_backward(backward)
 

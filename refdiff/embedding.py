@@ -1,0 +1,57 @@
+"""The sinusoidal timestep embedding that tells the network which step it is denoising.
+
+    freq_i = exp(-ln(max_period) * i / (half - downscale_freq_shift)),   i = 0 .. half-1, half = dim // 2
+    emb    = [sin(scale * t * freq), cos(scale * t * freq)]     (cos first if flip_sin_to_cos)
+
+Vaswani et al. 2017, "Attention Is All You Need", sec. 3.5 (the transformer's positional
+encoding), used on timesteps by DDPM (appendix B). The layout and arguments are those of
+diffusers' get_timestep_embedding (DDPM's code uses downscale_freq_shift=1 and sin first;
+flip_sin_to_cos=True, downscale_freq_shift=0 is the layout of diffusers' UNet2DModel default).
+"""
+import math
+
+import numpy as np
+
+from ._validate import check_positive_int, to_numpy
+
+
+def timestep_frequencies(half_dim, max_period, downscale_freq_shift):
+    """freq_i = exp(-ln(max_period) i / (half_dim - downscale_freq_shift)), float64 (half_dim,)."""
+    exponent = -math.log(max_period) * np.arange(half_dim, dtype=np.float64)
+    return np.exp(exponent / (half_dim - downscale_freq_shift))
+
+
+def timestep_embedding(t, dim, max_period=10000, flip_sin_to_cos=False, downscale_freq_shift=1, scale=1.0):
+    """Sinusoidal embedding of timesteps t: (B,) -> (B, dim) float32, as diffusers' get_timestep_embedding.
+
+    t: 1-D array (B,) of integer (or real) timesteps; dim >= 1. The first dim // 2 columns hold
+    sin(scale t freq), the next dim // 2 cos(scale t freq) (swapped if flip_sin_to_cos); an odd
+    dim gets a last column of zeros. Computed in float64 and rounded once to float32 (diffusers
+    computes in float32; the two agree to float32 rounding of the angle scale * t * freq).
+    """
+    dim = check_positive_int(dim, "dim")
+    if not hasattr(t, "dtype") or not hasattr(t, "shape"):
+        raise TypeError(f"t must be a 1-D array of timesteps of shape (B,), got {type(t).__name__}")
+    t = to_numpy(t)
+    if t.ndim != 1:
+        raise ValueError(f"t must be a 1-D array of timesteps of shape (B,), got shape {t.shape}")
+    if not (np.issubdtype(t.dtype, np.integer) or np.issubdtype(t.dtype, np.floating)):
+        raise TypeError(f"t must hold integer or real timesteps, got dtype {t.dtype}")
+    if not np.isfinite(t).all():
+        raise ValueError("t contains NaN or inf")
+    if not (max_period > 0 and np.isfinite(max_period)):
+        raise ValueError(f"max_period must be a finite number > 0, got {max_period!r}")
+
+    half_dim = dim // 2
+    if half_dim > 0 and half_dim == downscale_freq_shift:
+        raise ValueError(
+            f"dim={dim} with downscale_freq_shift={downscale_freq_shift} divides by zero "
+            f"(dim // 2 - downscale_freq_shift = 0): use a larger dim or downscale_freq_shift=0"
+        )
+    freqs = timestep_frequencies(half_dim, max_period, downscale_freq_shift)  # (half,)
+    angles = scale * t.astype(np.float64)[:, None] * freqs[None, :]  # (B, half)
+    first, second = (np.cos(angles), np.sin(angles)) if flip_sin_to_cos else (np.sin(angles), np.cos(angles))
+    emb = np.concatenate([first, second], axis=1)  # (B, 2 * half)
+    if dim % 2 == 1:
+        emb = np.concatenate([emb, np.zeros((t.shape[0], 1))], axis=1)  # zero pad to (B, dim)
+    return emb.astype(np.float32)

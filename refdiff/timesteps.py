@@ -1,0 +1,74 @@
+"""Which timesteps a sampler visits when it takes fewer steps than the training schedule.
+
+With T training steps and num_steps sampling steps (DDIM sec. 4.2, "sub-sequence tau"), the
+three spacings of diffusers' DDIMScheduler.set_timesteps (Lin et al. 2023, Table 2):
+
+    "leading":   t_i = i * (T // num_steps) + steps_offset,        i = num_steps-1 .. 0
+    "trailing":  t_i = round(T - i * T / num_steps) - 1,           i = 0 .. num_steps-1
+    "linspace":  t_i = round(linspace(0, T - 1, num_steps))_i,      descending
+
+e.g. T = 1000, 10 steps: leading 900, 800, .., 0; trailing 999, 899, .., 99; linspace 999, 888, .., 0.
+Timesteps are integers 0..T-1 (index t = the paper's step t+1).
+"""
+import numpy as np
+
+from ._validate import check_choice, check_positive_int, to_numpy
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def inference_timesteps(num_steps, T, spacing="leading", steps_offset=0):
+    """The descending int64 timesteps (num_steps,) of a sampler, as diffusers' set_timesteps.
+
+    num_steps: 1..T; T: the training schedule's length; spacing: "leading", "trailing" or
+    "linspace"; steps_offset: added to every "leading" timestep (Stable Diffusion uses 1).
+    As diffusers, steps_offset is ignored by "trailing" and "linspace" (their ends are already
+    fixed at T - 1). Raises if num_steps > T or a timestep would fall outside 0..T-1.
+    """
+    T = check_positive_int(T, "T")
+    num_steps = check_positive_int(num_steps, "num_steps")
+    steps_offset = check_positive_int(steps_offset, "steps_offset", minimum=0)
+    check_choice(spacing, SPACINGS, "spacing")
+    if num_steps > T:
+        raise ValueError(f"num_steps={num_steps} exceeds the T={T} steps of the training schedule")
+
+    if spacing == "leading":
+        step_ratio = T // num_steps
+        timesteps = np.arange(num_steps, dtype=np.int64)[::-1] * step_ratio + steps_offset
+    elif spacing == "trailing":
+        step_ratio = T / num_steps
+        # [:num_steps]: the float arange can yield one extra value ~0 (e.g. T=1000, 61 steps)
+        timesteps = np.round(np.arange(T, 0, -step_ratio)[:num_steps]).astype(np.int64) - 1
+    else:  # "linspace"
+        timesteps = np.linspace(0, T - 1, num_steps).round()[::-1].astype(np.int64)
+
+    if timesteps.shape != (num_steps,) or timesteps.min() < 0 or timesteps.max() > T - 1:
+        raise ValueError(
+            f"spacing={spacing!r} with num_steps={num_steps}, T={T}, steps_offset={steps_offset} gives "
+            f"timesteps outside 0..{T - 1}: {timesteps[:3]}..{timesteps[-3:]}"
+        )
+    if (np.diff(timesteps) >= 0).any():
+        raise ValueError(f"spacing={spacing!r} with num_steps={num_steps}, T={T} repeats a timestep")
+    return np.ascontiguousarray(timesteps)
+
+
+def previous_timestep(t, num_steps, T):
+    """t - T // num_steps: the timestep a DDIM/DDPM step from t lands on (diffusers' convention).
+
+    A result < 0 means "before the first step" (abar_prev = 1 in reverse.ddim_step). For
+    "leading" spacing this is the next entry of inference_timesteps; for the other spacings
+    diffusers' DDIMScheduler uses it all the same. t: int or int array; returns the same kind.
+    """
+    T = check_positive_int(T, "T")
+    num_steps = check_positive_int(num_steps, "num_steps")
+    if num_steps > T:
+        raise ValueError(f"num_steps={num_steps} exceeds the T={T} steps of the training schedule")
+    if isinstance(t, (bool, np.bool_)):
+        raise TypeError("t must be an integer or an integer array, got a bool")
+    if hasattr(t, "dtype"):
+        if not np.issubdtype(to_numpy(t).dtype, np.integer):
+            raise TypeError(f"t must be an integer or an integer array, got dtype {t.dtype}")
+        return t - T // num_steps
+    if not isinstance(t, (int, np.integer)):
+        raise TypeError(f"t must be an integer or an integer array, got {type(t).__name__}")
+    return int(t) - T // num_steps
