@@ -415,7 +415,7 @@ class Tensor:
         return self.transpose()
 
     def __getitem__(self, index):
-        index = _plain_index(index)
+        index = _plain_index(index, self.xp)
         out = self._child(self.data[index], self)
 
         def backward():  # x[index] picks values: scatter-add the gradient back to where they came from
@@ -429,13 +429,15 @@ class Tensor:
         return out._set_backward(backward)
 
 
-def _plain_index(index):
-    """An index with any Tensor inside replaced by its array."""
-    if isinstance(index, Tensor):
-        return index.data
-    if isinstance(index, tuple):
-        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
-    return index
+def _plain_index(index, xp):
+    """An index with Tensors replaced by their arrays, and index arrays moved to `xp` (CuPy)."""
+    def plain(i):
+        i = i.data if isinstance(i, Tensor) else i
+        if xp is not np and isinstance(i, (np.ndarray, list)):
+            i = xp.asarray(i)
+        return i
+
+    return tuple(plain(i) for i in index) if isinstance(index, tuple) else plain(index)
 
 
 def _is_basic_index(index):
