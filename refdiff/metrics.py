@@ -240,9 +240,26 @@ class Classifier:
         self.heldout_accuracy = None
         self.train_set = None
 
+    _names = ("conv1_weight", "conv1_bias", "conv2_weight", "conv2_bias", "fc_weight", "fc_bias",
+              "out_weight", "out_bias")
+
     def parameters(self):
-        return [self.conv1_weight, self.conv1_bias, self.conv2_weight, self.conv2_bias,
-                self.fc_weight, self.fc_bias, self.out_weight, self.out_bias]
+        return [getattr(self, name) for name in self._names]
+
+    def state_dict(self):
+        """{name: float32 NumPy array} of the weights (rebuild with Classifier(**config))."""
+        return {name: np.array(getattr(self, name).data) for name in self._names}
+
+    def load_state_dict(self, sd):
+        """Load weights saved by state_dict(); every name must be present with its shape."""
+        missing, unexpected = sorted(set(self._names) - set(sd)), sorted(set(sd) - set(self._names))
+        if missing or unexpected:
+            raise KeyError(f"classifier state dict: missing keys {missing}, unexpected keys {unexpected}")
+        for name in self._names:
+            p = getattr(self, name)
+            if tuple(np.shape(sd[name])) != p.shape:
+                raise ValueError(f"classifier weight {name!r}: shape {tuple(np.shape(sd[name]))} != {p.shape}")
+            p.data = np.array(sd[name], dtype=np.float32)
 
     def _features(self, x):
         h = F.avg_pool2d(F.silu(F.conv2d(x, self.conv1_weight, self.conv1_bias, padding=1)))  # (B, w, S/2, S/2)

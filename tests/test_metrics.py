@@ -294,3 +294,23 @@ def test_train_classifier_rejects_points():
 def test_classifier_rejects_image_size_not_divisible_by_4():
     with pytest.raises(ValueError, match="divisible by 4"):
         metrics.Classifier(1, 10, 3)
+
+
+def test_classifier_state_dict_round_trip_gives_the_same_predictions(digits_classifier):
+    clf = digits_classifier
+    copy = metrics.Classifier(**clf.config)
+    copy.load_state_dict(clf.state_dict())
+    x = clf.heldout.x[:50]
+    np.testing.assert_array_equal(copy.features(x), clf.features(x))  # same weights, same arithmetic
+
+
+def test_classifier_load_state_dict_rejects_bad_dicts():
+    clf = metrics.Classifier(1, 8, 3)
+    sd = clf.state_dict()
+    sd.pop("fc_bias")
+    with pytest.raises(KeyError, match="fc_bias"):
+        clf.load_state_dict(sd)
+    sd = clf.state_dict()
+    sd["out_bias"] = np.zeros(5, np.float32)
+    with pytest.raises(ValueError, match="out_bias"):
+        clf.load_state_dict(sd)
