@@ -259,7 +259,7 @@ def test_class_accuracy_drops_for_wrong_labels(digits_classifier):
 def test_image_metrics_separate_real_images_from_noise(digits_classifier):
     clf = digits_classifier
     rng = np.random.default_rng(0)
-    real = clf.train_set.subset(np.arange(300))
+    real = clf.train_set.subset(rng.permutation(len(clf.train_set))[:300])
     noise = rng.uniform(-1, 1, size=(300, 1, 16, 16)).astype(np.float32)
     good = metrics.image_metrics(clf, real.x, real.y)
     bad = metrics.image_metrics(clf, noise, rng.integers(0, 10, 300))
