@@ -51,12 +51,19 @@ def _point_clouds(a, b):
 # distances between point clouds
 
 
-def mean_pairwise_distance(a, b, block=1024):
-    """E|X - Y| over all pairs (x_i, y_j): (1 / (n m)) sum_ij |a_i - b_j|, in row blocks of a."""
+def mean_pairwise_distance(a, b, block=512):
+    """E|X - Y| over all pairs (x_i, y_j): (1 / (n m)) sum_ij |a_i - b_j|, in row blocks of a.
+
+    |a_i - b_j|^2 is summed one coordinate at a time over a (block, m) array, never (n, m, D).
+    """
     total = 0.0
     for start in range(0, len(a), block):
-        diff = a[start:start + block, None, :] - b[None, :, :]  # (block, m, D)
-        total += np.sqrt(np.einsum("ijk,ijk->ij", diff, diff)).sum()
+        rows = a[start:start + block]
+        sq = np.zeros((len(rows), len(b)))
+        for k in range(a.shape[1]):
+            d = rows[:, k, None] - b[None, :, k]  # (block, m)
+            sq += d * d
+        total += np.sqrt(sq, out=sq).sum()
     return total / (len(a) * len(b))
 
 
@@ -233,9 +240,26 @@ class Classifier:
         self.heldout_accuracy = None
         self.train_set = None
 
+    _names = ("conv1_weight", "conv1_bias", "conv2_weight", "conv2_bias", "fc_weight", "fc_bias",
+              "out_weight", "out_bias")
+
     def parameters(self):
-        return [self.conv1_weight, self.conv1_bias, self.conv2_weight, self.conv2_bias,
-                self.fc_weight, self.fc_bias, self.out_weight, self.out_bias]
+        return [getattr(self, name) for name in self._names]
+
+    def state_dict(self):
+        """{name: float32 NumPy array} of the weights (rebuild with Classifier(**config))."""
+        return {name: np.array(getattr(self, name).data) for name in self._names}
+
+    def load_state_dict(self, sd):
+        """Load weights saved by state_dict(); every name must be present with its shape."""
+        missing, unexpected = sorted(set(self._names) - set(sd)), sorted(set(sd) - set(self._names))
+        if missing or unexpected:
+            raise KeyError(f"classifier state dict: missing keys {missing}, unexpected keys {unexpected}")
+        for name in self._names:
+            p = getattr(self, name)
+            if tuple(np.shape(sd[name])) != p.shape:
+                raise ValueError(f"classifier weight {name!r}: shape {tuple(np.shape(sd[name]))} != {p.shape}")
+            p.data = np.array(sd[name], dtype=np.float32)
 
     def _features(self, x):
         h = F.avg_pool2d(F.silu(F.conv2d(x, self.conv1_weight, self.conv1_bias, padding=1)))  # (B, w, S/2, S/2)
@@ -324,24 +348,31 @@ def class_accuracy(classifier, images, labels):
     return float(np.mean(classifier.predict(images) == labels))
 
 
-def image_metrics(classifier, samples, labels=None, seed=0):
+def image_metrics(classifier, samples, labels=None, seed=0, baseline_draws=3):
     """Quality of generated images as judged by a trained classifier (see train_classifier).
 
-    accuracy:                 class_accuracy(samples, labels) (when labels are given)
-    frechet_distance:         samples vs the classifier's held-out images, on its features
-    frechet_distance_baseline the same for len(samples) random training images (real data at the
-                              same sample size: the value a perfect model would get)
+    accuracy:                  class_accuracy(samples, labels) (when labels are given)
+    frechet_distance:          samples vs the classifier's held-out images, on its features
+    frechet_distance_baseline  the same for len(samples) random real training images (the value
+                               a perfect model would get), averaged over `baseline_draws` draws
+
+    The Frechet distance of n samples has a positive bias that shrinks with n and fluctuates
+    (digits, 64 features: real-vs-held-out ~7 +- 2 at n = 300, ~4 +- 0.4 at n = 1000, against
+    Tr(cov) ~ 290): compare models at the same n, against the baseline.
     """
     if classifier.heldout is None:
         raise ValueError("the classifier has no held-out data: make it with train_classifier")
     n = len(samples)
-    if n > len(classifier.train_set):
-        raise ValueError(f"{n} samples is more than the {len(classifier.train_set)} training images of the baseline")
+    train_x = classifier.train_set.x
+    if n > len(train_x):
+        raise ValueError(f"{n} samples is more than the {len(train_x)} training images of the baseline")
     reference = classifier.features(classifier.heldout.x)
-    real = classifier.train_set.x[np.random.default_rng(seed).permutation(len(classifier.train_set))[:n]]
+    rng = np.random.default_rng(seed)
+    baseline = [frechet_distance(classifier.features(train_x[rng.permutation(len(train_x))[:n]]), reference)
+                for _ in range(baseline_draws)]
     out = {
         "frechet_distance": frechet_distance(classifier.features(samples), reference),
-        "frechet_distance_baseline": frechet_distance(classifier.features(real), reference),
+        "frechet_distance_baseline": float(np.mean(baseline)),
     }
     if labels is not None:
         out["accuracy"] = class_accuracy(classifier, samples, labels)

@@ -259,7 +259,7 @@ def test_class_accuracy_drops_for_wrong_labels(digits_classifier):
 def test_image_metrics_separate_real_images_from_noise(digits_classifier):
     clf = digits_classifier
     rng = np.random.default_rng(0)
-    real = clf.train_set.subset(np.arange(300))
+    real = clf.train_set.subset(rng.permutation(len(clf.train_set))[:300])
     noise = rng.uniform(-1, 1, size=(300, 1, 16, 16)).astype(np.float32)
     good = metrics.image_metrics(clf, real.x, real.y)
     bad = metrics.image_metrics(clf, noise, rng.integers(0, 10, 300))
@@ -294,3 +294,23 @@ def test_train_classifier_rejects_points():
 def test_classifier_rejects_image_size_not_divisible_by_4():
     with pytest.raises(ValueError, match="divisible by 4"):
         metrics.Classifier(1, 10, 3)
+
+
+def test_classifier_state_dict_round_trip_gives_the_same_predictions(digits_classifier):
+    clf = digits_classifier
+    copy = metrics.Classifier(**clf.config)
+    copy.load_state_dict(clf.state_dict())
+    x = clf.heldout.x[:50]
+    np.testing.assert_array_equal(copy.features(x), clf.features(x))  # same weights, same arithmetic
+
+
+def test_classifier_load_state_dict_rejects_bad_dicts():
+    clf = metrics.Classifier(1, 8, 3)
+    sd = clf.state_dict()
+    sd.pop("fc_bias")
+    with pytest.raises(KeyError, match="fc_bias"):
+        clf.load_state_dict(sd)
+    sd = clf.state_dict()
+    sd["out_bias"] = np.zeros(5, np.float32)
+    with pytest.raises(ValueError, match="out_bias"):
+        clf.load_state_dict(sd)
