@@ -196,7 +196,7 @@ def _checked_betas(betas):
     bad = (arr <= 0) | (arr > 1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"betas must lie in (0, 1], got betas[{i}] = {arr[i]!r}")
+        raise ValueError(f"betas must lie in (0, 1], got betas[{i}] = {float(arr[i])}")
     return arr
 
 
@@ -208,7 +208,7 @@ def _check_strictly_decreasing(alphas_cumprod):
     if (steps >= 0).any():
         i = int(np.flatnonzero(steps >= 0)[0]) + 1
         raise ValueError(
-            f"alphas_cumprod must strictly decrease, but alphas_cumprod[{i}] = {alphas_cumprod[i]!r} "
-            f">= alphas_cumprod[{i - 1}] = {alphas_cumprod[i - 1]!r} "
+            f"alphas_cumprod must strictly decrease, but alphas_cumprod[{i}] = {float(alphas_cumprod[i])} "
+            f">= alphas_cumprod[{i - 1}] = {float(alphas_cumprod[i - 1])} "
             f"(a beta of 1 before the last step, a beta too small to count in float64, or underflow)"
         )

@@ -1,0 +1,447 @@
+"""The neural-network ops of the U-Net, each as a forward and its hand-written backward.
+
+Every function takes Tensors (arrays are wrapped) and returns a Tensor. As in `refdiff.autograd`,
+the backward closure sits right under the forward and a comment gives the derivative. Ops that
+the chain rule could build from Tensor primitives (group norm, softmax, attention, linear, conv)
+are fused here instead: one pass each way, fewer temporaries, and the formula in one place.
+
+Shapes: images are NCHW (batch, channels, height, width); a conv weight is
+(out_channels, in_channels, kh, kw) and a linear weight is (out_features, in_features), as in
+PyTorch and diffusers, so their checkpoints load as they are.
+
+All array calls go through `xp = array_module(data)`, so the same code runs on CuPy arrays.
+"""
+import math
+import numbers
+
+from .autograd import Tensor
+from .backend import array_module
+
+
+def _tensor(x):
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _node(data, *parents):
+    """The output Tensor of an op on `parents` (records the graph unless under no_grad)."""
+    return parents[0]._child(data, *parents)
+
+
+def _pair(v, name):
+    if isinstance(v, numbers.Integral):
+        return int(v), int(v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return int(v[0]), int(v[1])
+
+
+def _channel_shape(x, C):
+    """Shape (1, C, 1, ..., 1) that broadcasts a per-channel vector against x."""
+    return (1, C) + (1,) * (x.ndim - 2)
+
+
+# ---- dense layers -----------------------------------------------------------------------------
+
+
+def linear(x, weight, bias=None):
+    """y = x W^T + b for x (..., in), weight (out, in), bias (out,): one GEMM each way."""
+    x, weight = _tensor(x), _tensor(weight)
+    bias = None if bias is None else _tensor(bias)
+    out_features, in_features = weight.shape
+    if x.shape[-1] != in_features:
+        raise ValueError(f"linear: input of shape {x.shape} does not match weight of shape {weight.shape}")
+    x2 = x.data.reshape(-1, in_features)  # (B, in), B = all leading axes
+    y = x2 @ weight.data.T  # (B, out)
+    if bias is not None:
+        y += bias.data
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    out = _node(y.reshape(x.shape[:-1] + (out_features,)), *parents)
+
+    def backward():  # dx = dy W, dW = dy^T x, db = sum_B dy
+        g = out.grad.reshape(-1, out_features)
+        if x.requires_grad:
+            x._accumulate((g @ weight.data).reshape(x.shape))
+        if weight.requires_grad:
+            weight._accumulate(g.T @ x2)
+        if bias is not None and bias.requires_grad:
+            bias._accumulate(g.sum(axis=0))
+
+    return out._set_backward(backward)
+
+
+def embedding(indices, weight):
+    """Rows of `weight` (num, dim) picked by the integer array `indices`: out[...] = weight[indices[...]]."""
+    weight = _tensor(weight)
+    indices = indices.data if isinstance(indices, Tensor) else indices
+    xp = weight.xp
+    indices = xp.asarray(indices)
+    if weight.ndim != 2:
+        raise ValueError(f"embedding weight must be (num_embeddings, dim), got shape {weight.shape}")
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"embedding indices must be integers, got dtype {indices.dtype}")
+    out = _node(weight.data[indices], weight)  # (..., dim)
+
+    def backward():  # dW[i] = sum of dy over the positions that picked row i
+        g = xp.zeros(weight.shape, dtype=out.grad.dtype)
+        xp.add.at(g, indices.reshape(-1), out.grad.reshape(-1, weight.shape[1]))
+        weight._accumulate(g)
+
+    return out._set_backward(backward)
+
+
+# ---- activations -----------------------------------------------------------------------------
+
+
+def _sigmoid(xp, a):
+    """1 / (1 + e^-a), written as (1 + tanh(a/2)) / 2, which never overflows."""
+    s = xp.tanh(a * 0.5)
+    s += 1
+    s *= 0.5
+    return s
+
+
+def silu(x):
+    """SiLU (swish): y = x * sigmoid(x) (Elfwing et al. 2018; the U-Net's nonlinearity)."""
+    x = _tensor(x)
+    s = _sigmoid(x.xp, x.data)
+    out = _node(x.data * s, x)
+
+    def backward():  # dy/dx = s + x s (1 - s) = s (1 + x (1 - s))
+        x._accumulate(out.grad * (s * (1 + x.data * (1 - s))))
+
+    return out._set_backward(backward)
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu(x):
+    """GELU, tanh approximation: y = x/2 (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi).
+
+    Hendrycks & Gimpel 2016, eq. for GELU(x) ~ ...; PyTorch's gelu(approximate="tanh").
+    NumPy has no vectorised erf, so the exact form is not used (max difference ~3e-4 abs).
+    """
+    x = _tensor(x)
+    a = x.data
+    u = _GELU_C * (a + 0.044715 * a**3)
+    t = x.xp.tanh(u)
+    out = _node(0.5 * a * (1 + t), x)
+
+    def backward():  # dy/dx = (1 + t)/2 + x/2 (1 - t^2) c (1 + 3 * 0.044715 x^2)
+        du = _GELU_C * (1 + 3 * 0.044715 * a * a)
+        x._accumulate(out.grad * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * du))
+
+    return out._set_backward(backward)
+
+
+def softmax(x, axis=-1):
+    """y_i = exp(x_i - max x) / sum_j exp(x_j - max x) along `axis` (shifting by max avoids overflow)."""
+    x = _tensor(x)
+    xp = x.xp
+    e = xp.exp(x.data - x.data.max(axis=axis, keepdims=True))
+    y = e / e.sum(axis=axis, keepdims=True)
+    out = _node(y, x)
+
+    def backward():  # dx_i = y_i (dy_i - sum_j dy_j y_j)
+        g = out.grad
+        x._accumulate(y * (g - (g * y).sum(axis=axis, keepdims=True)))
+
+    return out._set_backward(backward)
+
+
+# ---- convolution ----------------------------------------------------------------------------
+
+
+def _conv_output_size(size, k, stride, pad):
+    return (size + 2 * pad - k) // stride + 1
+
+
+def _im2col(x_pad, kh, kw, sh, sw, Ho, Wo):
+    """(N, C, Hp, Wp) -> cols (C*kh*kw, N*Ho*Wo), cols[(c, i, j), (n, h, w)] = x_pad[n, c, sh h + i, sw w + j].
+
+    A strided view over the padded input (no copy), reshaped into one contiguous buffer (one copy).
+    """
+    xp = array_module(x_pad)
+    N, C = x_pad.shape[:2]
+    sN, sC, sH, sW = x_pad.strides
+    windows = xp.lib.stride_tricks.as_strided(
+        x_pad, shape=(C, kh, kw, N, Ho, Wo), strides=(sC, sH, sW, sN, sH * sh, sW * sw)
+    )
+    return windows.reshape(C * kh * kw, N * Ho * Wo)
+
+
+def _col2im(cols, padded_shape, kh, kw, sh, sw, Ho, Wo):
+    """The adjoint of _im2col: add each column entry back onto the input pixel it was read from.
+
+    Returns the gradient of the padded input, (N, C, Hp, Wp).
+    """
+    xp = array_module(cols)
+    N, C, Hp, Wp = padded_shape
+    cols = cols.reshape(C, kh, kw, N, Ho, Wo)
+    x_pad = xp.zeros((C, N, Hp, Wp), dtype=cols.dtype)  # channel-major, like cols
+    for i in range(kh):  # kh*kw shifted, strided slices of the padded input
+        for j in range(kw):
+            x_pad[:, :, i : i + sh * Ho : sh, j : j + sw * Wo : sw] += cols[:, i, j]
+    return x_pad.transpose(1, 0, 2, 3)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """2-D cross-correlation, NCHW: y[n,o,h,w] = b[o] + sum_{c,i,j} W[o,c,i,j] x_pad[n, c, s h + i, s w + j].
+
+    x (N, C, H, W), weight (O, C, kh, kw), bias (O,); zero padding on each side; stride and
+    padding are ints or (h, w) pairs. Computed as im2col + one GEMM:
+    Y (O, N*L) = W (O, CK) @ cols (CK, N*L), with CK = C*kh*kw and L = Ho*Wo.
+    Backward, one GEMM each: dW = dY cols^T, dcols = W^T dY, then col2im (the transpose of im2col).
+    """
+    x, weight = _tensor(x), _tensor(weight)
+    bias = None if bias is None else _tensor(bias)
+    if x.ndim != 4 or weight.ndim != 4:
+        raise ValueError(f"conv2d needs x (N, C, H, W) and weight (O, C, kh, kw), got shapes {x.shape} and {weight.shape}")
+    N, C, H, W = x.shape
+    O, Cw, kh, kw = weight.shape
+    if C != Cw:
+        raise ValueError(
+            f"conv2d: input x of shape {x.shape} has {C} channels but weight of shape {weight.shape} expects {Cw}"
+        )
+    if bias is not None and bias.shape != (O,):
+        raise ValueError(f"conv2d: bias of shape {bias.shape} does not match weight of shape {weight.shape}")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if min(sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"conv2d: stride must be >= 1 and padding >= 0, got stride {stride}, padding {padding}")
+    Ho, Wo = _conv_output_size(H, kh, sh, ph), _conv_output_size(W, kw, sw, pw)
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"conv2d: kernel {kh}x{kw} is larger than the padded input of shape {x.shape}")
+    xp = x.xp
+
+    padded_shape = (N, C, H + 2 * ph, W + 2 * pw)
+    if ph or pw:
+        x_pad = xp.zeros(padded_shape, dtype=x.dtype)
+        x_pad[:, :, ph : ph + H, pw : pw + W] = x.data
+    else:
+        x_pad = x.data
+    cols = _im2col(x_pad, kh, kw, sh, sw, Ho, Wo)  # (CK, N*L)
+    w2 = weight.data.reshape(O, C * kh * kw)  # (O, CK)
+    y = w2 @ cols  # (O, N*L)
+    y = xp.ascontiguousarray(y.reshape(O, N, Ho, Wo).transpose(1, 0, 2, 3))  # (N, O, Ho, Wo)
+    if bias is not None:
+        y += bias.data.reshape(1, O, 1, 1)
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    out = _node(y, *parents)
+
+    def backward():  # Y = W cols + b: dW = dY cols^T, dcols = W^T dY, db = sum dY
+        g = xp.ascontiguousarray(out.grad.transpose(1, 0, 2, 3)).reshape(O, N * Ho * Wo)  # (O, N*L)
+        if weight.requires_grad:
+            weight._accumulate((g @ cols.T).reshape(weight.shape))
+        if bias is not None and bias.requires_grad:
+            bias._accumulate(g.sum(axis=1))
+        if x.requires_grad:
+            dx_pad = _col2im(w2.T @ g, padded_shape, kh, kw, sh, sw, Ho, Wo)
+            x._accumulate(xp.ascontiguousarray(dx_pad[:, :, ph : ph + H, pw : pw + W]))
+
+    return out._set_backward(backward)
+
+
+# ---- normalisation -------------------------------------------------------------------------
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """Group normalisation (Wu & He 2018, eq. 1-2): per sample and group of C/G channels,
+
+        xhat = (x - mu) / sqrt(var + eps),   y = gamma_c xhat + beta_c,
+
+    mu and var (biased) taken over the group's channels and all spatial positions.
+    x (N, C, ...), weight = gamma (C,), bias = beta (C,).
+    """
+    x = _tensor(x)
+    weight = None if weight is None else _tensor(weight)
+    bias = None if bias is None else _tensor(bias)
+    if x.ndim < 2:
+        raise ValueError(f"group_norm needs x of shape (N, C, ...), got {x.shape}")
+    N, C = x.shape[:2]
+    G = num_groups
+    if G < 1 or C % G:
+        raise ValueError(f"group_norm: {C} channels (x of shape {x.shape}) cannot split into {G} groups")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (C,):
+            raise ValueError(f"group_norm: {name} of shape {p.shape} does not match {C} channels of x {x.shape}")
+    xp = x.xp
+    cshape = _channel_shape(x, C)
+
+    xg = x.data.reshape(N, G, -1)  # (N, G, M), M = C/G * spatial
+    mu = xg.mean(axis=-1, keepdims=True)
+    xc = xg - mu
+    var = (xc * xc).mean(axis=-1, keepdims=True)
+    rstd = 1 / xp.sqrt(var + eps)  # (N, G, 1)
+    xhat = xc * rstd  # (N, G, M)
+    y = xhat.reshape(x.shape)
+    if weight is not None:
+        y = y * weight.data.reshape(cshape)
+    if bias is not None:
+        y = y + bias.data.reshape(cshape)
+    parents = tuple(p for p in (x, weight, bias) if p is not None)
+    out = _node(y, *parents)
+
+    def backward():
+        # dgamma = sum dy xhat, dbeta = sum dy (over batch and space);
+        # dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), means over the group,
+        # with dxhat = gamma dy (differentiate xhat through mu and var; Wu & He 2018 / Ioffe & Szegedy 2015 sec. 3)
+        g = out.grad
+        reduce_axes = (0,) + tuple(range(2, x.ndim))
+        if weight is not None and weight.requires_grad:
+            weight._accumulate((g * xhat.reshape(x.shape)).sum(axis=reduce_axes))
+        if bias is not None and bias.requires_grad:
+            bias._accumulate(g.sum(axis=reduce_axes))
+        if x.requires_grad:
+            gxhat = g if weight is None else g * weight.data.reshape(cshape)
+            gxhat = gxhat.reshape(N, G, -1)
+            mean_g = gxhat.mean(axis=-1, keepdims=True)
+            mean_gx = (gxhat * xhat).mean(axis=-1, keepdims=True)
+            x._accumulate((rstd * (gxhat - mean_g - xhat * mean_gx)).reshape(x.shape))
+
+    return out._set_backward(backward)
+
+
+# ---- resampling -----------------------------------------------------------------------------
+
+
+def upsample_nearest2x(x):
+    """Nearest-neighbour upsampling by 2: y[n, c, h, w] = x[n, c, h // 2, w // 2]."""
+    x = _tensor(x)
+    if x.ndim != 4:
+        raise ValueError(f"upsample_nearest2x needs x (N, C, H, W), got shape {x.shape}")
+    N, C, H, W = x.shape
+    y = x.xp.broadcast_to(x.data[:, :, :, None, :, None], (N, C, H, 2, W, 2)).reshape(N, C, 2 * H, 2 * W)
+    out = _node(y, x)
+
+    def backward():  # each input pixel fed a 2x2 block: sum the gradient over the block
+        x._accumulate(out.grad.reshape(N, C, H, 2, W, 2).sum(axis=(3, 5)))
+
+    return out._set_backward(backward)
+
+
+def avg_pool2d(x, kernel_size=2):
+    """Average pooling with stride = kernel_size k: y[n,c,h,w] = mean of the k x k block at (k h, k w).
+
+    Rows and columns that do not fill a whole block are dropped (PyTorch's default floor mode).
+    """
+    x = _tensor(x)
+    if x.ndim != 4:
+        raise ValueError(f"avg_pool2d needs x (N, C, H, W), got shape {x.shape}")
+    k = int(kernel_size)
+    N, C, H, W = x.shape
+    Ho, Wo = H // k, W // k
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"avg_pool2d: kernel {k} is larger than the input of shape {x.shape}")
+    blocks = x.data[:, :, : Ho * k, : Wo * k].reshape(N, C, Ho, k, Wo, k)
+    out = _node(blocks.mean(axis=(3, 5)), x)
+
+    def backward():  # dy/dx = 1/k^2 for each pixel of the block
+        xp = x.xp
+        g = xp.broadcast_to((out.grad * (1.0 / (k * k)))[:, :, :, None, :, None], (N, C, Ho, k, Wo, k))
+        g = g.reshape(N, C, Ho * k, Wo * k)
+        if (Ho * k, Wo * k) != (H, W):
+            full = xp.zeros(x.shape, dtype=g.dtype)
+            full[:, :, : Ho * k, : Wo * k] = g
+            g = full
+        x._accumulate(g)
+
+    return out._set_backward(backward)
+
+
+# ---- regularisation and losses -------------------------------------------------------------
+
+
+def dropout(x, p, training=True, rng=None):
+    """Inverted dropout: y = x * m / (1 - p), m ~ Bernoulli(1 - p) (Srivastava et al. 2014).
+
+    Identity when not training or p == 0. `rng` is a numpy (or cupy) Generator, required when
+    dropout is active, so that a run is reproducible.
+    """
+    x = _tensor(x)
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
+    if not training or p == 0:
+        return x
+    if rng is None:
+        raise ValueError("dropout with p > 0 in training needs an explicit rng (e.g. numpy.random.default_rng(seed))")
+    keep = rng.random(x.shape, dtype=x.dtype) >= p
+    mask = keep.astype(x.dtype) * (1.0 / (1 - p))
+    out = _node(x.data * mask, x)
+
+    def backward():  # dy/dx = m / (1 - p)
+        x._accumulate(out.grad * mask)
+
+    return out._set_backward(backward)
+
+
+def mse_loss(pred, target, weights=None):
+    """Mean squared error: L = mean_b w_b mean_i (pred_bi - target_bi)^2 (w_b = 1 without weights).
+
+    `weights` (B,) are per-sample weights (e.g. min-SNR-gamma, refdiff.losses.loss_weight);
+    they are constants (no gradient) and take pred's dtype. Returns a 0-d Tensor.
+    """
+    pred, target = _tensor(pred), _tensor(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"mse_loss: pred of shape {pred.shape} and target of shape {target.shape} differ")
+    xp = pred.xp
+    diff = pred.data - target.data
+    dtype = diff.dtype
+    if weights is not None:
+        weights = weights.data if isinstance(weights, Tensor) else weights
+        weights = xp.asarray(weights, dtype=dtype)
+        if weights.shape != pred.shape[:1]:
+            raise ValueError(f"mse_loss: weights of shape {weights.shape} need shape ({pred.shape[0]},) for pred {pred.shape}")
+        w = weights.reshape((-1,) + (1,) * (pred.ndim - 1))  # (B, 1, ..., 1)
+    scale = 1.0 / max(diff.size, 1)
+    sq = diff * diff
+    if weights is not None:
+        sq = sq * w
+    out = _node(sq.sum() * scale, pred, target)
+
+    def backward():  # dL/dpred = 2 w_b (pred - target) / (number of elements) = -dL/dtarget
+        g = out.grad * (2 * scale) * diff
+        if weights is not None:
+            g = g * w
+        pred._accumulate(g)
+        if target.requires_grad:
+            target._accumulate(-g)
+
+    return out._set_backward(backward)
+
+
+# ---- attention ------------------------------------------------------------------------------
+
+
+def scaled_dot_product_attention(q, k, v, scale=None):
+    """Attention (Vaswani et al. 2017, eq. 1): softmax(Q K^T / sqrt(d)) V, one fused op.
+
+    q (..., L, d), k (..., S, d), v (..., S, dv) -> (..., L, dv). `scale` defaults to 1/sqrt(d).
+    """
+    q, k, v = _tensor(q), _tensor(k), _tensor(v)
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit (..., L, d), (..., S, d), (..., S, dv)")
+    xp = q.xp
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    s = (q.data @ xp.swapaxes(k.data, -1, -2)) * scale  # (..., L, S)
+    e = xp.exp(s - s.max(axis=-1, keepdims=True))
+    p = e / e.sum(axis=-1, keepdims=True)  # attention weights
+    out = _node(p @ v.data, q, k, v)  # (..., L, dv)
+
+    def backward():
+        # O = P V: dV = P^T dO, dP = dO V^T; P = softmax(S): dS = P (dP - rowsum(dP P));
+        # S = scale Q K^T: dQ = scale dS K, dK = scale dS^T Q
+        g = out.grad
+        if v.requires_grad:
+            v._accumulate(xp.swapaxes(p, -1, -2) @ g)
+        if q.requires_grad or k.requires_grad:
+            dp = g @ xp.swapaxes(v.data, -1, -2)
+            ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+            ds *= scale
+            if q.requires_grad:
+                q._accumulate(ds @ k.data)
+            if k.requires_grad:
+                k._accumulate(xp.swapaxes(ds, -1, -2) @ q.data)
+
+    return out._set_backward(backward)
