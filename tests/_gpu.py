@@ -41,6 +41,10 @@ def _why_no_gpu():
 NO_GPU_REASON = "" if GPU_VISIBLE else _why_no_gpu()
 
 
+# for a whole module: pytestmark = GPU_MARKS
+GPU_MARKS = [pytest.mark.gpu, pytest.mark.skipif(not GPU_VISIBLE, reason=NO_GPU_REASON)]
+
+
 def requires_gpu(test):
     """Mark `test` as a GPU test; skipped with NO_GPU_REASON where no GPU is visible."""
     return pytest.mark.gpu(pytest.mark.skipif(not GPU_VISIBLE, reason=NO_GPU_REASON)(test))
