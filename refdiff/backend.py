@@ -8,6 +8,7 @@ fused kernels of `refdiff.kernels`, which have the same signatures.
 This is plumbing, not math: the only module of the package (with kernels/) allowed to import
 CuPy or Numba, and it does so only when the "cuda" backend is asked for.
 """
+import os
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable
@@ -74,12 +75,68 @@ def get_backend(name="numpy") -> Backend:
     """The backend called `name` ("numpy" or "cuda"); a Backend passed in is returned as is."""
     if isinstance(name, Backend):
         return name
-    if name not in ("numpy", "cuda"):
+    if not isinstance(name, str) or name not in ("numpy", "cuda"):
         raise ValueError(f"unknown backend {name!r}: expected 'numpy' or 'cuda'")
     if name not in _BACKENDS:
         _BACKENDS[name] = _numpy_backend() if name == "numpy" else _cuda_backend()
     return _BACKENDS[name]
 
 
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; the message says why (no CuPy, no GPU, ...)."""
+
+
 def _cuda_backend() -> Backend:
-    raise NotImplementedError("the cuda backend is being written (issue 5)")
+    """CuPy arrays and the fused kernels of refdiff.kernels; one clear error if that cannot run."""
+    try:
+        import cupy
+    except ImportError as e:
+        raise BackendUnavailable(
+            "backend 'cuda' needs CuPy, which is not installed (or does not import: "
+            f"{e}); install it with: pip install 'refdiff[cuda]'  (CuPy built for CUDA 12)"
+        ) from e
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        detail = ""
+    except Exception as e:  # no driver, or a driver that sees no device
+        count, detail = 0, f": {type(e).__name__}: {e}"
+    if count == 0:
+        raise BackendUnavailable(
+            f"backend 'cuda': CuPy is installed but sees no CUDA GPU{detail} "
+            "(check nvidia-smi and CUDA_VISIBLE_DEVICES); use backend='numpy' on this machine"
+        )
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1":
+        raise BackendUnavailable(
+            "backend 'cuda': NUMBA_ENABLE_CUDASIM=1 is set, so the kernels would run in Numba's CPU "
+            "simulator on NumPy arrays; unset it to run them on the GPU"
+        )
+    try:
+        from . import kernels
+    except ImportError as e:
+        raise BackendUnavailable(
+            f"backend 'cuda' needs numba-cuda for its kernels ({e}); install it with: pip install 'refdiff[cuda]'"
+        ) from e
+    return _kernel_backend("cuda", cupy, kernels)
+
+
+def _kernel_backend(name, xp, kernels) -> Backend:
+    return Backend(
+        name=name,
+        xp=xp,
+        q_sample=kernels.q_sample,
+        q_sample_with_target=kernels.q_sample_with_target,
+        timestep_embedding=kernels.timestep_embedding,
+        ddpm_step=kernels.ddpm_step,
+        ddim_step=kernels.ddim_step,
+    )
+
+
+def _simulated_cuda_backend() -> Backend:
+    """For tests on machines without a GPU: NumPy arrays and the fused kernels run by Numba's
+    CUDA simulator (NUMBA_ENABLE_CUDASIM=1 must be set before numba is imported). Not public."""
+    from . import kernels
+    from .kernels import _launch
+
+    if not _launch.SIMULATED:
+        raise BackendUnavailable("the simulated cuda backend needs NUMBA_ENABLE_CUDASIM=1 set before numba is imported")
+    return _kernel_backend("cuda-simulator", np, kernels)

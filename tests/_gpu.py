@@ -1,0 +1,50 @@
+"""GPU markers for this stream's tests: skip with the reason where no CUDA GPU is visible.
+
+tests/conftest.py decides once whether CuPy sees a GPU (GPU_VISIBLE) and otherwise switches Numba
+to its CUDA simulator. Tests that need real device memory use `requires_gpu`:
+
+    from _gpu import requires_gpu
+
+    @requires_gpu
+    def test_something_on_the_device(): ...
+
+It adds the `gpu` marker (select with -m gpu) and skips, stating why, where there is no GPU.
+"""
+import pytest
+
+try:
+    from conftest import GPU_VISIBLE
+except ImportError:  # run from elsewhere: decide the same way conftest does
+    def _visible():
+        try:
+            import cupy
+
+            return cupy.cuda.runtime.getDeviceCount() > 0
+        except Exception:
+            return False
+
+    GPU_VISIBLE = _visible()
+
+
+def _why_no_gpu():
+    try:
+        import cupy
+    except ImportError:
+        return "no GPU: CuPy is not installed (pip install 'refdiff[cuda]' on a machine with an NVIDIA GPU)"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return f"no GPU: CuPy cannot reach a CUDA device ({type(e).__name__}: {e})"
+    return f"no GPU: CuPy sees {n} CUDA devices"
+
+
+NO_GPU_REASON = "" if GPU_VISIBLE else _why_no_gpu()
+
+
+# for a whole module: pytestmark = GPU_MARKS
+GPU_MARKS = [pytest.mark.gpu, pytest.mark.skipif(not GPU_VISIBLE, reason=NO_GPU_REASON)]
+
+
+def requires_gpu(test):
+    """Mark `test` as a GPU test; skipped with NO_GPU_REASON where no GPU is visible."""
+    return pytest.mark.gpu(pytest.mark.skipif(not GPU_VISIBLE, reason=NO_GPU_REASON)(test))

@@ -1,0 +1,86 @@
+"""The kernel author's harness (refdiff.kernels.testing) catches what it is meant to catch."""
+import numpy as np
+import pytest
+from hypothesis import given
+
+from refdiff import kernels
+from refdiff.kernels import testing
+from refdiff.kernels.testing import U, Call, assert_kernel_matches_twin, batch_shapes
+
+
+def twin(x):
+    return 3 * x
+
+
+def kernel_like(f):
+    """A fake 'kernel' that computes f on the host and returns float32, like a kernel would."""
+    return lambda x: f(testing._to_host(x)).astype(np.float32)
+
+
+X = np.array([[1.0, -2.0, 0.5]], dtype=np.float32)
+
+
+def test_a_kernel_within_tolerance_passes():
+    out = assert_kernel_matches_twin(kernel_like(lambda x: 3 * x), twin, Call(args=(X,)), (U, 0.0))
+    np.testing.assert_array_equal(out[0], 3 * X)
+
+
+def test_a_kernel_off_by_more_than_the_tolerance_fails_and_says_where():
+    wrong = kernel_like(lambda x: 3 * x * np.array([1, 1 + 1e-5, 1]))  # element (0, 1) off by ~170 u
+    with pytest.raises(AssertionError, match=r"worst at \(0, 1\).*tolerance"):
+        assert_kernel_matches_twin(wrong, twin, Call(args=(X,)), (U, 0.0))
+
+
+def test_the_twin_gets_float64_copies_of_the_float32_inputs():
+    seen = {}
+
+    def spy(x):
+        seen["dtype"] = x.dtype
+        return x
+
+    assert_kernel_matches_twin(kernel_like(lambda x: x), spy, Call(args=(X,)), (0.0, 0.0))
+    assert seen["dtype"] == np.float64
+
+
+def test_a_float64_kernel_output_fails():
+    with pytest.raises(AssertionError, match="dtype float64, expected float32"):
+        assert_kernel_matches_twin(lambda x: testing._to_host(x).astype(np.float64), twin, Call(args=(X,)), (1.0, 1.0))
+
+
+def test_non_finite_reference_values_must_be_matched_exactly():
+    def twin_inf(x):
+        return np.where(x > 0, np.inf, x)
+
+    ok = kernel_like(lambda x: np.where(x > 0, np.inf, x))
+    assert_kernel_matches_twin(ok, twin_inf, Call(args=(X,)), (0.0, 0.0))
+    with pytest.raises(AssertionError, match="non-finite values differ"):
+        assert_kernel_matches_twin(kernel_like(lambda x: np.where(x > 0, -np.inf, x)), twin_inf, Call(args=(X,)), (1.0, 1.0))
+
+
+def test_every_registered_kernel_resolves_to_a_function_and_its_twin():
+    for name in kernels.TWINS:
+        kernel, ref = testing.twin_of(name)
+        assert kernel is getattr(kernels, name)
+        assert ref.__name__ == name  # each kernel has exactly its twin's name
+
+
+def test_an_unregistered_kernel_name_says_how_to_register():
+    with pytest.raises(KeyError, match="TWINS"):
+        testing.twin_of("no_such_kernel")
+
+
+@given(batch_shapes(max_batch=3, max_sample_size=10))
+def test_batch_shapes_respect_their_bounds(shape):
+    assert 1 <= shape[0] <= 3 and int(np.prod(shape[1:], dtype=np.int64)) <= 10
+
+
+def test_kernel_agreement_test_builds_a_failing_test_for_a_wrong_kernel(monkeypatch):
+    """The generated property test runs the registered kernel and fails when it is wrong."""
+    from hypothesis import strategies as st
+
+    monkeypatch.setitem(kernels.TWINS, "fake_kernel", "numpy:negative")
+    monkeypatch.setattr(kernels, "fake_kernel", kernel_like(lambda x: -x + 1), raising=False)
+    generated = testing.kernel_agreement_test("fake_kernel", st.just(Call(args=(X,))), (U, 0.0), max_examples=1)
+    assert generated.__name__ == "test_fake_kernel_matches_its_twin"
+    with pytest.raises(AssertionError, match="outside the tolerance"):
+        generated()
