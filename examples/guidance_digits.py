@@ -6,7 +6,7 @@ s = 0 (unconditional), 1 (conditional), 2, 3, 5: eps = eps_uncond + s (eps_cond 
 A small classifier (refdiff.metrics, trained with refdiff's autograd) judges whether each
 sample shows its requested digit; the Frechet distance on its features measures realism.
 
-    python examples/guidance_digits.py                 # MLP on flattened 8x8 digits, ~10 min on a CPU
+    python examples/guidance_digits.py                 # MLP on flattened 8x8 digits, ~5-10 min on a CPU
     python examples/guidance_digits.py --model unet    # a small U-Net (much slower on a CPU)
     python examples/guidance_digits.py --quick         # seconds: a smoke test
 
@@ -29,7 +29,9 @@ from refdiff.metrics import image_metrics, train_classifier
 def main(argv=None):
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--model", choices=("mlp", "unet"), default="mlp")
-    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--hidden", type=int, default=256, help="mlp: width")
+    p.add_argument("--blocks", type=int, default=3, help="mlp: residual blocks")
     p.add_argument("--per-class", type=int, default=50, help="samples per class and scale for the metrics")
     p.add_argument("--scales", default="0,1,2,3,5")
     p.add_argument("--sampler", default="ddim")
@@ -44,7 +46,7 @@ def main(argv=None):
     images = digits(image_size=8)  # (1797, 1, 8, 8) in [-1, 1], labels 0..9
     if args.model == "mlp":
         data = flat(images)
-        model = rd.MLPDenoiser(dim=64, hidden=64 if args.quick else 512, num_blocks=1 if args.quick else 4,
+        model = rd.MLPDenoiser(dim=64, hidden=64 if args.quick else args.hidden, num_blocks=1 if args.quick else args.blocks,
                                num_classes=10, backend=args.backend, seed=args.seed)
     else:
         data = images
