@@ -1,8 +1,9 @@
 """DDPM vs DDIM at 10, 20, 50, 100 and 1000 steps: sample quality against the number of steps.
 
 The DDIM paper's quality-vs-steps table (Song et al. 2021, Table 1) on our data: one trained
-model, sampled by strided DDPM ancestral sampling and by deterministic DDIM (eta = 0) with the
-same number of model evaluations, each scored against held-out data:
+model, sampled by strided DDPM ancestral sampling and by deterministic DDIM (eta = 0), plain and
+with the eps of the clipped x0 (diffusers' use_clipped_model_output), with the same number of
+model evaluations, each scored against held-out data:
   2-D toys: energy distance (refdiff.metrics), next to the data-vs-data baseline;
   images:   Frechet distance on the features of a small classifier (an FID in miniature).
 
@@ -57,25 +58,31 @@ def main(argv=None):
     score, baseline, metric_name = _scorer(data, diffusion, args)
     y = None if diffusion.num_classes is None else np.arange(args.n) % diffusion.num_classes
     results = []
-    for sampler in ("ddpm", "ddim"):
+    variants = {"ddpm": ("ddpm", {}), "ddim": ("ddim", {}),
+                "ddim-clipped-eps": ("ddim", {"use_clipped_model_output": True})}
+    for variant, (sampler, options) in variants.items():
         for steps in step_counts:
             t0 = time.perf_counter()
             x = diffusion.sample(args.n, sampler=sampler, steps=min(steps, diffusion.T), y=y, seed=args.seed + 1,
-                                 progress=False)
+                                 progress=False, **options)
             value = score(x, y)
-            results.append({"sampler": sampler, "steps": steps, metric_name: value, "seconds": time.perf_counter() - t0})
-            print(f"{sampler:4s} {steps:5d} steps: {metric_name} {value:.4f}   ({results[-1]['seconds']:.1f} s)")
+            results.append({"sampler": variant, "steps": steps, metric_name: value, "seconds": time.perf_counter() - t0})
+            print(f"{variant:16s} {steps:5d} steps: {metric_name} {value:.4f}   ({results[-1]['seconds']:.1f} s)")
     print(f"baseline (real data vs held-out data): {metric_name} {baseline:.4f}")
     ref = {r["steps"]: r[metric_name] for r in results if r["sampler"] == "ddpm"}
     ddim = {r["steps"]: r[metric_name] for r in results if r["sampler"] == "ddim"}
+    ddim_c = {r["steps"]: r[metric_name] for r in results if r["sampler"] == "ddim-clipped-eps"}
     summary = {}
     if 1000 in ref and 50 in ddim:
         summary["ddim50_over_ddpm1000"] = ddim[50] / ref[1000]
-        print(f"DDIM-50 / DDPM-1000 = {summary['ddim50_over_ddpm1000']:.2f}")
+        summary["ddim_clipped_eps50_over_ddpm1000"] = ddim_c[50] / ref[1000]
+        print(f"DDIM-50 / DDPM-1000 = {summary['ddim50_over_ddpm1000']:.2f}; "
+              f"with clipped eps {summary['ddim_clipped_eps50_over_ddpm1000']:.2f}")
 
     pyplot = plt()
     fig, ax = pyplot.subplots(figsize=(5.5, 4))
-    for sampler, values in (("DDPM (strided ancestral)", ref), ("DDIM (eta = 0)", ddim)):
+    for sampler, values in (("DDPM (strided ancestral)", ref), ("DDIM (eta = 0)", ddim),
+                            ("DDIM, eps of clipped x0", ddim_c)):
         ax.plot(list(values), list(values.values()), "o-", label=sampler)
     ax.axhline(baseline, color="0.5", ls="--", label="real data (baseline)")
     ax.set(xscale="log", xlabel="sampling steps (model evaluations)", ylabel=metric_name,

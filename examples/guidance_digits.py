@@ -12,7 +12,8 @@ sample shows its requested digit; the Frechet distance on its features measures 
 
 Writes OUT/guidance_s{scale}.png (rows: digits 0..9), OUT/guidance.png (all scales side by
 side) and OUT/guidance.json (accuracy and Frechet distance per scale). With --run DIR the trained
-model is kept as a refdiff run (checkpoints) for `refdiff sample` and examples/ddpm_vs_ddim.py.
+model is kept as a refdiff run (checkpoints) for `refdiff sample` and examples/ddpm_vs_ddim.py;
+if DIR already holds a run, it is continued up to --steps (or just sampled when it is there).
 """
 import os
 import time
@@ -22,8 +23,10 @@ import numpy as np
 from common import digits, flat, parser, run, save_json, train
 
 import refdiff as rd
+from refdiff.checkpoint import latest_checkpoint
 from refdiff.images import image_grid, save_image_grid
 from refdiff.metrics import image_metrics, train_classifier
+from refdiff.trainer import Trainer
 
 
 def main(argv=None):
@@ -53,10 +56,17 @@ def main(argv=None):
         model = rd.UNet(in_channels=1, base_channels=8 if args.quick else 32, channel_mults=(1, 2), num_res_blocks=1,
                         attention_resolutions=(), sample_size=8, num_classes=10, norm_groups=8,
                         backend=args.backend, seed=args.seed)
-    diffusion = rd.GaussianDiffusion(model, rd.NoiseSchedule.linear(T=1000))
-    trainer = train(diffusion, data, args.steps, out_dir=args.run, batch_size=128, lr=1e-3, warmup_steps=200,
-                    ema_decay=0.999, cond_drop_prob=0.1, seed=args.seed, progress=not args.quick,
-                    data_info={"spec": "digits", "image_size": 8, "flatten": args.model == "mlp"})
+    if args.run and latest_checkpoint(os.path.join(args.run, "checkpoints")):  # continue (or reuse) that run
+        trainer = Trainer.resume(args.run, dataset=data, progress=not args.quick)
+        diffusion = trainer.diffusion
+        t0 = time.perf_counter()
+        trainer.train(max(0, args.steps - trainer.step))
+        trainer.seconds = time.perf_counter() - t0
+    else:
+        diffusion = rd.GaussianDiffusion(model, rd.NoiseSchedule.linear(T=1000))
+        trainer = train(diffusion, data, args.steps, out_dir=args.run, batch_size=128, lr=1e-3, warmup_steps=200,
+                        ema_decay=0.999, cond_drop_prob=0.1, seed=args.seed, progress=not args.quick,
+                        data_info={"spec": "digits", "image_size": 8, "flatten": args.model == "mlp"})
     print(f"trained {args.steps} steps in {trainer.seconds:.0f} s, last losses {np.mean(trainer.losses[-100:]):.4f}")
 
     classifier = train_classifier(images, steps=60 if args.quick else 400, seed=args.seed)
@@ -67,7 +77,8 @@ def main(argv=None):
         for s in scales:
             t0 = time.perf_counter()
             x = diffusion.sample(len(labels), sampler=args.sampler, steps=args.sample_steps, y=labels,
-                                 guidance_scale=s, seed=args.seed + 1, progress=not args.quick)
+                                 guidance_scale=s, seed=args.seed + 1, progress=not args.quick,
+                                 use_clipped_model_output=True)  # DDIM with the eps of the clipped x0
             x = x.reshape(len(labels), 1, 8, 8)
             m = image_metrics(classifier, x, labels, seed=args.seed)
             m.update(guidance_scale=s, seconds=time.perf_counter() - t0)

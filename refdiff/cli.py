@@ -156,6 +156,9 @@ def build_parser():
     p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: all T)")
     p.add_argument("--eta", type=_probability, default=0.0, help="DDIM eta (0: deterministic)")
     p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default="leading")
+    p.add_argument("--clipped-eps", action="store_true",
+                   help="DDIM: use the eps of the clipped x0 prediction (diffusers' use_clipped_model_output); "
+                   "steadier with an imperfect model")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
     p.add_argument("--class", dest="label", type=_nonnegative_int, default=None,
                    help="class label for all samples (class-conditional runs; default: cycle through the classes)")
@@ -337,7 +340,7 @@ def cmd_sample(args):
     try:
         x = diffusion.sample(args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, y=y,
                              guidance_scale=args.guidance_scale, seed=args.seed, spacing=args.spacing,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, use_clipped_model_output=args.clipped_eps)
     except ValueError as e:
         raise CLIError(str(e)) from None
     seconds = time.perf_counter() - t0

@@ -24,6 +24,9 @@ spacings as in diffusers (leading / trailing / linspace, steps_offset), Lin et a
 """
 import numpy as np
 
+from .backend import array_module
+from .parameterization import x0_from_eps, x0_from_v
+from .reverse import classifier_free_guidance
 from .timesteps import inference_timesteps
 
 SAMPLERS = {}
@@ -127,17 +130,32 @@ def ddim(
     clip_sample=True,
     clip_sample_range=1.0,
     guidance_scale=1.0,
+    use_clipped_model_output=False,
     **options,
 ):
     """DDIM sampling (DDIM eq. 12): deterministic for eta = 0, DDPM-like noise for eta = 1.
 
     x_{t_prev} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma_t^2) eps_hat + sigma_t z,
     sigma_t = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)   (DDIM eq. 16).
+
+    use_clipped_model_output (diffusers' DDIMScheduler.step option of that name): with
+    clip_sample, take eps_hat = (x_t - sqrt(abar_t) clip(x0_hat)) / sqrt(1 - abar_t), the eps
+    that agrees with the clipped x0_hat, instead of the raw model eps. Done by handing the step
+    the clipped x0_hat as a "sample" prediction. With an imperfect model this keeps x_t from
+    running away (the raw eps can overshoot once x_t leaves the data's range; DDPM's posterior
+    mean is immune because it only uses the clipped x0_hat).
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
+    clipped_eps = bool(use_clipped_model_output and clip_sample)
     for t, t_prev in timestep_pairs(steps, schedule.T, spacing, steps_offset):
         model_output, model_output_uncond = denoise(x, t)
+        if clipped_eps:
+            model_output = _clipped_x0(x, model_output, model_output_uncond, guidance_scale, t, schedule,
+                                       prediction_type, clip_sample_range)
+            model_output_uncond, step_prediction_type, step_clip, step_scale = None, "sample", False, 1.0
+        else:
+            step_prediction_type, step_clip, step_scale = prediction_type, clip_sample, guidance_scale
         x = backend.ddim_step(
             x,
             model_output,
@@ -146,10 +164,24 @@ def ddim(
             schedule,
             eta=eta,
             noise=_noise(rng, x) if eta > 0 else None,
-            prediction_type=prediction_type,
-            clip_sample=clip_sample,
+            prediction_type=step_prediction_type,
+            clip_sample=step_clip,
             clip_sample_range=clip_sample_range,
             model_output_uncond=model_output_uncond,
-            guidance_scale=guidance_scale,
+            guidance_scale=step_scale,
         )
         yield t, x
+
+
+def _clipped_x0(x_t, model_output, model_output_uncond, guidance_scale, t, schedule, prediction_type, clip_range):
+    """clip(x0_hat) from the (guided) model output: the first steps of DDIMScheduler.step."""
+    if model_output_uncond is not None:
+        model_output = classifier_free_guidance(model_output, model_output_uncond, guidance_scale)
+    t_batch = array_module(x_t).full(x_t.shape[0], t, dtype=np.int64)
+    if prediction_type == "epsilon":
+        x0 = x0_from_eps(x_t, model_output, t_batch, schedule)
+    elif prediction_type == "v_prediction":
+        x0 = x0_from_v(x_t, model_output, t_batch, schedule)
+    else:
+        x0 = model_output
+    return array_module(x0).clip(x0, -clip_range, clip_range)

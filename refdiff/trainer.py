@@ -187,7 +187,10 @@ class Trainer:
             self.ema.restore(self.params)
 
     def save_samples(self, path=None, n=None, seed=0):
-        """Sample with the EMA weights (DDIM, sample_steps) and write a picture; returns its path."""
+        """Sample with the EMA weights and write a picture; returns its path.
+
+        DDIM with sample_steps steps and use_clipped_model_output (steady early in training).
+        """
         from .images import save_image_grid, save_scatter
 
         cfg = self.config
@@ -196,7 +199,8 @@ class Trainer:
         y = None if self.num_classes is None else np.arange(n) % self.num_classes
         with self.ema_weights():
             steps = min(cfg.sample_steps, self.diffusion.T)
-            x = self.diffusion.sample(n, sampler="ddim", steps=steps, y=y, seed=seed, progress=False)
+            x = self.diffusion.sample(n, sampler="ddim", steps=steps, y=y, seed=seed, progress=False,
+                                      use_clipped_model_output=True)
         if x.ndim == 2 and x.shape[1] == 2:
             save_scatter(x, path, reference=self.x[:2000], title=f"step {self.step}")
         elif x.ndim == 4:

@@ -157,3 +157,21 @@ def test_ddpm_refuses_eta():
     diffusion = GaussianDiffusion(SmoothFakeDenoiser(), schedule)
     with pytest.raises(ValueError, match="eta applies to the DDIM sampler"):
         diffusion.sample(2, sampler="ddpm", eta=0.5, progress=False)
+
+
+def test_ddim_with_clipped_model_output_uses_the_eps_of_the_clipped_x0():
+    """diffusers' use_clipped_model_output: eps_hat = (x_t - sqrt(abar_t) clip(x0_hat)) / sqrt(1 - abar_t)."""
+    schedule = rd.NoiseSchedule.linear(T=100)
+    model = SmoothFakeDenoiser()
+    diffusion = GaussianDiffusion(model, schedule)
+    x, trajectory = diffusion.sample(5, sampler="ddim", steps=2, spacing="trailing", seed=0, progress=False,
+                                     dtype=np.float64, use_clipped_model_output=True, return_trajectory=True)
+    x_t, t, t_prev = trajectory[0], 99, 49  # trailing, 2 steps of 100: 99 then 49
+    eps = model(x_t, np.full(5, t))
+    abar, abar_prev = schedule.alphas_cumprod[t], schedule.alphas_cumprod[t_prev]
+    x0 = np.clip((x_t - np.sqrt(1 - abar) * eps) / np.sqrt(abar), -1, 1)  # DDPM eq. 15, clipped
+    assert np.mean(np.abs(x0) == 1) > 0.2  # the clipping matters in this example
+    eps_clipped = (x_t - np.sqrt(abar) * x0) / np.sqrt(1 - abar)
+    expected = np.sqrt(abar_prev) * x0 + np.sqrt(1 - abar_prev) * eps_clipped  # DDIM eq. 12, eta = 0
+    # float64, O(1) values, one step: rounding only
+    np.testing.assert_allclose(trajectory[1], expected, rtol=1e-10, atol=1e-12)
