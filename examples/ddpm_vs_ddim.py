@@ -63,9 +63,13 @@ def main(argv=None):
     for variant, (sampler, options) in variants.items():
         for steps in step_counts:
             t0 = time.perf_counter()
-            x = diffusion.sample(args.n, sampler=sampler, steps=min(steps, diffusion.T), y=y, seed=args.seed + 1,
-                                 progress=False, **options)
-            value = score(x, y)
+            try:
+                x = diffusion.sample(args.n, sampler=sampler, steps=min(steps, diffusion.T), y=y,
+                                     seed=args.seed + 1, progress=False, **options)
+                value = score(x, y)
+            except (ValueError, FloatingPointError) as e:  # the sampler ran away to inf / NaN
+                print(f"{variant:16s} {steps:5d} steps: diverged ({e})")
+                value = float("inf")
             results.append({"sampler": variant, "steps": steps, metric_name: value, "seconds": time.perf_counter() - t0})
             print(f"{variant:16s} {steps:5d} steps: {metric_name} {value:.4f}   ({results[-1]['seconds']:.1f} s)")
     print(f"baseline (real data vs held-out data): {metric_name} {baseline:.4f}")
@@ -83,7 +87,8 @@ def main(argv=None):
     fig, ax = pyplot.subplots(figsize=(5.5, 4))
     for sampler, values in (("DDPM (strided ancestral)", ref), ("DDIM (eta = 0)", ddim),
                             ("DDIM, eps of clipped x0", ddim_c)):
-        ax.plot(list(values), list(values.values()), "o-", label=sampler)
+        finite = {k: v for k, v in values.items() if np.isfinite(v)}  # diverged runs are left out
+        ax.plot(list(finite), list(finite.values()), "o-", label=sampler)
     ax.axhline(baseline, color="0.5", ls="--", label="real data (baseline)")
     ax.set(xscale="log", xlabel="sampling steps (model evaluations)", ylabel=metric_name,
            title=f"{name}: quality vs steps")
