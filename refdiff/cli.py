@@ -226,18 +226,21 @@ def _make_model(args, dataset):
     levels = len(args.channel_mults)
     if H % (2 ** (levels - 1)):
         raise CLIError(f"image size {H} is not divisible by 2^{levels - 1} (--channel-mults {args.channel_mults})")
-    return UNet(
-        in_channels=int(C),
-        base_channels=args.base_channels,
-        channel_mults=args.channel_mults,
-        num_res_blocks=args.num_res_blocks,
-        attention_resolutions=(),
-        sample_size=int(H),
-        num_classes=num_classes,
-        norm_groups=min(8, args.base_channels),
-        backend=args.backend,
-        seed=args.seed,
-    )
+    try:
+        return UNet(
+            in_channels=int(C),
+            base_channels=args.base_channels,
+            channel_mults=args.channel_mults,
+            num_res_blocks=args.num_res_blocks,
+            attention_resolutions=(),
+            sample_size=int(H),
+            num_classes=num_classes,
+            norm_groups=min(8, args.base_channels),
+            backend=args.backend,
+            seed=args.seed,
+        )
+    except ValueError as e:
+        raise CLIError(f"bad U-Net options: {e}") from None
 
 
 def _make_schedule(name, T):

@@ -116,6 +116,8 @@ def _exit_code_and_error(argv, capsys):
         (["train", "--data", "npz:{tmp}/missing.npz", "--steps", "5", "--out", "{tmp}/x"], "missing.npz"),
         (["train", "--data", "swissroll", "--classes", "--steps", "5", "--out", "{tmp}/x"], "has no class labels"),
         (["train", "--data", "moons", "--model", "unet", "--steps", "5", "--out", "{tmp}/x"], "needs images"),
+        (["train", "--data", "shapes", "--n", "8", "--base-channels", "12", "--steps", "5", "--out", "{tmp}/x"],
+         "bad U-Net options: every level's channels [12, 24] must be divisible by norm_groups=8"),
         (["train", "--resume", "--steps", "5", "--out", "{tmp}/nothing"], "no checkpoint"),
         (["sample", "{tmp}/nothing", "--out", "{tmp}/a.png"], "nothing: no such checkpoint directory or file"),
         (["sample", "{tmp}/nothing", "--out", "{tmp}/a.jpg"], "must end in .png or .npz"),
