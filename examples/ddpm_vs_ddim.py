@@ -71,7 +71,8 @@ def main(argv=None):
                 print(f"{variant:16s} {steps:5d} steps: diverged ({e})")
                 value = float("inf")
             results.append({"sampler": variant, "steps": steps, metric_name: value, "seconds": time.perf_counter() - t0})
-            print(f"{variant:16s} {steps:5d} steps: {metric_name} {value:.4f}   ({results[-1]['seconds']:.1f} s)")
+            if np.isfinite(value):
+                print(f"{variant:16s} {steps:5d} steps: {metric_name} {value:.4f}   ({results[-1]['seconds']:.1f} s)")
     print(f"baseline (real data vs held-out data): {metric_name} {baseline:.4f}")
     ref = {r["steps"]: r[metric_name] for r in results if r["sampler"] == "ddpm"}
     ddim = {r["steps"]: r[metric_name] for r in results if r["sampler"] == "ddim"}
