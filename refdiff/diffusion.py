@@ -216,6 +216,9 @@ class GaussianDiffusion:
             same samples). return_trajectory: also return the array (steps + 1, n, ...) of x_T
             and every x after an update. progress: a tqdm bar over the steps.
         spacing, steps_offset: which timesteps a strided sampler visits (refdiff.inference_timesteps).
+        clip_sample: override the diffusion's clip_sample for this call.
+        options: passed to the sampler, e.g. use_clipped_model_output=True for DDIM (the eps of the
+            clipped x0 prediction, as diffusers' DDIMScheduler option of that name).
         """
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
