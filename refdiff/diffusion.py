@@ -253,22 +253,41 @@ class GaussianDiffusion:
                     **options,
                 )
                 bar = _progress(progress, steps or self.T, f"sampling ({sampler if isinstance(sampler, str) else 'custom'})")
-                for _, x in loop:
-                    if trajectory is not None:
-                        trajectory.append(self.backend.to_numpy(x))
+                t = None
+                try:
+                    for t, x in loop:
+                        if trajectory is not None:
+                            trajectory.append(self.backend.to_numpy(x))
+                        if bar is not None:
+                            bar.update(1)
+                except (ValueError, FloatingPointError) as e:
+                    xp = self.backend.xp
+                    # data live in [-1, 1] and x_T ~ N(0, I): |x_t| > 1e4 (or NaN) is a run-away
+                    # sample whose model output overflowed, anything else a genuine argument error
+                    if bool(xp.all(xp.isfinite(x))) and float(xp.abs(x).max()) < 1e4:
+                        raise
+                    raise FloatingPointError(_diverged_message(sampler, t, options)) from e
+                finally:
                     if bar is not None:
-                        bar.update(1)
-                if bar is not None:
-                    bar.close()
+                        bar.close()
         finally:
             if was_training and hasattr(self.model, "train"):
                 self.model.train()
         samples = self.backend.to_numpy(x)
         if not np.all(np.isfinite(samples)):
-            raise FloatingPointError("sampling produced NaN or infinite values (diverged model or schedule?)")
+            raise FloatingPointError(_diverged_message(sampler, None, options))
         if return_trajectory:
             return samples, np.stack(trajectory)
         return samples
+
+
+def _diverged_message(sampler, t, options):
+    where = "" if t is None else f" after the step at t={t}"
+    hint = ""
+    if sampler == "ddim" and not options.get("use_clipped_model_output"):
+        hint = (": DDIM with the raw model eps can run away where the model extrapolates badly; "
+                "try use_clipped_model_output=True (refdiff sample --clipped-eps) or the ddpm sampler")
+    return f"sampling diverged (x_t became NaN or infinite{where}){hint}"
 
 
 def _data(out):

@@ -208,3 +208,14 @@ def test_kernel_backend_under_the_simulator_samples_what_the_reference_samples()
     # float32 kernels vs the float32 reference (float64 coefficients rounded once in both) over 20
     # steps: a few ulp per step on O(1) values
     np.testing.assert_allclose(y_sim, y_ref, rtol=0, atol=1e-5)
+
+
+def test_a_sampler_that_runs_away_is_reported_with_a_hint():
+    class Explosive(RecordingModel):
+        def __call__(self, x, t, y=None):  # an eps that grows faster than x_t: DDIM's x_t blows up
+            return Tensor(np.asarray(1e3 * x, dtype=x.dtype))
+
+    d = GaussianDiffusion(Explosive(), rd.NoiseSchedule.linear(T=100))
+    with pytest.raises(FloatingPointError, match="sampling diverged .*use_clipped_model_output=True"):
+        with np.errstate(all="ignore"):
+            d.sample(3, sampler="ddim", steps=100, seed=0, progress=False)
