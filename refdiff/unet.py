@@ -187,7 +187,7 @@ class UNet(Module):
 
     def _time_features(self, t, B):
         xp = array_module(self.conv_in.weight.data)
-        t = np.asarray(t.get() if hasattr(t, "get") else t)
+        t = _host(t)
         if t.ndim == 0:
             t = np.full((B,), t)
         if t.shape != (B,):
@@ -203,7 +203,7 @@ class UNet(Module):
         K = self.config["num_classes"]
         if y is None:
             return np.full((B,), K, dtype=np.int64)  # the null label: unconditional
-        y = np.asarray(y.get() if hasattr(y, "get") else y)
+        y = _host(y)
         if y.ndim == 0:
             y = np.full((B,), y)
         if y.shape != (B,) or not np.issubdtype(y.dtype, np.integer):
@@ -216,6 +216,12 @@ class UNet(Module):
         c = self.config
         return (f"base_channels={c['base_channels']}, channel_mults={tuple(c['channel_mults'])}, "
                 f"attention_resolutions={tuple(c['attention_resolutions'])}, num_classes={c['num_classes']}")
+
+
+def _host(a):
+    """A NumPy copy of timesteps or labels given as a list, NumPy / CuPy array or Tensor."""
+    a = a.data if isinstance(a, Tensor) else a
+    return np.asarray(a.get() if hasattr(a, "get") else a)
 
 
 def _check_architecture(config):
