@@ -177,7 +177,8 @@ class Tensor:
         """Accumulate d(self)/d(leaf) into the `.grad` of every leaf that requires a gradient.
 
         `grad` is dL/d(self) for some outer L; it may be omitted only for a one-element Tensor
-        (then dL/dself = 1). Without `retain_graph`, the graph is freed as it is walked.
+        (then dL/dself = 1). Without `retain_graph`, the graph is freed as it is walked (intermediate
+        results drop their closures, inputs and gradients), and a second backward() through it raises.
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a Tensor that does not require grad (no graph was recorded)")
@@ -201,7 +202,7 @@ class Tensor:
             if node._backward is not None and node.grad is not None:
                 node._backward()
             if node._parents and not retain_graph:
-                node._parents, node._backward, node.grad = (), None, None
+                node._parents, node._backward, node.grad = (), _graph_freed, None
 
     def _topological_order(self):
         """Nodes of the graph ending at self, each after all of its inputs (iterative DFS)."""
@@ -427,6 +428,13 @@ class Tensor:
             self._accumulate(g)
 
         return out._set_backward(backward)
+
+
+def _graph_freed():
+    raise RuntimeError(
+        "backward() reached a part of the graph that an earlier backward() already freed; "
+        "call the earlier backward(retain_graph=True) to keep it"
+    )
 
 
 def _plain_index(index, xp):
