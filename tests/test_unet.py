@@ -168,7 +168,8 @@ def test_overfits_one_fixed_batch_of_the_ddpm_loss():
     """eps-prediction loss ||eps - eps_theta(sqrt(abar) x0 + sqrt(1 - abar) eps, t)||^2 (DDPM eq. 14)
     on one fixed batch (4 images 8x8, fixed t and eps) with Adam.
 
-    Measured: 1.02 at step 1, 0.15 at 30, 1.5e-3 at 60, 4e-6 at 120. Asserted: below 1% of the start.
+    Measured: 1.02 at step 1, 0.39 at 20, 0.035 at 40, 1.5e-3 at 60, 7e-4 at 70 (and 4e-6 at 120).
+    Asserted: the last five steps go below 1% of the start.
     """
     model = tiny()
     rng = np.random.default_rng(0)
@@ -181,7 +182,7 @@ def test_overfits_one_fixed_batch_of_the_ddpm_loss():
     v = [np.zeros_like(p.data) for p in params]
     lr, beta1, beta2 = 2e-3, 0.9, 0.999
     losses = []
-    for step in range(1, 121):  # Adam (Kingma & Ba 2015, algorithm 1)
+    for step in range(1, 71):  # Adam (Kingma & Ba 2015, algorithm 1)
         loss = F.mse_loss(model(x_t, t), eps)
         losses.append(loss.item())
         model.zero_grad()
