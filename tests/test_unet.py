@@ -195,3 +195,21 @@ def test_overfits_one_fixed_batch_of_the_ddpm_loss():
             p.data -= lr * (m_p / (1 - beta1**step)) / (np.sqrt(v_p / (1 - beta2**step)) + 1e-8)
     assert losses[0] > 0.5  # eps ~ N(0, 1) and eps_theta = 0 at the start: loss ~ 1
     assert min(losses[-5:]) < 0.01 * losses[0], (losses[0], losses[-5:])
+
+
+def test_dropout_acts_in_training_mode_only():
+    model = randomize_output_conv(tiny(dropout=0.5))
+    x, t = images((2, 1, 8, 8)), np.array([3, 4])
+    with rd.no_grad():
+        a, b = model(x, t).numpy(), model(x, t).numpy()  # a new mask each call
+        model.eval()
+        c, d = model(x, t).numpy(), model(x, t).numpy()
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(c, d)
+
+
+def test_dropout_layers_draw_different_masks():
+    """Each residual block's dropout has its own generator: masks of equal shape differ."""
+    model = tiny(dropout=0.5)
+    seeds = [module.seed for _, module in model.named_modules() if isinstance(module, rd.nn.Dropout) and module.p > 0]
+    assert len(seeds) > 1 and len(set(seeds)) == len(seeds)
