@@ -213,3 +213,21 @@ def test_dropout_layers_draw_different_masks():
     model = tiny(dropout=0.5)
     seeds = [module.seed for _, module in model.named_modules() if isinstance(module, rd.nn.Dropout) and module.p > 0]
     assert len(seeds) > 1 and len(set(seeds)) == len(seeds)
+
+
+THREE_LEVELS = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,),
+                    sample_size=16, norm_groups=4)
+
+
+@given(st.integers(1, 6), st.integers(1, 6))
+def test_any_size_divisible_by_four_keeps_its_shape_through_three_levels(h, w):
+    with rd.no_grad():
+        assert THREE_LEVELS(images((1, 1, 4 * h, 4 * w)), 7).shape == (1, 1, 4 * h, 4 * w)
+
+
+@given(st.integers(1, 24), st.integers(1, 24))
+def test_any_size_not_divisible_by_four_is_refused(h, w):
+    if h % 4 == 0 and w % 4 == 0:
+        h += 1
+    with pytest.raises(ValueError, match=r"divisible by 2\*\*2 = 4"):
+        THREE_LEVELS(images((1, 1, h, w)), 7)
