@@ -83,7 +83,7 @@ class UNet(Module):
             attn_norm_groups=None if attn_norm_groups is None else int(attn_norm_groups),
             center_input_sample=bool(center_input_sample), seed=int(seed),
         )
-        levels = _check_architecture(self.config)
+        sides = _check_architecture(self.config)  # feature-map side of each level
         self.levels = len(channel_mults)
         block_channels = [base_channels * m for m in channel_mults]
         temb_dim = time_embedding_dim or 4 * base_channels
@@ -100,7 +100,7 @@ class UNet(Module):
             self.class_embedding = None
 
         self.down_blocks = ModuleList()
-        for i, side in enumerate(levels):
+        for i, side in enumerate(sides):
             is_last = i == self.levels - 1
             self.down_blocks.append(DownBlock(
                 block_channels[max(i - 1, 0)], block_channels[i], temb_dim, num_res_blocks,
@@ -114,7 +114,7 @@ class UNet(Module):
 
         self.up_blocks = ModuleList()
         reversed_channels = block_channels[::-1]
-        for i, side in enumerate(reversed(levels)):
+        for i, side in enumerate(reversed(sides)):
             self.up_blocks.append(UpBlock(
                 reversed_channels[min(i + 1, self.levels - 1)],  # the skips' channels from the level below
                 reversed_channels[max(i - 1, 0)],  # incoming h
