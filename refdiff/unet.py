@@ -182,7 +182,8 @@ class UNet(Module):
         if H % factor or W % factor:
             raise ValueError(
                 f"UNet with {self.levels} levels (channel_mults={tuple(self.config['channel_mults'])}) halves H and W "
-                f"{self.levels - 1} times, so both must be divisible by 2**{self.levels - 1} = {factor}; got H={H}, W={W}")
+                f"{self.levels - 1} times, so both must be divisible by 2**{self.levels - 1} = {factor}; "
+                f"got H={H}, W={W}")
         return x
 
     def _time_features(self, t, B):
@@ -209,7 +210,8 @@ class UNet(Module):
         if y.shape != (B,) or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"class labels y must be integers of shape ({B},), got {y.dtype} of shape {y.shape}")
         if y.size and (y.min() < 0 or y.max() > K):
-            raise ValueError(f"class labels y must be in [0, {K}] ({K} = null label), got values in [{y.min()}, {y.max()}]")
+            raise ValueError(f"class labels y must be in [0, {K}] ({K} = null label), "
+                             f"got values in [{y.min()}, {y.max()}]")
         return y
 
     def extra_repr(self):
