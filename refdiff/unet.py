@@ -139,6 +139,12 @@ class UNet(Module):
 
         return load_unet2d(path, backend=backend)
 
+    def save_diffusers(self, path):
+        """Write this model as a diffusers UNet2DModel folder (UNet2DModel.from_pretrained loads it)."""
+        from .diffusers_io import save_unet2d
+
+        return save_unet2d(self, path)
+
     # -- the network ---------------------------------------------------------------------------
     def forward(self, x, t, y=None):
         """eps_theta(x_t, t[, y]).

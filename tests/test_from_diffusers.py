@@ -12,11 +12,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import refdiff as rd
-from refdiff.diffusers_io import (
-    diffusers_config_from_unet_kwargs,
-    save_unet2d,
-    unet_kwargs_from_diffusers_config,
-)
+from refdiff.diffusers_io import diffusers_config_from_unet_kwargs, unet_kwargs_from_diffusers_config
 from refdiff.unet import UNet
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -130,7 +126,7 @@ def test_old_attention_names_query_key_value_proj_attn_load_like_the_new_ones(tm
 def test_save_then_load_round_trips_config_and_weights(tmp_path):
     model = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
                  sample_size=8, norm_groups=4, num_classes=2, resnet_time_scale_shift="scale_shift", seed=3)
-    save_unet2d(model, tmp_path)
+    model.save_diffusers(tmp_path)
     loaded = UNet.from_diffusers(tmp_path)
     assert {k: v for k, v in loaded.config.items() if k != "seed"} == {
         k: v for k, v in model.config.items() if k != "seed"}
