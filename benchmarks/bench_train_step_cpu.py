@@ -173,7 +173,8 @@ def main():
         if r is None:
             continue
         print(f"{r['framework']:8s} step median {median(r['times']):.3f} s  (min {min(r['times']):.3f}, "
-              f"max {max(r['times']):.3f}; CPU time median {median(r['cpu_times']):.3f} s)  first loss {r['first_loss']:.4f}  params {r['params']}  "
+              f"max {max(r['times']):.3f}; CPU time median {median(r['cpu_times']):.3f} s)  "
+              f"first loss {r['first_loss']:.4f}  params {r['params']}  "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB (before steps {r['rss_before_steps_mib']:.0f})"
               + (f"  NumPy peak of one step {r['step_numpy_peak_mib']:.0f} MiB" if "step_numpy_peak_mib" in r else ""))
     if len(results) == 2 and results[1] is not None:

@@ -91,6 +91,7 @@ class MLPDenoiser(Module):
 
 
 def _batch_of(values, B, what):
+    values = values.data if isinstance(values, Tensor) else values
     values = np.asarray(values.get() if hasattr(values, "get") else values)
     if values.ndim == 0:
         values = np.full((B,), values)

@@ -83,7 +83,7 @@ class UNet(Module):
             attn_norm_groups=None if attn_norm_groups is None else int(attn_norm_groups),
             center_input_sample=bool(center_input_sample), seed=int(seed),
         )
-        levels = _check_architecture(self.config)
+        sides = _check_architecture(self.config)  # feature-map side of each level
         self.levels = len(channel_mults)
         block_channels = [base_channels * m for m in channel_mults]
         temb_dim = time_embedding_dim or 4 * base_channels
@@ -100,7 +100,7 @@ class UNet(Module):
             self.class_embedding = None
 
         self.down_blocks = ModuleList()
-        for i, side in enumerate(levels):
+        for i, side in enumerate(sides):
             is_last = i == self.levels - 1
             self.down_blocks.append(DownBlock(
                 block_channels[max(i - 1, 0)], block_channels[i], temb_dim, num_res_blocks,
@@ -114,7 +114,7 @@ class UNet(Module):
 
         self.up_blocks = ModuleList()
         reversed_channels = block_channels[::-1]
-        for i, side in enumerate(reversed(levels)):
+        for i, side in enumerate(reversed(sides)):
             self.up_blocks.append(UpBlock(
                 reversed_channels[min(i + 1, self.levels - 1)],  # the skips' channels from the level below
                 reversed_channels[max(i - 1, 0)],  # incoming h
@@ -138,6 +138,12 @@ class UNet(Module):
         from .diffusers_io import load_unet2d
 
         return load_unet2d(path, backend=backend)
+
+    def save_diffusers(self, path):
+        """Write this model as a diffusers UNet2DModel folder (UNet2DModel.from_pretrained loads it)."""
+        from .diffusers_io import save_unet2d
+
+        return save_unet2d(self, path)
 
     # -- the network ---------------------------------------------------------------------------
     def forward(self, x, t, y=None):
@@ -182,12 +188,13 @@ class UNet(Module):
         if H % factor or W % factor:
             raise ValueError(
                 f"UNet with {self.levels} levels (channel_mults={tuple(self.config['channel_mults'])}) halves H and W "
-                f"{self.levels - 1} times, so both must be divisible by 2**{self.levels - 1} = {factor}; got H={H}, W={W}")
+                f"{self.levels - 1} times, so both must be divisible by 2**{self.levels - 1} = {factor}; "
+                f"got H={H}, W={W}")
         return x
 
     def _time_features(self, t, B):
         xp = array_module(self.conv_in.weight.data)
-        t = np.asarray(t.get() if hasattr(t, "get") else t)
+        t = _host(t)
         if t.ndim == 0:
             t = np.full((B,), t)
         if t.shape != (B,):
@@ -203,19 +210,26 @@ class UNet(Module):
         K = self.config["num_classes"]
         if y is None:
             return np.full((B,), K, dtype=np.int64)  # the null label: unconditional
-        y = np.asarray(y.get() if hasattr(y, "get") else y)
+        y = _host(y)
         if y.ndim == 0:
             y = np.full((B,), y)
         if y.shape != (B,) or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"class labels y must be integers of shape ({B},), got {y.dtype} of shape {y.shape}")
         if y.size and (y.min() < 0 or y.max() > K):
-            raise ValueError(f"class labels y must be in [0, {K}] ({K} = null label), got values in [{y.min()}, {y.max()}]")
+            raise ValueError(f"class labels y must be in [0, {K}] ({K} = null label), "
+                             f"got values in [{y.min()}, {y.max()}]")
         return y
 
     def extra_repr(self):
         c = self.config
         return (f"base_channels={c['base_channels']}, channel_mults={tuple(c['channel_mults'])}, "
                 f"attention_resolutions={tuple(c['attention_resolutions'])}, num_classes={c['num_classes']}")
+
+
+def _host(a):
+    """A NumPy copy of timesteps or labels given as a list, NumPy / CuPy array or Tensor."""
+    a = a.data if isinstance(a, Tensor) else a
+    return np.asarray(a.get() if hasattr(a, "get") else a)
 
 
 def _check_architecture(config):

@@ -6,12 +6,16 @@
     attention.py  Attention: multi-head self-attention over H*W
     resnet.py     ResnetBlock: residual block with timestep-embedding injection
     sampling.py   Downsample, Upsample
+    timestep.py   TimestepEmbedding: the MLP on the sinusoidal timestep features
+    blocks.py     DownBlock, MidBlock, UpBlock: the U-Net's stages
 """
 from .attention import Attention
+from .blocks import DownBlock, MidBlock, UpBlock
 from .layers import Conv2d, Dropout, Embedding, GroupNorm, Linear, SiLU
 from .module import Module, ModuleList
 from .resnet import ResnetBlock
 from .sampling import Downsample, Upsample
+from .timestep import TimestepEmbedding
 
 __all__ = ["Module", "ModuleList", "Linear", "Conv2d", "GroupNorm", "SiLU", "Dropout", "Embedding",
-           "Attention", "ResnetBlock", "Downsample", "Upsample"]
+           "Attention", "ResnetBlock", "Downsample", "Upsample", "TimestepEmbedding", "DownBlock", "MidBlock", "UpBlock"]

@@ -40,12 +40,12 @@ class Attention(Module):
         h = self.group_norm(x) if self.group_norm is not None else x
         h = h.reshape(B, C, N).transpose(0, 2, 1)  # (B, N, C)
 
-        def split_heads(t):  # (B, N, C) -> (B, heads, N, d)
-            return t.reshape(B, N, heads, d).transpose(0, 2, 1, 3)
+        def split_heads(t):  # (B, N, C) -> (B * heads, N, d): each head a separate batch entry
+            return t.reshape(B, N, heads, d).transpose(0, 2, 1, 3).reshape(B * heads, N, d)
 
         q, k, v = split_heads(self.to_q(h)), split_heads(self.to_k(h)), split_heads(self.to_v(h))
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(Q K^T / sqrt(d)) V: (B, heads, N, d)
-        out = out.transpose(0, 2, 1, 3).reshape(B, N, C)  # heads side by side again
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(Q K^T / sqrt(d)) V: (B * heads, N, d)
+        out = out.reshape(B, heads, N, d).transpose(0, 2, 1, 3).reshape(B, N, C)  # heads side by side again
         out = self.to_out[1](self.to_out[0](out))  # W_o (and diffusers' no-op dropout)
         out = out.transpose(0, 2, 1).reshape(B, C, H, W)
         out = x + out  # residual connection

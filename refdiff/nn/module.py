@@ -117,8 +117,8 @@ class Module:
         """Copy arrays from `state_dict` into the parameters and buffers with the same names.
 
         Each array keeps the dtype and device of the entry it replaces. With strict=True (the
-        default) the key sets must be equal and every shape must match; otherwise a KeyError /
-        ValueError lists every missing, unexpected and mis-shaped key. With strict=False missing
+        default) the key sets must be equal and every shape must match; otherwise a ValueError
+        lists every missing, unexpected and mis-shaped key. With strict=False missing
         and unexpected keys are skipped (and returned), but shapes must still match.
 
         Returns (missing_keys, unexpected_keys).

@@ -39,7 +39,7 @@ class ResnetBlock(Module):
         else:
             self.time_emb_proj = None
         self.norm2 = GroupNorm(groups, out_channels, eps=eps)
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(dropout, seed=int(rng.integers(2**31)))  # its own mask stream
         self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, rng=rng)
         self.conv_shortcut = Conv2d(in_channels, out_channels, 1, rng=rng) if in_channels != out_channels else None
 
