@@ -312,7 +312,7 @@ def schedule_tables(schedule):
                   ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "alphas_cumprod")]
     except AttributeError as e:
         raise TypeError(f"schedule must be a refdiff.NoiseSchedule, got {type(schedule).__name__}") from e
-    host = (arrays[0].astype(np.float32), arrays[1].astype(np.float32), arrays[2])
+    host = (arrays[0].astype(np.float32), arrays[1].astype(np.float32), arrays[2].copy())  # writable copies
     dev = host if SIMULATED else tuple(cuda.to_device(np.ascontiguousarray(a)) for a in host)
     tables = ScheduleTables(T, *dev)
     _SCHEDULE_TABLES[key] = (schedule.alphas_cumprod, tables)

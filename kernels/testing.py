@@ -224,7 +224,100 @@ def schedules(kinds=("linear", "cosine", "zero_terminal_snr"), lengths=(2, 10, 1
     return st.builds(_schedule, st.sampled_from(kinds), st.sampled_from(lengths))
 
 
+# ---- launch signatures: one per kernel, compiled once ------------------------------------------
+
+
+def _signatures():
+    """kernel function name -> the numba argument types its launcher passes (one compilation each)."""
+    from numba import types
+
+    def arr(dtype):
+        return types.Array(dtype, 1, "C")
+
+    f32a, i64a, f64a = arr(types.float32), arr(types.int64), arr(types.float64)
+    i64, b, f32, f64 = types.int64, types.boolean, types.float32, types.float64
+    return {
+        "_q_sample_kernel": [(f32a, f32a, i64a, i64, b, f32a, f32a, i64, i64, i64, i64, f32a, f32a)],
+        "_ddpm_step_kernel": [(f32a, f32a, f32a, b, f32, f32a, b, i64a, i64, b, i64a, i64, i64, f64a, i64, i64, i64, b,
+                               f32, i64, i64, f32a)],
+        "_ddim_step_kernel": [(f32a, f32a, f32a, b, f32, f32a, b, f64, i64a, i64, b, i64a, i64, b, f64a, i64, i64, b,
+                               f32, i64, i64, f32a)],
+        # integer and real timesteps: two compilations
+        "_timestep_embedding_kernel": [(i64a, f64a, i64, b, f64, i64, i64, f32a), (f64a, f64a, i64, b, f64, i64, i64, f32a)],
+    }
+
+
+def launch_signatures():
+    """The argument types each kernel is launched with (see record_launch_signatures)."""
+    return _signatures()
+
+
+class record_launch_signatures:
+    """Context manager: records the numba argument types of every kernel launch.
+
+        with record_launch_signatures() as seen:
+            refdiff.kernels.q_sample(...)
+        seen  # {"_q_sample_kernel": {(types...), ...}}
+    """
+
+    def __enter__(self):
+        from numba import typeof
+
+        from . import _launch
+
+        self.seen, self._launch_module, self._original = {}, _launch, _launch.launch
+
+        def recording(kernel, B, N, *args):
+            values = [getattr(a, "value", a) for a in args]  # unwrap the simulator's cuda.In / cuda.Out
+            name = getattr(kernel, "py_func", getattr(kernel, "fn", kernel)).__name__
+            self.seen.setdefault(name, set()).add(tuple(typeof(v) for v in values))
+            return self._original(kernel, B, N, *args)
+
+        _launch.launch = recording
+        return self.seen
+
+    def __exit__(self, *exc):
+        self._launch_module.launch = self._original
+        return False
+
+
+def compile_ptx(kernel_name, signature, cc=(9, 0)):
+    """PTX of the kernel `kernel_name` (e.g. "_ddpm_step_kernel") for `signature`.
+
+    Needs numba-cuda in GPU mode (NUMBA_ENABLE_CUDASIM unset) and NVVM/NVRTC (the CUDA toolkit,
+    or pip install 'numba-cuda[cu12]'); no GPU is needed.
+    """
+    from numba import cuda
+
+    # the submodules (the package's attributes of these names are the launcher functions)
+    for module_name in ("q_sample", "ddpm_step", "ddim_step", "timestep_embedding"):
+        module = importlib.import_module(f"refdiff.kernels.{module_name}")
+        if hasattr(module, kernel_name):
+            ptx, _ = cuda.compile_ptx(getattr(module, kernel_name).py_func, signature, cc=cc)
+            return ptx
+    raise KeyError(kernel_name)
+
+
+def float32_promotions(ptx):
+    """Number of float32 -> float64 conversions in the PTX: 0 for a kernel whose float32 math
+    never meets a float64 literal by accident."""
+    return ptx.count("cvt.f64.f32")
+
+
+def main():
+    """python -m refdiff.kernels.testing: compile every kernel for its launch signatures (no GPU needed)."""
+    for name, signatures in _signatures().items():
+        for signature in signatures:
+            ptx = compile_ptx(name, signature)
+            print(f"{name}: {len(ptx)} chars of PTX for sm_90, {ptx.count('fma.rn.f32')} fused multiply-adds (f32), "
+                  f"{float32_promotions(ptx)} float32 -> float64 promotions")
+
+
 def timesteps(T, batch, low=0):
     """A python int or an int64 array (batch,) of timesteps in low..T-1; 0 and T-1 come up often."""
     one = st.one_of(st.just(low), st.just(T - 1), st.integers(low, T - 1))
     return st.one_of(one, st.lists(one, min_size=batch, max_size=batch).map(lambda v: np.array(v, dtype=np.int64)))
+
+
+if __name__ == "__main__":
+    main()
