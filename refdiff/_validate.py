@@ -126,7 +126,9 @@ def check_timesteps(t, T, batch=None, name="t", allow_negative=False):
     elif t_arr.ndim == 0:
         t_arr = np.full((batch,), int(t_arr), dtype=np.int64)
     elif t_arr.shape != (batch,):
-        raise ValueError(f"{name} must be an integer or have shape ({batch},) (one per sample), got shape {t_arr.shape}")
+        raise ValueError(
+            f"{name} must be an integer or have shape ({batch},) (one per sample), got shape {t_arr.shape}"
+        )
 
     upper = t_arr >= T
     lower = np.zeros_like(upper) if allow_negative else t_arr < 0

@@ -177,7 +177,8 @@ class Tensor:
         """Accumulate d(self)/d(leaf) into the `.grad` of every leaf that requires a gradient.
 
         `grad` is dL/d(self) for some outer L; it may be omitted only for a one-element Tensor
-        (then dL/dself = 1). Without `retain_graph`, the graph is freed as it is walked.
+        (then dL/dself = 1). Without `retain_graph`, the graph is freed as it is walked (intermediate
+        results drop their closures, inputs and gradients), and a second backward() through it raises.
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a Tensor that does not require grad (no graph was recorded)")
@@ -201,7 +202,7 @@ class Tensor:
             if node._backward is not None and node.grad is not None:
                 node._backward()
             if node._parents and not retain_graph:
-                node._parents, node._backward, node.grad = (), None, None
+                node._parents, node._backward, node.grad = (), _graph_freed, None
 
     def _topological_order(self):
         """Nodes of the graph ending at self, each after all of its inputs (iterative DFS)."""
@@ -415,7 +416,7 @@ class Tensor:
         return self.transpose()
 
     def __getitem__(self, index):
-        index = _plain_index(index)
+        index = _plain_index(index, self.xp)
         out = self._child(self.data[index], self)
 
         def backward():  # x[index] picks values: scatter-add the gradient back to where they came from
@@ -429,13 +430,22 @@ class Tensor:
         return out._set_backward(backward)
 
 
-def _plain_index(index):
-    """An index with any Tensor inside replaced by its array."""
-    if isinstance(index, Tensor):
-        return index.data
-    if isinstance(index, tuple):
-        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
-    return index
+def _graph_freed():
+    raise RuntimeError(
+        "backward() reached a part of the graph that an earlier backward() already freed; "
+        "call the earlier backward(retain_graph=True) to keep it"
+    )
+
+
+def _plain_index(index, xp):
+    """An index with Tensors replaced by their arrays, and index arrays moved to `xp` (CuPy)."""
+    def plain(i):
+        i = i.data if isinstance(i, Tensor) else i
+        if xp is not np and isinstance(i, (np.ndarray, list)):
+            i = xp.asarray(i)
+        return i
+
+    return tuple(plain(i) for i in index) if isinstance(index, tuple) else plain(index)
 
 
 def _is_basic_index(index):

@@ -91,6 +91,10 @@ class Dataset:
     def __len__(self):
         return len(self.x)
 
+    def __repr__(self):
+        labels = f", {self.num_classes} classes" if self.y is not None else ""
+        return f"Dataset({self.name!r}, {self.kind} {self.x.shape} {self.x.dtype}{labels})"
+
     @property
     def shape(self):
         """Shape of one item: (D,) for points, (C, H, W) for images."""
@@ -364,7 +368,7 @@ def load_idx(images_path, labels_path=None, image_size=None):
         if y.shape != (len(x),):
             raise ValueError(f"{labels_path}: labels have dims {y.shape}, expected ({len(x)},) to match {images_path}")
     if image_size is not None and image_size != x.shape[2]:
-        x = resize_images(x, image_size)
+        x = np.clip(resize_images(x, image_size), 0.0, 1.0)  # weights sum to 1 up to rounding
     return Dataset(x * 2.0 - 1.0, y, 0, "images", f"idx:{images_path}")
 
 
@@ -405,7 +409,7 @@ def load_npz(path, image_size=None):
                          "(N, H, W), (N, C, H, W), (N, H, W, C) with C in 1, 3")
     x = _images_to_unit_range(x, path, signed_ok=True)
     if image_size is not None and (x.shape[2], x.shape[3]) != (image_size, image_size):
-        x = resize_images(x, image_size)
+        x = np.clip(resize_images(x, image_size), 0.0, 1.0)  # weights sum to 1 up to rounding
     return Dataset(x * 2.0 - 1.0, y, 0, "images", name)
 
 

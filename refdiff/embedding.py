@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from ._validate import check_positive_int, to_numpy
+from .backend import array_module
 
 
 def timestep_frequencies(half_dim, max_period, downscale_freq_shift):
@@ -28,10 +29,13 @@ def timestep_embedding(t, dim, max_period=10000, flip_sin_to_cos=False, downscal
     sin(scale t freq), the next dim // 2 cos(scale t freq) (swapped if flip_sin_to_cos); an odd
     dim gets a last column of zeros. Computed in float64 and rounded once to float32 (diffusers
     computes in float32; the two agree to float32 rounding of the angle scale * t * freq).
+    The result is a NumPy array, or a CuPy one for CuPy t (computed on the host here; the
+    CUDA backend has a fused kernel for it).
     """
     dim = check_positive_int(dim, "dim")
     if not hasattr(t, "dtype") or not hasattr(t, "shape"):
         raise TypeError(f"t must be a 1-D array of timesteps of shape (B,), got {type(t).__name__}")
+    xp = array_module(t)  # the result lives where t lives
     t = to_numpy(t)
     if t.ndim != 1:
         raise ValueError(f"t must be a 1-D array of timesteps of shape (B,), got shape {t.shape}")
@@ -54,4 +58,4 @@ def timestep_embedding(t, dim, max_period=10000, flip_sin_to_cos=False, downscal
     emb = np.concatenate([first, second], axis=1)  # (B, 2 * half)
     if dim % 2 == 1:
         emb = np.concatenate([emb, np.zeros((t.shape[0], 1))], axis=1)  # zero pad to (B, dim)
-    return emb.astype(np.float32)
+    return xp.asarray(emb.astype(np.float32))

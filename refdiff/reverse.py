@@ -226,7 +226,9 @@ def _checked_pair_of_timesteps(t, t_prev, schedule, batch):
     t_prev = check_timesteps(t_prev, schedule.T, batch, name="t_prev", allow_negative=True)
     if (t_prev >= t).any():
         i = int(np.flatnonzero(t_prev >= t)[0])
-        raise ValueError(f"t_prev must be smaller than t (a reverse step), got t={t[i]}, t_prev={t_prev[i]} at sample {i}")
+        raise ValueError(
+            f"t_prev must be smaller than t (a reverse step), got t={t[i]}, t_prev={t_prev[i]} at sample {i}"
+        )
     return t, t_prev
 
 

@@ -5,7 +5,7 @@ step t+1, so betas[0] is DDPM's beta_1 and alphas_cumprod[t] is DDPM's abar_{t+1
 
     alphas_t          = 1 - beta_t                                      DDPM sec. 2
     alphas_cumprod_t  = abar_t = prod_{s <= t} alphas_s                 DDPM sec. 2, before eq. 4
-    snr_t             = abar_t / (1 - abar_t)                           Kingma et al. 2021 (VDM) eq. 3
+    snr_t             = abar_t / (1 - abar_t)                           Kingma et al. 2021 (VDM), sec. 2
     posterior_variance_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)       DDPM eq. 7 (beta tilde)
     posterior_mean_coef1_t = beta_t sqrt(abar_{t-1}) / (1 - abar_t)     DDPM eq. 7 (coefficient of x_0)
     posterior_mean_coef2_t = sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t)  DDPM eq. 7 (of x_t)
@@ -106,7 +106,7 @@ class NoiseSchedule:
         self.alphas_cumprod_prev = np.concatenate([[1.0], self.alphas_cumprod[:-1]])
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1 - self.alphas_cumprod)
-        # signal-to-noise ratio of q(x_t | x_0): abar / (1 - abar)  (VDM eq. 3)
+        # signal-to-noise ratio of q(x_t | x_0): abar / (1 - abar)  (VDM: SNR = alpha^2 / sigma^2)
         self.snr = self.alphas_cumprod / (1 - self.alphas_cumprod)
 
         # posterior q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, posterior_variance)  DDPM eqs. 6-7

@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from refdiff import data
 
@@ -477,10 +479,10 @@ def test_split_gives_disjoint_parts_covering_everything():
 # --- batches -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n, batch_size", [(12, 4), (10, 4), (3, 8)])
-def test_each_epoch_visits_every_item_once(n, batch_size):
-    steps = 6 * n  # whole epochs: 6 n * B positions = 6 B epochs
-    stream = np.concatenate([data.batch_indices(n, batch_size, s, seed=0) for s in range(steps)])
+@given(st.integers(1, 40), st.integers(1, 16), st.integers(0, 2**32 - 1))
+def test_each_epoch_visits_every_item_once(n, batch_size, seed):
+    steps = 2 * n  # whole epochs: 2 n * B positions = 2 B epochs
+    stream = np.concatenate([data.batch_indices(n, batch_size, s, seed=seed) for s in range(steps)])
     for epoch in stream.reshape(-1, n):
         np.testing.assert_array_equal(np.sort(epoch), np.arange(n))
 
@@ -516,3 +518,7 @@ def test_iterate_batches_accepts_a_generator():
 def test_batch_indices_rejects_bad_arguments():
     with pytest.raises(ValueError, match="batch_size >= 1"):
         data.batch_indices(10, 0, 0)
+
+
+def test_dataset_repr_is_short():
+    assert repr(data.load_dataset("moons", n=10)) == "Dataset('moons', points (10, 2) float32, 2 classes)"

@@ -201,7 +201,8 @@ def test_inference_timesteps_match_diffusers_set_timesteps(key):
 def test_timestep_embedding_matches_diffusers_get_timestep_embedding(case):
     g = lambda name: GOLDEN[f"embedding/{case}/{name}"]  # noqa: E731
     t = GOLDEN["embedding_t"]
-    dim, shift, scale, max_period = int(g("dim")), int(g("downscale_freq_shift")), float(g("scale")), float(g("max_period"))
+    dim, shift = int(g("dim")), int(g("downscale_freq_shift"))
+    scale, max_period = float(g("scale")), float(g("max_period"))
     ours = rd.timestep_embedding(
         t, dim, max_period=max_period, flip_sin_to_cos=bool(g("flip_sin_to_cos")),
         downscale_freq_shift=shift, scale=scale,

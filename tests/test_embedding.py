@@ -38,7 +38,9 @@ def test_embedding_equals_the_sinusoid_formula_written_with_powers(t, dim, flip,
             angle = scale * tb * float(max_period) ** (-i / (half - shift))
             sin_col, cos_col = (half + i, i) if flip else (i, half + i)
             expected[b, sin_col], expected[b, cos_col] = np.sin(angle), np.cos(angle)
-    emb = timestep_embedding(t, dim, max_period=max_period, flip_sin_to_cos=flip, downscale_freq_shift=shift, scale=scale)
+    emb = timestep_embedding(
+        t, dim, max_period=max_period, flip_sin_to_cos=flip, downscale_freq_shift=shift, scale=scale
+    )
     # float64 exp(log) vs power differ by ~|angle| * 1e-15 <= 4e-12; then one float32 rounding
     np.testing.assert_allclose(emb, expected, rtol=0, atol=EPS32 + 1e-11)
 
@@ -47,7 +49,8 @@ def test_embedding_equals_the_sinusoid_formula_written_with_powers(t, dim, flip,
 def test_odd_dim_gets_a_last_column_of_zeros(t, dim, flip):
     emb = timestep_embedding(t, dim, flip_sin_to_cos=flip, downscale_freq_shift=0)
     assert np.all(emb[:, -1] == 0)
-    np.testing.assert_array_equal(emb[:, :-1], timestep_embedding(t, dim - 1, flip_sin_to_cos=flip, downscale_freq_shift=0))
+    even = timestep_embedding(t, dim - 1, flip_sin_to_cos=flip, downscale_freq_shift=0)
+    np.testing.assert_array_equal(emb[:, :-1], even)
 
 
 @given(timesteps, st.integers(2, 48).map(lambda h: 2 * h))

@@ -82,7 +82,9 @@ def test_q_sample_keeps_float64_and_equals_the_formula(args):
     out = q_sample(x0, t, noise, COSINE)
     assert out.dtype == np.float64
     shape = (-1,) + (1,) * (x0.ndim - 1)
-    expected = COSINE.sqrt_alphas_cumprod[t].reshape(shape) * x0 + COSINE.sqrt_one_minus_alphas_cumprod[t].reshape(shape) * noise
+    a = COSINE.sqrt_alphas_cumprod[t].reshape(shape)
+    s = COSINE.sqrt_one_minus_alphas_cumprod[t].reshape(shape)
+    expected = a * x0 + s * noise
     np.testing.assert_array_equal(out, expected)  # the same float64 operations
 
 

@@ -27,7 +27,8 @@ def test_no_weighting_gives_float64_ones_of_shape_B(t, prediction_type):
 def test_min_snr_weights_follow_the_formulas_per_prediction_type(t, gamma):
     snr = LINEAR.alphas_cumprod[t] / (1 - LINEAR.alphas_cumprod[t])
     clipped = np.minimum(snr, gamma)
-    for prediction_type, expected in [("epsilon", clipped / snr), ("sample", clipped), ("v_prediction", clipped / (snr + 1))]:
+    formulas = {"epsilon": clipped / snr, "sample": clipped, "v_prediction": clipped / (snr + 1)}
+    for prediction_type, expected in formulas.items():
         # the same formula from abar directly: snr agrees to a few float64 roundings
         np.testing.assert_allclose(loss_weight(t, LINEAR, "min_snr", gamma, prediction_type), expected, rtol=1e-14)
 
@@ -43,7 +44,8 @@ def test_min_snr_weighted_loss_equals_min_snr_gamma_times_the_x0_loss(t, gamma, 
     eps_pred = rd.eps_from_x0(x_t, x0_pred, t, LINEAR)
     pred = {"epsilon": eps_pred, "sample": x0_pred, "v_prediction": rd.v_from_x0_eps(x0_pred, eps_pred, t, LINEAR)}
     target = rd.training_target(x0, eps, t, LINEAR, prediction_type)
-    loss = loss_weight(t, LINEAR, "min_snr", gamma, prediction_type) * np.mean((pred[prediction_type] - target) ** 2, axis=1)
+    mse = np.mean((pred[prediction_type] - target) ** 2, axis=1)
+    loss = loss_weight(t, LINEAR, "min_snr", gamma, prediction_type) * mse
     x0_loss = np.minimum(LINEAR.snr[t], gamma) * np.mean((x0_pred - x0) ** 2, axis=1)
     # eps from x0 divides by sqrt(1 - abar) >= 0.01: cancellation costs <= 1e-12 relative
     np.testing.assert_allclose(loss, x0_loss, rtol=1e-10)

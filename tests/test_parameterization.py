@@ -9,7 +9,6 @@ import refdiff as rd
 from refdiff import parameterization as P
 
 LINEAR = rd.NoiseSchedule.linear()
-COSINE = rd.NoiseSchedule.cosine()
 EPS32 = 2.0**-24
 EPS64 = 2.0**-53
 

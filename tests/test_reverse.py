@@ -65,6 +65,20 @@ def test_ddpm_step_with_the_true_prediction_and_zero_noise_lands_on_the_posterio
     np.testing.assert_allclose(out, mean, rtol=0, atol=1e-11)
 
 
+@given(clean_problem(), st.data())
+def test_ddpm_step_mean_for_an_eps_output_is_ddpm_eq_11(problem, data):
+    # DDPM eq. 11 / Algorithm 2: mu = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t), for
+    # any eps output when x0 is not clipped
+    schedule, _, _, _, t = problem
+    x_t = data.draw(hnp.arrays(np.float64, problem[1].shape, elements=st.floats(-4, 4)))
+    eps = data.draw(hnp.arrays(np.float64, problem[1].shape, elements=st.floats(-4, 4)))
+    out = ddpm_step(x_t, eps, t, schedule, np.zeros_like(x_t), clip_sample=False)
+    beta = bcast(schedule.betas[t], x_t)
+    expected = (x_t - beta / bcast(schedule.sqrt_one_minus_alphas_cumprod[t], x_t) * eps) / np.sqrt(1 - beta)
+    # float64: refdiff goes through x0 = (x_t - s eps) / sqrt(abar) (rounding amplified by <= 160)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-11)
+
+
 @given(clean_problem(t_min=1), st.sampled_from(["fixed_small", "fixed_large"]))
 def test_ddpm_step_adds_noise_scaled_by_the_square_root_of_its_variance(problem, variance_type):
     schedule, x0, eps, noise, t = problem
@@ -98,7 +112,8 @@ def test_ddpm_step_with_t_prev_equal_t_minus_1_is_the_plain_step(problem):
     x_t = rd.q_sample(x0, t, eps, schedule)
     for variance_type in ("fixed_small", "fixed_large"):
         plain = ddpm_step(x_t, eps, t, schedule, noise, variance_type=variance_type)
-        np.testing.assert_array_equal(ddpm_step(x_t, eps, t, schedule, noise, variance_type=variance_type, t_prev=t - 1), plain)
+        strided = ddpm_step(x_t, eps, t, schedule, noise, variance_type=variance_type, t_prev=t - 1)
+        np.testing.assert_array_equal(strided, plain)
 
 
 @given(clean_problem(t_min=1), st.integers(1, 400), st.sampled_from(TYPES))
@@ -115,6 +130,21 @@ def test_strided_ddpm_step_draws_from_the_posterior_of_the_strided_chain(problem
     mean, var = strided_posterior(x0, x_t, abar_t, abar_prev)
     # two float64 routes; the precision form loses ~1/(1 - abar_prev) ulps: 1e-10 absolute
     np.testing.assert_allclose(out, mean + bcast(np.sqrt(np.maximum(var, 1e-20)), x0) * noise, rtol=0, atol=1e-10)
+
+
+def test_strided_ddpm_step_from_t_above_0_to_negative_t_prev_still_adds_noise_like_diffusers():
+    # trailing spacing ends with t = 99 -> t_prev = -1: abar_prev = 1, the step's beta is
+    # 1 - abar_t; diffusers adds noise since t > 0: beta tilde = 0 floored at 1e-20 for
+    # fixed_small, the whole 1 - abar_t for fixed_large
+    rng = np.random.default_rng(5)
+    x_t, eps, noise = rng.standard_normal((3, 2, 3))
+    t, t_prev = 99, -1
+    base = ddpm_step(x_t, eps, t, LINEAR, np.zeros_like(noise), t_prev=t_prev, variance_type="fixed_large")
+    large = ddpm_step(x_t, eps, t, LINEAR, noise, t_prev=t_prev, variance_type="fixed_large")
+    small = ddpm_step(x_t, eps, t, LINEAR, noise, t_prev=t_prev, variance_type="fixed_small")
+    np.testing.assert_allclose(large - base, np.sqrt(1 - LINEAR.alphas_cumprod[t]) * noise, rtol=1e-12)
+    # sqrt(1e-20) = 1e-10; the difference of two outputs of size ~1 carries ~1e-16 rounding
+    np.testing.assert_allclose(small - base, 1e-10 * noise, rtol=0, atol=1e-15)
 
 
 def test_ddpm_step_clips_the_predicted_x0_to_the_clip_range():
@@ -155,7 +185,9 @@ def test_ddim_step_to_a_negative_t_prev_with_the_true_prediction_recovers_x0(pro
     # from eps divides by sqrt(abar_t) (>= 0.0064 for these schedules)
     amplification = 1 / bcast(schedule.sqrt_alphas_cumprod[t], x0) if prediction_type == "epsilon" else 1.0
     assert np.all(np.abs(out - x0) <= 8 * EPS32 * 5 * amplification)
-    out64 = ddim_step(x_t.astype(np.float64), target.astype(np.float64), t, -1, schedule, prediction_type=prediction_type)
+    out64 = ddim_step(
+        x_t.astype(np.float64), target.astype(np.float64), t, -1, schedule, prediction_type=prediction_type
+    )
     # float64 from the same float32 inputs: exact up to the input rounding already counted above
     assert np.all(np.abs(out64 - x0) <= 8 * EPS32 * 5 * amplification)
 
@@ -186,7 +218,8 @@ def test_ddim_step_with_eta_1_is_the_ddpm_step_with_posterior_variance(problem, 
     # two float64 formulas for the same Gaussian; x0 from eps amplifies rounding by <= 160
     np.testing.assert_allclose(ddim, ddpm, rtol=0, atol=1e-10)
     ddim_mean = ddim_step(x_t, model_output, t, t - 1, schedule, eta=1.0, noise=np.zeros_like(noise), **kw)
-    np.testing.assert_allclose(ddim - ddim_mean, bcast(np.sqrt(schedule.posterior_variance[t]), x_t) * noise, rtol=1e-9, atol=1e-13)
+    std = bcast(np.sqrt(schedule.posterior_variance[t]), x_t)
+    np.testing.assert_allclose(ddim - ddim_mean, std * noise, rtol=1e-9, atol=1e-13)
 
 
 @given(clean_problem(t_min=1), st.floats(0, 1))
@@ -211,7 +244,8 @@ def test_ddim_with_zero_terminal_snr_and_eta_1_stays_finite_at_the_last_step():
     # below 0 and return NaN; refdiff floors it at 0
     rng = np.random.default_rng(2)
     x_t, v, noise = rng.standard_normal((3, 2, 5)).astype(np.float32)
-    out = ddim_step(x_t, v, ZERO_SNR.T - 1, ZERO_SNR.T - 101, ZERO_SNR, eta=1.0, noise=noise, prediction_type="v_prediction")
+    T = ZERO_SNR.T
+    out = ddim_step(x_t, v, T - 1, T - 101, ZERO_SNR, eta=1.0, noise=noise, prediction_type="v_prediction")
     assert np.all(np.isfinite(out))
 
 
@@ -228,8 +262,11 @@ def test_steps_with_per_sample_timesteps_equal_one_call_per_sample(problem, pred
     for i in range(len(t)):
         one = slice(i, i + 1)
         args = (x_t[one], eps[one], int(t[i]))
-        np.testing.assert_array_equal(ddpm[one], ddpm_step(*args, schedule, noise[one], prediction_type=prediction_type, t_prev=int(t_prev[i])))
-        np.testing.assert_array_equal(ddim[one], ddim_step(*args, int(t_prev[i]), schedule, eta=0.5, noise=noise[one], prediction_type=prediction_type))
+        kw = dict(prediction_type=prediction_type)
+        ddpm_one = ddpm_step(*args, schedule, noise[one], t_prev=int(t_prev[i]), **kw)
+        ddim_one = ddim_step(*args, int(t_prev[i]), schedule, eta=0.5, noise=noise[one], **kw)
+        np.testing.assert_array_equal(ddpm[one], ddpm_one)
+        np.testing.assert_array_equal(ddim[one], ddim_one)
 
 
 @given(clean_problem(dtype=np.float32, schedules=[LINEAR, COSINE], t_min=1, t_max_from_end=100), st.sampled_from(TYPES))
@@ -253,8 +290,9 @@ def test_steps_keep_float32_and_agree_with_float64(problem, prediction_type):
 
 # ---- classifier-free guidance --------------------------------------------------------------
 
+f32_elements = st.floats(-8, 8, width=32, allow_subnormal=False)
 arrays_pair = hnp.array_shapes(min_dims=1, max_dims=3, max_side=4).flatmap(
-    lambda shape: st.tuples(*[hnp.arrays(np.float32, shape, elements=st.floats(-8, 8, width=32, allow_subnormal=False))] * 2)
+    lambda shape: st.tuples(*[hnp.arrays(np.float32, shape, elements=f32_elements)] * 2)
 )
 
 
@@ -275,7 +313,8 @@ def test_guidance_scale_1_gives_cond_and_0_gives_uncond(pair):
     cond, uncond = pair
     np.testing.assert_array_equal(classifier_free_guidance(cond, uncond, 0.0), uncond)
     # uncond + (cond - uncond): one rounding of the difference, one of the sum
-    assert np.all(np.abs(classifier_free_guidance(cond, uncond, 1.0) - cond) <= 2 * EPS32 * (np.abs(cond) + np.abs(uncond)))
+    error = np.abs(classifier_free_guidance(cond, uncond, 1.0) - cond)
+    assert np.all(error <= 2 * EPS32 * (np.abs(cond) + np.abs(uncond)))
 
 
 @given(clean_problem(t_min=1), st.floats(0, 8))

@@ -112,7 +112,8 @@ def test_linear_betas_are_evenly_spaced_from_start_to_end():
 
 
 def test_scaled_linear_and_quadratic_have_evenly_spaced_square_roots():
-    for s, (start, end) in [(NoiseSchedule.scaled_linear(), (0.00085, 0.012)), (NoiseSchedule.quadratic(), (1e-4, 0.02))]:
+    cases = [(NoiseSchedule.scaled_linear(), (0.00085, 0.012)), (NoiseSchedule.quadratic(), (1e-4, 0.02))]
+    for s, (start, end) in cases:
         root = np.sqrt(s.betas)
         np.testing.assert_allclose(root[[0, -1]], [start**0.5, end**0.5], rtol=1e-15)
         np.testing.assert_allclose(np.diff(root), (end**0.5 - start**0.5) / 999, rtol=0, atol=1e-16)
@@ -223,7 +224,8 @@ def test_underflowing_alphas_cumprod_raise():
 
 @pytest.mark.parametrize("T, error", [(0, ValueError), (-3, ValueError), (10.0, TypeError), (True, TypeError)])
 def test_constructors_refuse_bad_T(T, error):
-    for make in (NoiseSchedule.linear, NoiseSchedule.scaled_linear, NoiseSchedule.quadratic, NoiseSchedule.cosine, NoiseSchedule.sigmoid):
+    S = NoiseSchedule
+    for make in (S.linear, S.scaled_linear, S.quadratic, S.cosine, S.sigmoid):
         with pytest.raises(error, match="T"):
             make(T=T)
 
