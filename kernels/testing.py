@@ -6,17 +6,18 @@ arrays (CuPy on a GPU, NumPy under Numba's CUDA simulator), the twin on float64 
 same values (ground truth for the float32 computation), and compares element by element with a
 tolerance the test states and justifies from float32 rounding.
 
-    from refdiff.kernels.testing import kernel_agreement_test, Call, arrays, schedules
+    from hypothesis import strategies as st
+    from refdiff.kernels.testing import U, Call, arrays, batch_shapes, kernel_agreement_test, schedules, timesteps
 
     @st.composite
     def my_inputs(draw):
         schedule = draw(schedules())
         x = draw(arrays(draw(batch_shapes())))
-        return Call(args=(x, schedule))
+        return Call(args=(x, draw(timesteps(schedule.T, x.shape[0])), schedule))
 
-    # |kernel - twin| <= 4 u |x| + 0: two roundings per element (u = 2^-24)
-    test_my_kernel_matches_twin = kernel_agreement_test(
-        "my_kernel", my_inputs(), tolerance=lambda call, ref: 4 * U * abs(call.args[0]))
+    # |kernel - twin| <= 4 u |x|: at most four roundings of a term bounded by |x| (u = 2^-24)
+    test_my_kernel_matches_its_twin = kernel_agreement_test(
+        "my_kernel", my_inputs(), tolerance=lambda call, ref: 4 * U * abs(call.args[0].astype("float64")))
 
 The kernel and its twin are looked up by name in refdiff.kernels.TWINS (register a new kernel
 there); assert_kernel_matches_twin does a single comparison, for hand-picked cases.
