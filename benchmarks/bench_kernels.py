@@ -164,7 +164,7 @@ class _TorchInputs:
 
     def __init__(self, inputs, torch):
         for name, value in vars(inputs).items():
-            if hasattr(value, "__dlpack__") and not isinstance(value, np.ndarray):
+            if hasattr(value, "__dlpack__"):  # CuPy on a GPU, NumPy in a smoke run (torch on the CPU)
                 value = torch.from_dlpack(value)
             setattr(self, name, value)
 
@@ -194,11 +194,11 @@ def run(smoke=False, sizes=None, torch_baseline=True, results=common.RESULTS, co
         copy_bw = common.copy_bandwidth(256 * 2**20, timer)  # 256 MiB: the device's copy bandwidth
         launch_cost = common.host_launch_seconds
     torch = None
-    if torch_baseline and not smoke:
+    if torch_baseline:
         try:
             import torch
 
-            if not torch.cuda.is_available():
+            if not (smoke or torch.cuda.is_available()):  # a smoke run checks the torch code on the CPU
                 torch = None
         except ImportError:
             torch = None
@@ -230,7 +230,7 @@ def run(smoke=False, sizes=None, torch_baseline=True, results=common.RESULTS, co
         notes.append(f"device-to-device copy bandwidth (256 MiB, read + write): {copy_bw / 1e9:.0f} GB/s")
     if smoke:
         notes.append("smoke run: simulator on the CPU, host timer; the times mean nothing")
-    if torch is None and not smoke:
+    if torch is None:
         notes.append("PyTorch baseline skipped (torch with CUDA not importable)")
     common.record("Fused kernels: bandwidth and fusion gain", common.markdown_table(header, rows),
                   command or "python benchmarks/bench_kernels.py", notes, path=results)

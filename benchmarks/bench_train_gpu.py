@@ -22,7 +22,7 @@ import gpu_bench_common as common  # noqa: E402
 common.enable_simulator_for_smoke(sys.argv)
 
 import numpy as np  # noqa: E402
-from bench_sampling_gpu import CONFIG, SMOKE_CONFIG, smoke_backend  # noqa: E402
+from bench_sampling_gpu import CONFIG, SMOKE_CONFIG, randomized, smoke_backend  # noqa: E402
 
 T, LR = 1000, 1e-4
 
@@ -56,19 +56,20 @@ def run(smoke=False, batch=64, torch_baseline=True, results=common.RESULTS, comm
 
     schedule = rd.NoiseSchedule.linear(T=T)
     config = SMOKE_CONFIG if smoke else CONFIG
-    model = UNet(**config)
+    model = randomized(UNet(**config))
     torch = tmodel = None
-    if torch_baseline and not smoke:
+    device = "cpu" if smoke else "cuda"  # a smoke run checks the PyTorch code on the CPU
+    if torch_baseline:
         try:
             import torch
             from diffusers import UNet2DModel
 
             from refdiff.diffusers_io import save_unet2d
 
-            if torch.cuda.is_available():
+            if smoke or torch.cuda.is_available():
                 folder = tempfile.mkdtemp(prefix="refdiff_bench_unet_")
                 save_unet2d(model, folder)
-                tmodel = UNet2DModel.from_pretrained(folder).cuda().train()
+                tmodel = UNet2DModel.from_pretrained(folder).to(device).train()
             else:
                 torch = None
         except ImportError:
@@ -100,10 +101,10 @@ def run(smoke=False, batch=64, torch_baseline=True, results=common.RESULTS, comm
     if tmodel is not None:
         topt = torch.optim.AdamW(tmodel.parameters(), lr=LR, weight_decay=1e-2)
         shape = (batch, 1, 1, 1)
-        sa = torch.tensor(schedule.sqrt_alphas_cumprod[t_host], dtype=torch.float32, device="cuda").reshape(shape)
-        s1 = torch.tensor(schedule.sqrt_one_minus_alphas_cumprod[t_host], dtype=torch.float32, device="cuda").reshape(shape)
+        sa = torch.tensor(schedule.sqrt_alphas_cumprod[t_host], dtype=torch.float32, device=device).reshape(shape)
+        s1 = torch.tensor(schedule.sqrt_one_minus_alphas_cumprod[t_host], dtype=torch.float32, device=device).reshape(shape)
         tx0, tnoise = torch.from_dlpack(xp.asarray(x0_host)), torch.from_dlpack(xp.asarray(noise_host))
-        tt = torch.as_tensor(t_host, device="cuda")
+        tt = torch.as_tensor(t_host, device=device)
         tfirst = torch_train_step(tmodel, topt, sa, s1, tx0, tt, tnoise)
         notes.append(f"torch first loss {float(tfirst.item()):.6f} (same weights and inputs: should match refdiff's)")
         t_torch = timer(lambda: torch_train_step(tmodel, topt, sa, s1, tx0, tt, tnoise))
