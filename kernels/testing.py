@@ -201,10 +201,31 @@ def _fit(shape, max_size):
     return tuple(shape)
 
 
+# arrays up to this many elements are drawn element by element by hypothesis (so it can shrink
+# them); larger ones (GPU-sized) from a drawn seed, which costs no more for a million elements
+ELEMENTWISE_DRAW_LIMIT = 1024
+
+
 def arrays(shape, bound=4.0):
-    """float32 arrays of `shape`, finite, |x| <= bound, no subnormals (hypothesis' float32 habits)."""
-    elements = st.floats(-bound, bound, width=32, allow_subnormal=False, allow_nan=False)
-    return hnp.arrays(np.float32, shape, elements=elements)
+    """float32 arrays of `shape`, finite, |x| <= bound, no subnormals (hypothesis' float32 habits).
+
+    Small arrays: every element drawn by hypothesis. Large ones: uniform in [-bound, bound] from a
+    drawn seed, with a drawn fraction of the elements set to 0, +-bound or +-tiny (1e-30) values.
+    """
+    size = int(np.prod(shape, dtype=np.int64))
+    if size <= ELEMENTWISE_DRAW_LIMIT:
+        elements = st.floats(-bound, bound, width=32, allow_subnormal=False, allow_nan=False)
+        return hnp.arrays(np.float32, shape, elements=elements)
+    return st.builds(_seeded_array, st.just(tuple(shape)), st.just(bound), st.integers(0, 2**32 - 1),
+                     st.sampled_from([0.0, 0.01, 0.2]))
+
+
+def _seeded_array(shape, bound, seed, special_fraction):
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(-bound, bound, shape).astype(np.float32)
+    special = rng.random(shape) < special_fraction
+    a[special] = rng.choice(np.array([0.0, bound, -bound, 1e-30, -1e-30], dtype=np.float32), int(special.sum()))
+    return a
 
 
 @functools.lru_cache(maxsize=None)

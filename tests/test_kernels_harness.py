@@ -141,3 +141,12 @@ def test_the_readme_example_kernel_passes_the_harness(registered_example):
     test = testing.kernel_agreement_test("signal_part", calls(), lambda call, ref: 2 * U * np.abs(call.args[0]),
                                          max_examples=10)
     test()
+
+
+@given(testing.arrays((3, 1000)))
+def test_large_drawn_arrays_are_float32_finite_and_bounded(a):
+    """GPU-sized arrays come from a drawn seed: still float32, finite, |x| <= 4, no subnormals."""
+    assert a.dtype == np.float32 and a.shape == (3, 1000)
+    assert np.isfinite(a).all() and np.abs(a).max() <= 4
+    nonzero = np.abs(a[a != 0])
+    assert (nonzero >= np.finfo(np.float32).tiny).all()
