@@ -16,6 +16,7 @@ Sizes: small 16x3x32x32 (launch-bound), large 256x4x64x64 (16 MiB per array), xl
 
     python benchmarks/bench_kernels.py             # measure, print, append to benchmarks/RESULTS.md
     python benchmarks/bench_kernels.py --smoke     # no GPU: CPU-side logic under the simulator, tiny sizes
+    REFDIFF_KERNEL_ARG_MODE=direct python benchmarks/bench_kernels.py   # CuPy arrays passed to numba as they are
 Exits with code 2 and a message where no GPU is visible (unless --smoke).
 """
 import argparse
@@ -226,6 +227,7 @@ def run(smoke=False, sizes=None, torch_baseline=True, results=common.RESULTS, co
     header = ["kernel", "size", "MiB moved", "check", "fused us", "GB/s", "of copy BW",
               "CuPy composed us", "fused speed-up", "torch eager us", "vs torch", "host us/launch"]
     notes = []
+    notes.append(f"kernel argument mode REFDIFF_KERNEL_ARG_MODE={K._launch.ARG_MODE} (numba: as_cuda_array; direct: CuPy arrays as they are)")
     if copy_bw is not None:
         notes.append(f"device-to-device copy bandwidth (256 MiB, read + write): {copy_bw / 1e9:.0f} GB/s")
     if smoke:

@@ -360,10 +360,21 @@ def current_stream():
     return stream
 
 
+# How CuPy arrays reach a kernel (an experiment knob for measuring launch costs, issue 6):
+#   "numba"  (default) cuda.as_cuda_array(a, sync=False): a numba device array built from the
+#            CUDA Array Interface, without the per-launch host sync; works with every numba-cuda;
+#   "direct" the CuPy array itself: recent numba-cuda (0.2x+) imports it through DLPack with the
+#            launch stream (no host sync); older ones go through the CUDA Array Interface and then
+#            synchronise unless NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0.
+ARG_MODE = os.environ.get("REFDIFF_KERNEL_ARG_MODE", "numba")
+if ARG_MODE not in ("numba", "direct"):
+    raise ValueError(f"REFDIFF_KERNEL_ARG_MODE must be 'numba' or 'direct', got {ARG_MODE!r}")
+
+
 def device_view(a):
-    """`a` as a kernel argument: NumPy arrays as they are (simulator), CuPy arrays as numba
-    device arrays without the CUDA-array-interface synchronisation."""
-    if SIMULATED or not _is_device_array(a):
+    """`a` as a kernel argument: NumPy arrays as they are (simulator); CuPy arrays as numba
+    device arrays without the CUDA-array-interface synchronisation (see ARG_MODE)."""
+    if SIMULATED or ARG_MODE == "direct" or not _is_device_array(a):
         return a
     return cuda.as_cuda_array(a, sync=False)
 
