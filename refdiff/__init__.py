@@ -31,6 +31,7 @@ _EXPORTS = {
     "score_from_eps": "refdiff.parameterization",
     "eps_from_score": "refdiff.parameterization",
     "training_target": "refdiff.parameterization",
+    "x0_eps_from_model_output": "refdiff.parameterization",
     # loss weighting (min-SNR-gamma)
     "loss_weight": "refdiff.losses",
     # reverse updates
@@ -38,6 +39,7 @@ _EXPORTS = {
     "ddim_step": "refdiff.reverse",
     "classifier_free_guidance": "refdiff.reverse",
     "inference_timesteps": "refdiff.timesteps",
+    "previous_timestep": "refdiff.timesteps",
     "timestep_embedding": "refdiff.embedding",
     # autograd, layers, networks, optimizers
     "Tensor": "refdiff.autograd",
