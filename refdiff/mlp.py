@@ -1,0 +1,100 @@
+"""A small denoiser for 2-D toy data: a time-embedded residual MLP, eps_theta(x_t, t[, y]).
+
+The 2-D analogue of the U-Net's residual block (Ho et al. 2020, appendix B), without
+convolutions or normalisation:
+    emb = MLP(sinusoid(t)) [+ class_embedding(y)]           (as in the U-Net)
+    h   = in_proj(x)
+    h   = h + linear_2(silu(linear_1(silu(h)) + time_emb_proj(silu(emb))))   (num_blocks times)
+    eps = out_proj(silu(h))                                  (out_proj starts at zero)
+Class conditioning as in the U-Net: num_classes + 1 embedding rows, the last is the null label
+for classifier-free guidance (Ho & Salimans 2022).
+"""
+import numpy as np
+
+from .autograd import Tensor
+from .backend import array_module, get_backend
+from .nn import Embedding, Linear, Module, ModuleList
+from .functional import silu
+from .nn.timestep import TimestepEmbedding
+
+
+class MLPBlock(Module):
+    """h + linear_2(silu(linear_1(silu(h)) + time_emb_proj(silu(emb))))."""
+
+    def __init__(self, hidden, temb_channels, rng):
+        super().__init__()
+        self.linear_1 = Linear(hidden, hidden, rng=rng)
+        self.time_emb_proj = Linear(temb_channels, hidden, rng=rng)
+        self.linear_2 = Linear(hidden, hidden, rng=rng)
+
+    def forward(self, h, emb):
+        r = self.linear_1(silu(h)) + self.time_emb_proj(silu(emb))  # (B, hidden)
+        return h + self.linear_2(silu(r))
+
+
+class MLPDenoiser(Module):
+    """eps_theta for points in R^dim.
+
+    Args: dim (data dimension), hidden (width), num_blocks (residual blocks), time_dim (width
+    of the sinusoidal timestep features; the timestep MLP has width `hidden`), num_classes
+    (None or K: labels 0..K-1 plus the null label K), backend, seed.
+    model(x, t, y=None) -> Tensor (B, dim).  .config: the arguments (without backend).
+    """
+
+    def __init__(self, dim=2, hidden=128, num_blocks=3, time_dim=64, num_classes=None, backend="numpy", seed=0):
+        super().__init__()
+        for name, value, low in (("dim", dim, 1), ("hidden", hidden, 1), ("num_blocks", num_blocks, 0),
+                                 ("time_dim", time_dim, 2)):
+            if int(value) != value or value < low:
+                raise ValueError(f"MLPDenoiser: {name} must be an int >= {low}, got {value!r}")
+        if num_classes is not None and (int(num_classes) != num_classes or num_classes < 1):
+            raise ValueError(f"MLPDenoiser: num_classes must be None or an int >= 1, got {num_classes!r}")
+        self.config = dict(dim=int(dim), hidden=int(hidden), num_blocks=int(num_blocks), time_dim=int(time_dim),
+                           num_classes=None if num_classes is None else int(num_classes), seed=int(seed))
+        rng = np.random.default_rng(seed)
+        self.in_proj = Linear(dim, hidden, rng=rng)
+        self.time_embedding = TimestepEmbedding(time_dim, hidden, rng=rng)
+        self.class_embedding = Embedding(num_classes + 1, hidden, rng=rng) if num_classes is not None else None
+        self.blocks = ModuleList([MLPBlock(hidden, hidden, rng) for _ in range(num_blocks)])
+        self.out_proj = Linear(hidden, dim, rng=rng)
+        self.out_proj.weight.data[...] = 0  # eps_theta = 0 at initialisation
+        self.out_proj.bias.data[...] = 0
+        self.backend = get_backend(backend)
+        if self.backend.name != "numpy":
+            self.to(self.backend)
+
+    def forward(self, x, t, y=None):
+        """x: (B, dim) Tensor or array; t: timesteps (B,) or scalar; y: labels (B,) or None."""
+        xp = array_module(self.in_proj.weight.data)
+        if not isinstance(x, Tensor):
+            x = Tensor(xp.asarray(x))
+        if x.ndim != 2 or x.shape[1] != self.config["dim"]:
+            raise ValueError(f"MLPDenoiser expects x of shape (B, {self.config['dim']}), got {tuple(x.shape)}")
+        B = x.shape[0]
+        t = _batch_of(t, B, "timesteps t")
+        if not np.all(np.isfinite(t)):
+            raise ValueError("timesteps t contain NaN or infinity")
+        features = self.backend.timestep_embedding(xp.asarray(t), self.config["time_dim"])  # (B, time_dim)
+        emb = self.time_embedding(Tensor(features.astype(self.in_proj.weight.dtype, copy=False)))  # (B, hidden)
+        K = self.config["num_classes"]
+        if K is not None:
+            y = np.full((B,), K, dtype=np.int64) if y is None else _batch_of(y, B, "class labels y")
+            if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() > K:
+                raise ValueError(f"class labels y must be integers in [0, {K}] ({K} = null label), got {y}")
+            emb = emb + self.class_embedding(y)
+        elif y is not None:
+            raise ValueError("this MLPDenoiser is unconditional (num_classes=None) but class labels y were given")
+        h = self.in_proj(x)  # (B, hidden)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out_proj(silu(h))  # (B, dim)
+
+
+def _batch_of(values, B, what):
+    values = values.data if isinstance(values, Tensor) else values
+    values = np.asarray(values.get() if hasattr(values, "get") else values)
+    if values.ndim == 0:
+        values = np.full((B,), values)
+    if values.shape != (B,):
+        raise ValueError(f"{what} must be a scalar or have shape ({B},), got shape {values.shape}")
+    return values

@@ -1,0 +1,21 @@
+"""refdiff.nn: layers with named parameters, the building blocks of the U-Net and the MLP.
+
+    module.py     Module, ModuleList (parameters, state_dict / load_state_dict, train / eval, to)
+    init.py       PyTorch's default initialisation from a seeded generator
+    layers.py     Linear, Conv2d, GroupNorm, SiLU, Dropout, Embedding
+    attention.py  Attention: multi-head self-attention over H*W
+    resnet.py     ResnetBlock: residual block with timestep-embedding injection
+    sampling.py   Downsample, Upsample
+    timestep.py   TimestepEmbedding: the MLP on the sinusoidal timestep features
+    blocks.py     DownBlock, MidBlock, UpBlock: the U-Net's stages
+"""
+from .attention import Attention
+from .blocks import DownBlock, MidBlock, UpBlock
+from .layers import Conv2d, Dropout, Embedding, GroupNorm, Linear, SiLU
+from .module import Module, ModuleList
+from .resnet import ResnetBlock
+from .sampling import Downsample, Upsample
+from .timestep import TimestepEmbedding
+
+__all__ = ["Module", "ModuleList", "Linear", "Conv2d", "GroupNorm", "SiLU", "Dropout", "Embedding",
+           "Attention", "ResnetBlock", "Downsample", "Upsample", "TimestepEmbedding", "DownBlock", "MidBlock", "UpBlock"]

@@ -1,0 +1,53 @@
+"""Changing resolution inside the U-Net: Downsample halves H and W, Upsample doubles them.
+
+Ho et al. 2020, appendix B (from PixelCNN++): a strided 3x3 convolution down, nearest-neighbour
+x2 followed by a 3x3 convolution up. Names as in diffusers' Downsample2D / Upsample2D ("conv").
+"""
+from .. import functional as F
+from ..autograd import Tensor, concat
+from ..backend import array_module
+from .init import as_rng
+from .layers import Conv2d
+from .module import Module
+
+
+class Downsample(Module):
+    """(B, C, H, W) -> (B, C_out, H/2, W/2) by a 3x3 convolution with stride 2.
+
+    padding=1 pads one pixel all around (PyTorch style). padding=0 instead pads one pixel at the
+    right and bottom only, as TensorFlow's "SAME" padding did in the original DDPM code: that is
+    what diffusers' Downsample2D does for the ported DDPM checkpoints (downsample_padding=0).
+    """
+
+    def __init__(self, channels, out_channels=None, padding=1, rng=None):
+        super().__init__()
+        if padding not in (0, 1):
+            raise ValueError(f"Downsample padding must be 0 or 1, got {padding}")
+        out_channels = channels if out_channels is None else out_channels
+        self.padding = int(padding)
+        self.conv = Conv2d(channels, out_channels, 3, stride=2, padding=padding, rng=as_rng(rng))
+
+    def forward(self, x):
+        if self.padding == 0:
+            x = pad_right_bottom(x)
+        return self.conv(x)
+
+
+class Upsample(Module):
+    """(B, C, H, W) -> (B, C_out, 2H, 2W): nearest-neighbour x2, then a 3x3 convolution."""
+
+    def __init__(self, channels, out_channels=None, rng=None):
+        super().__init__()
+        out_channels = channels if out_channels is None else out_channels
+        self.conv = Conv2d(channels, out_channels, 3, padding=1, rng=as_rng(rng))
+
+    def forward(self, x):
+        return self.conv(F.upsample_nearest2x(x))
+
+
+def pad_right_bottom(x):
+    """Append one row of zeros at the bottom and one column at the right of (B, C, H, W)."""
+    B, C, H, W = x.shape
+    xp = array_module(x.data)
+    x = concat([x, Tensor(xp.zeros((B, C, H, 1), dtype=x.dtype))], axis=3)
+    return concat([x, Tensor(xp.zeros((B, C, 1, W + 1), dtype=x.dtype))], axis=2)
