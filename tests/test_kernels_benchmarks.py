@@ -38,3 +38,18 @@ def test_bench_kernels_runs_checks_and_records_a_table(tmp_path):
     text = results.read_text()
     assert "| kernel | size |" in text and "- device:" in text and "- commit:" in text
     assert text.count("| ok |") == len(bench_kernels.cases(__import__("refdiff.kernels").kernels))
+
+
+@pytest.mark.parametrize("script", ["bench_sampling_gpu", "bench_train_gpu"])
+def test_model_benchmark_runs_and_records_a_table(script, tmp_path):
+    """Smoke run (tiny U-Net, NumPy + simulator kernels; PyTorch on the CPU where installed) or,
+    on a GPU, batch 1 for real without the PyTorch baseline."""
+    import importlib
+
+    bench = importlib.import_module(script)
+    results = tmp_path / "RESULTS.md"
+    extra = ["--batches", "1"] if script == "bench_sampling_gpu" else ["--batch", "1"]
+    argv = ["--smoke"] if SIMULATED else extra + ["--no-torch"]
+    assert bench.main(argv + ["--results", str(results)]) == 0
+    text = results.read_text()
+    assert "| batch |" in text and "- device:" in text and "- command:" in text
