@@ -164,10 +164,11 @@ def _xp():
 
 # ---- timesteps ---------------------------------------------------------------------------
 
-# A timestep argument reaches a kernel as (t_array, t_scalar, per_sample): a python int is
-# passed by value (per_sample False, t_array a cached 1-element placeholder), an array as an
-# int64 array of shape (B,) read at t_array[b].
-TimestepArg = namedtuple("TimestepArg", "array scalar per_sample")
+# A timestep argument reaches a kernel as (array, scalar, per_sample): a python int is passed by
+# value (per_sample False, array a cached 1-element placeholder), an array as an int64 array of
+# shape (B,) read at array[b]. `host` keeps the values when they are known on the host (python
+# ints and NumPy arrays, also on a GPU), for the checks that relate two timestep arguments.
+TimestepArg = namedtuple("TimestepArg", "array scalar per_sample host")
 
 
 def timestep_arg(t, T, batch, name="t", allow_negative=False):
@@ -182,7 +183,7 @@ def timestep_arg(t, T, batch, name="t", allow_negative=False):
     if isinstance(t, numbers.Integral):
         t = int(t)
         _check_timestep_range(np.asarray([t]), T, name, allow_negative)
-        return TimestepArg(_placeholder(np.int64), t, False)
+        return TimestepArg(_placeholder(np.int64), t, False, np.full(batch, t, dtype=np.int64))
     if not (hasattr(t, "dtype") and hasattr(t, "shape")):
         raise TypeError(f"{name} must be an integer or an integer array, got {type(t).__name__}")
     if not np.issubdtype(np.dtype(t.dtype), np.integer):
@@ -194,12 +195,14 @@ def timestep_arg(t, T, batch, name="t", allow_negative=False):
     if _is_device_array(t):
         if SIMULATED:
             raise TypeError(f"{name} must be a NumPy array under the CUDA simulator, got a CuPy array")
+        host = None
         if DEBUG_CHECKS:
-            _check_timestep_range(t.get(), T, name, allow_negative)
-        return TimestepArg(device_view(t.astype(np.int64, copy=False)), 0, True)
+            host = t.get().astype(np.int64)
+            _check_timestep_range(host, T, name, allow_negative)
+        return TimestepArg(device_view(t.astype(np.int64, copy=False)), 0, True, host)
     t = np.ascontiguousarray(t, dtype=np.int64)
     _check_timestep_range(t, T, name, allow_negative)
-    return TimestepArg(t if SIMULATED else device_view(_xp().asarray(t)), 0, True)
+    return TimestepArg(t if SIMULATED else device_view(_xp().asarray(t)), 0, True, t)
 
 
 def _check_timestep_range(t, T, name, allow_negative):
@@ -230,36 +233,21 @@ def device_timesteps(t, dtype):
 
 
 def check_t_prev_below_t(t, t_prev):
-    """Host check that every t_prev < t (a reverse step); device arrays are left to the kernel."""
-    def host(arg, b):
-        if not arg.per_sample:
-            return np.full(b, arg.scalar, dtype=np.int64)
-        return arg.array if isinstance(arg.array, np.ndarray) else None
-
-    batch = max(_len(t.array) if t.per_sample else 1, _len(t_prev.array) if t_prev.per_sample else 1)
-    a, b = host(t, batch), host(t_prev, batch)
-    if a is None or b is None:
+    """Check on the host that every t_prev < t (a reverse step), where both are known there;
+    for device-side timesteps the kernel writes NaN for a sample with t_prev >= t."""
+    if t.host is None or t_prev.host is None:
         return
-    bad = np.broadcast_to(b, (batch,)) >= np.broadcast_to(a, (batch,))
+    bad = t_prev.host >= t.host
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"t_prev must be smaller than t (a reverse step), got t={np.broadcast_to(a, (batch,))[i]}, "
-            f"t_prev={np.broadcast_to(b, (batch,))[i]} at sample {i}"
+            f"t_prev must be smaller than t (a reverse step), got t={t.host[i]}, t_prev={t_prev.host[i]} at sample {i}"
         )
-
-
-def _len(a):
-    return int(a.shape[0])
 
 
 def any_positive(t):
     """True if some timestep is > 0; None if that cannot be known without a device sync."""
-    if not t.per_sample:
-        return t.scalar > 0
-    if isinstance(t.array, np.ndarray):
-        return bool((t.array > 0).any())
-    return None
+    return None if t.host is None else bool((t.host > 0).any())
 
 
 # ---- placeholders for absent optional arrays ---------------------------------------------
@@ -312,7 +300,7 @@ def schedule_tables(schedule):
                   ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "alphas_cumprod")]
     except AttributeError as e:
         raise TypeError(f"schedule must be a refdiff.NoiseSchedule, got {type(schedule).__name__}") from e
-    host = (arrays[0].astype(np.float32), arrays[1].astype(np.float32), arrays[2])
+    host = (arrays[0].astype(np.float32), arrays[1].astype(np.float32), arrays[2].copy())  # writable copies
     dev = host if SIMULATED else tuple(cuda.to_device(np.ascontiguousarray(a)) for a in host)
     tables = ScheduleTables(T, *dev)
     _SCHEDULE_TABLES[key] = (schedule.alphas_cumprod, tables)
@@ -372,10 +360,21 @@ def current_stream():
     return stream
 
 
+# How CuPy arrays reach a kernel (an experiment knob for measuring launch costs, issue 6):
+#   "numba"  (default) cuda.as_cuda_array(a, sync=False): a numba device array built from the
+#            CUDA Array Interface, without the per-launch host sync; works with every numba-cuda;
+#   "direct" the CuPy array itself: recent numba-cuda (0.2x+) imports it through DLPack with the
+#            launch stream (no host sync); older ones go through the CUDA Array Interface and then
+#            synchronise unless NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0.
+ARG_MODE = os.environ.get("REFDIFF_KERNEL_ARG_MODE", "numba")
+if ARG_MODE not in ("numba", "direct"):
+    raise ValueError(f"REFDIFF_KERNEL_ARG_MODE must be 'numba' or 'direct', got {ARG_MODE!r}")
+
+
 def device_view(a):
-    """`a` as a kernel argument: NumPy arrays as they are (simulator), CuPy arrays as numba
-    device arrays without the CUDA-array-interface synchronisation."""
-    if SIMULATED or not _is_device_array(a):
+    """`a` as a kernel argument: NumPy arrays as they are (simulator); CuPy arrays as numba
+    device arrays without the CUDA-array-interface synchronisation (see ARG_MODE)."""
+    if SIMULATED or ARG_MODE == "direct" or not _is_device_array(a):
         return a
     return cuda.as_cuda_array(a, sync=False)
 

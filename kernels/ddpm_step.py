@@ -84,7 +84,7 @@ def ddpm_step(x_t, model_output, t, schedule, noise, prediction_type="epsilon", 
     B, N = _launch.batch_and_size(x_t)
     t_arg = _launch.timestep_arg(t, tables.T, B)
     if t_prev is None:
-        t_prev_arg, t_prev_mode = _launch.TimestepArg(t_arg.array, 0, False), 0
+        t_prev_arg, t_prev_mode = _launch.TimestepArg(t_arg.array, 0, False, None), 0
     else:
         t_prev_arg = _launch.timestep_arg(t_prev, tables.T, B, name="t_prev", allow_negative=True)
         t_prev_mode = 2 if t_prev_arg.per_sample else 1

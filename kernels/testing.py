@@ -6,17 +6,18 @@ arrays (CuPy on a GPU, NumPy under Numba's CUDA simulator), the twin on float64 
 same values (ground truth for the float32 computation), and compares element by element with a
 tolerance the test states and justifies from float32 rounding.
 
-    from refdiff.kernels.testing import kernel_agreement_test, Call, arrays, schedules
+    from hypothesis import strategies as st
+    from refdiff.kernels.testing import U, Call, arrays, batch_shapes, kernel_agreement_test, schedules, timesteps
 
     @st.composite
     def my_inputs(draw):
         schedule = draw(schedules())
         x = draw(arrays(draw(batch_shapes())))
-        return Call(args=(x, schedule))
+        return Call(args=(x, draw(timesteps(schedule.T, x.shape[0])), schedule))
 
-    # |kernel - twin| <= 4 u |x| + 0: two roundings per element (u = 2^-24)
-    test_my_kernel_matches_twin = kernel_agreement_test(
-        "my_kernel", my_inputs(), tolerance=lambda call, ref: 4 * U * abs(call.args[0]))
+    # |kernel - twin| <= 4 u |x|: at most four roundings of a term bounded by |x| (u = 2^-24)
+    test_my_kernel_matches_its_twin = kernel_agreement_test(
+        "my_kernel", my_inputs(), tolerance=lambda call, ref: 4 * U * abs(call.args[0].astype("float64")))
 
 The kernel and its twin are looked up by name in refdiff.kernels.TWINS (register a new kernel
 there); assert_kernel_matches_twin does a single comparison, for hand-picked cases.
@@ -200,10 +201,31 @@ def _fit(shape, max_size):
     return tuple(shape)
 
 
+# arrays up to this many elements are drawn element by element by hypothesis (so it can shrink
+# them); larger ones (GPU-sized) from a drawn seed, which costs no more for a million elements
+ELEMENTWISE_DRAW_LIMIT = 1024
+
+
 def arrays(shape, bound=4.0):
-    """float32 arrays of `shape`, finite, |x| <= bound, no subnormals (hypothesis' float32 habits)."""
-    elements = st.floats(-bound, bound, width=32, allow_subnormal=False, allow_nan=False)
-    return hnp.arrays(np.float32, shape, elements=elements)
+    """float32 arrays of `shape`, finite, |x| <= bound, no subnormals (hypothesis' float32 habits).
+
+    Small arrays: every element drawn by hypothesis. Large ones: uniform in [-bound, bound] from a
+    drawn seed, with a drawn fraction of the elements set to 0, +-bound or +-tiny (1e-30) values.
+    """
+    size = int(np.prod(shape, dtype=np.int64))
+    if size <= ELEMENTWISE_DRAW_LIMIT:
+        elements = st.floats(-bound, bound, width=32, allow_subnormal=False, allow_nan=False)
+        return hnp.arrays(np.float32, shape, elements=elements)
+    return st.builds(_seeded_array, st.just(tuple(shape)), st.just(bound), st.integers(0, 2**32 - 1),
+                     st.sampled_from([0.0, 0.01, 0.2]))
+
+
+def _seeded_array(shape, bound, seed, special_fraction):
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(-bound, bound, shape).astype(np.float32)
+    special = rng.random(shape) < special_fraction
+    a[special] = rng.choice(np.array([0.0, bound, -bound, 1e-30, -1e-30], dtype=np.float32), int(special.sum()))
+    return a
 
 
 @functools.lru_cache(maxsize=None)
@@ -224,7 +246,100 @@ def schedules(kinds=("linear", "cosine", "zero_terminal_snr"), lengths=(2, 10, 1
     return st.builds(_schedule, st.sampled_from(kinds), st.sampled_from(lengths))
 
 
+# ---- launch signatures: one per kernel, compiled once ------------------------------------------
+
+
+def _signatures():
+    """kernel function name -> the numba argument types its launcher passes (one compilation each)."""
+    from numba import types
+
+    def arr(dtype):
+        return types.Array(dtype, 1, "C")
+
+    f32a, i64a, f64a = arr(types.float32), arr(types.int64), arr(types.float64)
+    i64, b, f32, f64 = types.int64, types.boolean, types.float32, types.float64
+    return {
+        "_q_sample_kernel": [(f32a, f32a, i64a, i64, b, f32a, f32a, i64, i64, i64, i64, f32a, f32a)],
+        "_ddpm_step_kernel": [(f32a, f32a, f32a, b, f32, f32a, b, i64a, i64, b, i64a, i64, i64, f64a, i64, i64, i64, b,
+                               f32, i64, i64, f32a)],
+        "_ddim_step_kernel": [(f32a, f32a, f32a, b, f32, f32a, b, f64, i64a, i64, b, i64a, i64, b, f64a, i64, i64, b,
+                               f32, i64, i64, f32a)],
+        # integer and real timesteps: two compilations
+        "_timestep_embedding_kernel": [(i64a, f64a, i64, b, f64, i64, i64, f32a), (f64a, f64a, i64, b, f64, i64, i64, f32a)],
+    }
+
+
+def launch_signatures():
+    """The argument types each kernel is launched with (see record_launch_signatures)."""
+    return _signatures()
+
+
+class record_launch_signatures:
+    """Context manager: records the numba argument types of every kernel launch.
+
+        with record_launch_signatures() as seen:
+            refdiff.kernels.q_sample(...)
+        seen  # {"_q_sample_kernel": {(types...), ...}}
+    """
+
+    def __enter__(self):
+        from numba import typeof
+
+        from . import _launch
+
+        self.seen, self._launch_module, self._original = {}, _launch, _launch.launch
+
+        def recording(kernel, B, N, *args):
+            values = [getattr(a, "value", a) for a in args]  # unwrap the simulator's cuda.In / cuda.Out
+            name = getattr(kernel, "py_func", getattr(kernel, "fn", kernel)).__name__
+            self.seen.setdefault(name, set()).add(tuple(typeof(v) for v in values))
+            return self._original(kernel, B, N, *args)
+
+        _launch.launch = recording
+        return self.seen
+
+    def __exit__(self, *exc):
+        self._launch_module.launch = self._original
+        return False
+
+
+def compile_ptx(kernel_name, signature, cc=(9, 0)):
+    """PTX of the kernel `kernel_name` (e.g. "_ddpm_step_kernel") for `signature`.
+
+    Needs numba-cuda in GPU mode (NUMBA_ENABLE_CUDASIM unset) and NVVM/NVRTC (the CUDA toolkit,
+    or pip install 'numba-cuda[cu12]'); no GPU is needed.
+    """
+    from numba import cuda
+
+    # the submodules (the package's attributes of these names are the launcher functions)
+    for module_name in ("q_sample", "ddpm_step", "ddim_step", "timestep_embedding"):
+        module = importlib.import_module(f"refdiff.kernels.{module_name}")
+        if hasattr(module, kernel_name):
+            ptx, _ = cuda.compile_ptx(getattr(module, kernel_name).py_func, signature, cc=cc)
+            return ptx
+    raise KeyError(kernel_name)
+
+
+def float32_promotions(ptx):
+    """Number of float32 -> float64 conversions in the PTX: 0 for a kernel whose float32 math
+    never meets a float64 literal by accident."""
+    return ptx.count("cvt.f64.f32")
+
+
+def main():
+    """python -m refdiff.kernels.testing: compile every kernel for its launch signatures (no GPU needed)."""
+    for name, signatures in _signatures().items():
+        for signature in signatures:
+            ptx = compile_ptx(name, signature)
+            print(f"{name}: {len(ptx)} chars of PTX for sm_90, {ptx.count('fma.rn.f32')} fused multiply-adds (f32), "
+                  f"{float32_promotions(ptx)} float32 -> float64 promotions")
+
+
 def timesteps(T, batch, low=0):
     """A python int or an int64 array (batch,) of timesteps in low..T-1; 0 and T-1 come up often."""
     one = st.one_of(st.just(low), st.just(T - 1), st.integers(low, T - 1))
     return st.one_of(one, st.lists(one, min_size=batch, max_size=batch).map(lambda v: np.array(v, dtype=np.int64)))
+
+
+if __name__ == "__main__":
+    main()

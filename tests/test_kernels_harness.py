@@ -84,3 +84,69 @@ def test_kernel_agreement_test_builds_a_failing_test_for_a_wrong_kernel(monkeypa
     assert generated.__name__ == "test_fake_kernel_matches_its_twin"
     with pytest.raises(AssertionError, match="outside the tolerance"):
         generated()
+
+
+# ---- the README's "adding a kernel" example, end to end (kept in sync with the README text) ----
+
+from numba import cuda  # noqa: E402
+
+from refdiff.kernels import _launch  # noqa: E402
+
+
+def signal_part(x0, t, schedule):
+    """Twin (reference): sqrt(abar_t) x_0, the signal part of q_sample (DDPM eq. 4)."""
+    sqrt_abar = schedule.sqrt_alphas_cumprod[np.broadcast_to(t, x0.shape[:1])]
+    return sqrt_abar.reshape((-1,) + (1,) * (x0.ndim - 1)).astype(x0.dtype) * x0
+
+
+@cuda.jit
+def _signal_part_kernel(x0, t, t_scalar, t_per_sample, sqrt_alphas_cumprod, B, N, out):
+    for b in range(cuda.blockIdx.y, B, cuda.gridDim.y):  # samples over grid y
+        sqrt_abar = sqrt_alphas_cumprod[t[b] if t_per_sample else t_scalar]
+        for j in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, N, cuda.gridDim.x * cuda.blockDim.x):
+            out[b * N + j] = sqrt_abar * x0[b * N + j]
+
+
+def signal_part_kernel(x0, t, schedule):
+    """The fused kernel: the twin's signature, checks, then one launch."""
+    x0 = _launch.check_array(x0, "x0")
+    tables = _launch.schedule_tables(schedule)
+    B, N = _launch.batch_and_size(x0)
+    t = _launch.timestep_arg(t, tables.T, B)
+    out = _launch.empty_like(x0)
+    _launch.launch(_signal_part_kernel, B, N, _launch.device_view(_launch.flat(x0)), t.array, t.scalar, t.per_sample,
+                   tables.sqrt_alphas_cumprod, B, N, _launch.output_view(_launch.flat(out)))
+    return out
+
+
+@pytest.fixture
+def registered_example(monkeypatch):
+    """Registering = one line in refdiff.kernels.TWINS (here done by monkeypatch) + the function in refdiff.kernels."""
+    monkeypatch.setitem(kernels.TWINS, "signal_part", f"{__name__}:signal_part")
+    monkeypatch.setattr(kernels, "signal_part", signal_part_kernel, raising=False)
+
+
+def test_the_readme_example_kernel_passes_the_harness(registered_example):
+    from hypothesis import strategies as st
+
+    from refdiff.kernels.testing import arrays, schedules, timesteps
+
+    @st.composite
+    def calls(draw):
+        schedule = draw(schedules())
+        x0 = draw(arrays(draw(batch_shapes())))
+        return Call(args=(x0, draw(timesteps(schedule.T, x0.shape[0])), schedule))
+
+    # two roundings (sqrt(abar) to float32, the product), each <= u |x0| since sqrt(abar) <= 1
+    test = testing.kernel_agreement_test("signal_part", calls(), lambda call, ref: 2 * U * np.abs(call.args[0]),
+                                         max_examples=10)
+    test()
+
+
+@given(testing.arrays((3, 1000)))
+def test_large_drawn_arrays_are_float32_finite_and_bounded(a):
+    """GPU-sized arrays come from a drawn seed: still float32, finite, |x| <= 4, no subnormals."""
+    assert a.dtype == np.float32 and a.shape == (3, 1000)
+    assert np.isfinite(a).all() and np.abs(a).max() <= 4
+    nonzero = np.abs(a[a != 0])
+    assert (nonzero >= np.finfo(np.float32).tiny).all()

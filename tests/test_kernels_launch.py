@@ -127,6 +127,42 @@ def test_inputs_are_not_modified():
         np.testing.assert_array_equal(_to_host(a), b)
 
 
+def test_every_launch_uses_its_kernels_one_signature():
+    """Compile once: whatever the arguments (int or array t and t_prev, guidance or not, noise or
+    not, any shape), a kernel is launched with one set of argument types, so numba compiles it
+    once (twice for the embedding: integer and real t). The recorded types are exactly the table
+    refdiff.kernels.testing.launch_signatures(), which `python -m refdiff.kernels.testing`
+    compiles to PTX."""
+    from refdiff.kernels.testing import launch_signatures, record_launch_signatures
+
+    with record_launch_signatures() as seen:
+        for shape in [(2, 3), (5, 7, 3)]:
+            x = f32(shape)
+            t = _to_kernel_side(np.arange(shape[0]) % 9 + 1)
+            kernels.q_sample(x, 3, x, S)
+            kernels.q_sample_with_target(x, t, x, S, "v_prediction")
+            kernels.ddpm_step(x, x, 3, S, x)
+            kernels.ddpm_step(x, x, 0, S, None, variance_type="fixed_large", clip_sample=False)
+            kernels.ddpm_step(x, x, t, S, x, t_prev=t - 1, model_output_uncond=x, guidance_scale=2.0)
+            kernels.ddpm_step(x, x, t, S, x, t_prev=-1, prediction_type="v_prediction")
+            kernels.ddim_step(x, x, 3, -1, S)
+            kernels.ddim_step(x, x, t, t - 1, S, eta=0.5, noise=x, model_output_uncond=x, guidance_scale=0.0)
+            kernels.timestep_embedding(t, 8)
+            kernels.timestep_embedding(_to_kernel_side(np.array([0.5, 2.0])), 9, flip_sin_to_cos=True)
+    assert {name: sorted(map(str, sigs)) for name, sigs in seen.items()} == \
+        {name: sorted(map(str, sigs)) for name, sigs in launch_signatures().items()}
+
+
+@requires_gpu
+def test_launch_signatures_compile_to_ptx_without_float32_promotions():
+    """No float64 literal meets the float32 per-element math (it would promote it to float64)."""
+    from refdiff.kernels.testing import compile_ptx, float32_promotions, launch_signatures
+
+    for name, signatures in launch_signatures().items():
+        for signature in signatures:
+            assert float32_promotions(compile_ptx(name, signature)) == 0, name
+
+
 @requires_gpu
 def test_each_kernel_is_compiled_once():
     """Ints and arrays for t, any shape, guidance on or off: one specialization per kernel."""

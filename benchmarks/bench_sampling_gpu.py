@@ -1,0 +1,201 @@
+"""Sampling speed on a GPU: one DDIM step (U-Net forward + fused update) of the same U-Net,
+refdiff's cuda backend (eager, and CUDA-graph captured) against PyTorch eager (diffusers UNet2DModel).
+
+The U-Net: 32x32x3, base 64, channel_mults (1, 2, 2, 2), attention at 16x16, 2 residual blocks
+per level (issue 6). Both frameworks get identical weights: refdiff writes a diffusers folder
+(refdiff.diffusers_io.save_unet2d) and diffusers loads it; the first forward of both is compared
+before timing. A step = forward at timestep t + DDIM update (eta = 0) to t - 20; images per
+second = batch / median step time (CUDA events, after warm-up).
+
+The graphed variant captures one whole refdiff step on a non-blocking CuPy stream
+(Stream.begin_capture / end_capture, then graph.launch). Where the step cannot be captured
+(a host synchronisation, a host-to-device copy of t, an allocation outside the pool), the
+capture's error is printed and recorded instead of a time: that is the to-do list for issue 6.
+
+    python benchmarks/bench_sampling_gpu.py                 # batches 1, 16, 128; appends to RESULTS.md
+    python benchmarks/bench_sampling_gpu.py --batches 16 --no-torch
+    python benchmarks/bench_sampling_gpu.py --smoke         # no GPU: tiny U-Net, simulator kernels, nothing recorded
+Exits with code 2 and a message where no GPU is visible (unless --smoke). PyTorch + diffusers
+are optional (pin: torch==2.13.0).
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_bench_common as common  # noqa: E402
+
+common.enable_simulator_for_smoke(sys.argv)
+
+import numpy as np  # noqa: E402
+
+CONFIG = dict(in_channels=3, base_channels=64, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
+              attention_resolutions=(16,), sample_size=32, seed=0)
+SMOKE_CONFIG = dict(in_channels=3, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+                    attention_resolutions=(8,), sample_size=16, norm_groups=8, seed=0)
+BATCHES = (1, 16, 128)
+T, STRIDE, T_STEP = 1000, 20, 500
+
+
+def randomized(model, seed=0, scale=0.05):
+    """`model` with N(0, scale^2) noise added to every weight (in place), so that the zero-initialised
+    output convolution does not make both frameworks output 0 and the agreement check meaningful."""
+    rng = np.random.default_rng(seed)
+    state = {k: (v + scale * rng.standard_normal(v.shape)).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v
+             for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    return model
+
+
+def smoke_backend(model):
+    """Point every module's backend at the simulated cuda backend (NumPy arrays, simulator kernels)."""
+    from refdiff.backend import _simulated_cuda_backend
+
+    be = _simulated_cuda_backend()
+    for _, module in model.named_modules():
+        if "backend" in module.__dict__:
+            object.__setattr__(module, "backend", be)
+    return be
+
+
+def refdiff_step(model, be, schedule, x, t):
+    """One DDIM step (eta = 0) from t to t - STRIDE; returns x_prev."""
+    import refdiff as rd
+
+    t_vec = np.full(x.shape[0], t)
+    with rd.no_grad():
+        out = model(x, t_vec).data
+    return be.ddim_step(x, out, t, t - STRIDE, schedule, eta=0.0)
+
+
+def torch_step(model, coefs, x, t_tensor):
+    """The same step in PyTorch eager: diffusers forward + the DDIM update as tensor ops."""
+    import torch
+
+    alpha, sigma, c_x0, c_dir = coefs
+    with torch.no_grad():
+        out = model(x, t_tensor).sample
+        x0 = torch.clamp((x - sigma * out) / alpha, -1.0, 1.0)
+        return c_x0 * x0 + c_dir * out
+
+
+def ddim_coefficients(schedule, t):
+    abar, abar_prev = schedule.alphas_cumprod[t], schedule.alphas_cumprod[t - STRIDE]
+    return (float(np.sqrt(abar)), float(np.sqrt(1 - abar)), float(np.sqrt(abar_prev)), float(np.sqrt(1 - abar_prev)))
+
+
+def try_graph(step, timer):
+    """(seconds per graph launch, None) or (None, why the step could not be captured)."""
+    import cupy
+
+    stream = cupy.cuda.Stream(non_blocking=True)
+    try:
+        with stream:
+            step()  # warm the memory pool on this stream
+            stream.synchronize()
+            stream.begin_capture()
+            try:
+                step()
+            finally:
+                graph = stream.end_capture()
+            seconds = timer(lambda: graph.launch(stream))
+        return seconds, None
+    except Exception as e:  # report, do not hide: capture failures are issue 6's to-do list
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+
+
+def run(smoke=False, batches=BATCHES, torch_baseline=True, results=common.RESULTS, command=None):
+    import refdiff as rd
+    from refdiff.unet import UNet
+
+    schedule = rd.NoiseSchedule.linear(T=T)
+    config = SMOKE_CONFIG if smoke else CONFIG
+    model = randomized(UNet(**config))
+    torch = tmodel = None
+    folder = tempfile.mkdtemp(prefix="refdiff_bench_unet_")
+    device = "cpu" if smoke else "cuda"  # a smoke run checks the PyTorch code on the CPU
+    if torch_baseline:
+        try:
+            import torch
+            from diffusers import UNet2DModel
+
+            from refdiff.diffusers_io import save_unet2d
+
+            if smoke or torch.cuda.is_available():
+                save_unet2d(model, folder)
+                tmodel = UNet2DModel.from_pretrained(folder).to(device).eval()
+            else:
+                torch = None
+        except ImportError:
+            torch = None
+    if smoke:
+        be, xp = smoke_backend(model), np
+        timer = common.HostTimer(warmup=0, reps=1, calls=1)
+    else:
+        import cupy as xp
+
+        model.to("cuda")
+        be = rd.get_backend("cuda")
+        timer = common.GpuTimer(warmup=3, reps=10)
+    model.eval()
+
+    rows, notes = [], []
+    side = config["sample_size"]
+    for batch in batches:
+        x_host = np.random.default_rng(batch).standard_normal((batch, 3, side, side)).astype(np.float32)
+        x = xp.asarray(x_host)
+        step = lambda: refdiff_step(model, be, schedule, x, T_STEP)  # noqa: E731
+        t_eager = timer(step)
+        t_graph, why = (None, "smoke run") if smoke else try_graph(step, timer)
+        if why and why != "smoke run":
+            notes.append(f"batch {batch}: graph capture failed: {why}")
+        t_torch, agree = None, "-"
+        if tmodel is not None:
+            tx = torch.from_dlpack(x)
+            tt = torch.full((batch,), T_STEP, device=device, dtype=torch.long)
+            coefs = ddim_coefficients(schedule, T_STEP)
+            with torch.no_grad():
+                ref = tmodel(tx, tt).sample.cpu().numpy()
+            with rd.no_grad():
+                mine = common_host(model(x, np.full(batch, T_STEP)).data)
+            agree = f"{float(np.abs(mine - ref).max() / np.abs(ref).max()):.1e}"
+            t_torch = timer(lambda: torch_step(tmodel, coefs, tx, tt))
+        ips = lambda s: "-" if s is None else f"{batch / s:.0f}"  # noqa: E731
+        rows.append([batch, common.fmt_us(t_eager), ips(t_eager), common.fmt_us(t_graph), ips(t_graph),
+                     common.fmt_us(t_torch), ips(t_torch), common.fmt_ratio(t_eager, t_torch),
+                     common.fmt_ratio(t_graph, t_torch), agree])
+    header = ["batch", "refdiff eager us/step", "img/s", "refdiff graphed us/step", "img/s", "torch eager us/step",
+              "img/s", "eager / torch time", "graphed / torch time", "U-Net output: max abs diff / max abs"]
+    notes.insert(0, f"U-Net {config}; DDIM step t={T_STEP} -> {T_STEP - STRIDE}, eta=0")
+    if smoke:
+        notes.append("smoke run: NumPy + simulator kernels on the CPU, host timer; the times mean nothing")
+    elif tmodel is None:
+        notes.append("PyTorch baseline skipped (torch with CUDA and diffusers not importable)")
+    common.record("Sampling step: refdiff cuda vs PyTorch eager", common.markdown_table(header, rows),
+                  command or "python benchmarks/bench_sampling_gpu.py", notes, path=results)
+    return rows
+
+
+def common_host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="no GPU: tiny U-Net on NumPy with simulator kernels")
+    parser.add_argument("--batches", nargs="*", type=int, default=None)
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--results", default=None, help="append to this file instead of benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    if not args.smoke:
+        common.exit_without_gpu("bench_sampling_gpu.py")
+    batches = tuple(args.batches) if args.batches else ((2,) if args.smoke else BATCHES)
+    results = args.results if args.results else (None if args.smoke else common.RESULTS)
+    command = "python benchmarks/bench_sampling_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    run(smoke=args.smoke, batches=batches, torch_baseline=not args.no_torch, results=results, command=command.strip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

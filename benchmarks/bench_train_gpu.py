@@ -1,0 +1,141 @@
+"""Training-step time on a GPU: the same U-Net, refdiff's cuda backend against PyTorch eager.
+
+A step = fused q_sample_with_target (eps target) + U-Net forward + MSE loss + backward + AdamW,
+on a batch of 64 (issue 6; --batch to change) of 32x32x3 images through the U-Net of
+bench_sampling_gpu.py (base 64, mults (1, 2, 2, 2), attention at 16). Both frameworks start from
+identical weights (a diffusers folder written by refdiff) and see the same x_0, t and noise.
+Median step time by CUDA events after warm-up; the first losses of both are printed as a check.
+
+    python benchmarks/bench_train_gpu.py                # appends to benchmarks/RESULTS.md
+    python benchmarks/bench_train_gpu.py --smoke        # no GPU: tiny U-Net, simulator kernels, nothing recorded
+Exits with code 2 and a message where no GPU is visible (unless --smoke). PyTorch + diffusers
+are optional (pin: torch==2.13.0).
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_bench_common as common  # noqa: E402
+
+common.enable_simulator_for_smoke(sys.argv)
+
+import numpy as np  # noqa: E402
+from bench_sampling_gpu import CONFIG, SMOKE_CONFIG, randomized, smoke_backend  # noqa: E402
+
+T, LR = 1000, 1e-4
+
+
+def refdiff_train_step(model, be, opt, schedule, x0, t_host, t_dev, noise):
+    from refdiff import functional as F
+
+    x_t, target = be.q_sample_with_target(x0, t_dev, noise, schedule)  # fused on cuda
+    loss = F.mse_loss(model(x_t, t_host), target)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def torch_train_step(model, opt, sqrt_abar, sqrt_one_minus_abar, x0, t, noise):
+    import torch
+
+    x_t = sqrt_abar * x0 + sqrt_one_minus_abar * noise
+    loss = torch.nn.functional.mse_loss(model(x_t, t).sample, noise)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def run(smoke=False, batch=64, torch_baseline=True, results=common.RESULTS, command=None):
+    import refdiff as rd
+    from refdiff.optim import AdamW
+    from refdiff.unet import UNet
+
+    schedule = rd.NoiseSchedule.linear(T=T)
+    config = SMOKE_CONFIG if smoke else CONFIG
+    model = randomized(UNet(**config))
+    torch = tmodel = None
+    device = "cpu" if smoke else "cuda"  # a smoke run checks the PyTorch code on the CPU
+    if torch_baseline:
+        try:
+            import torch
+            from diffusers import UNet2DModel
+
+            from refdiff.diffusers_io import save_unet2d
+
+            if smoke or torch.cuda.is_available():
+                folder = tempfile.mkdtemp(prefix="refdiff_bench_unet_")
+                save_unet2d(model, folder)
+                tmodel = UNet2DModel.from_pretrained(folder).to(device).train()
+            else:
+                torch = None
+        except ImportError:
+            torch = None
+    if smoke:
+        be, xp = smoke_backend(model), np
+        timer = common.HostTimer(warmup=0, reps=1, calls=1)
+    else:
+        import cupy as xp
+
+        model.to("cuda")
+        be = rd.get_backend("cuda")
+        timer = common.GpuTimer(warmup=3, reps=10)
+    model.train()
+    opt = AdamW(model.parameters(), lr=LR, weight_decay=1e-2)
+
+    side = config["sample_size"]
+    rng = np.random.default_rng(0)
+    x0_host = rng.uniform(-1, 1, (batch, 3, side, side)).astype(np.float32)
+    noise_host = rng.standard_normal(x0_host.shape).astype(np.float32)
+    t_host = rng.integers(0, T, batch)
+    x0, noise, t_dev = xp.asarray(x0_host), xp.asarray(noise_host), xp.asarray(t_host)
+
+    first = refdiff_train_step(model, be, opt, schedule, x0, t_host, t_dev, noise)
+    notes = [f"U-Net {config}; batch {batch}; AdamW lr {LR}", f"refdiff first loss {float(first.item()):.6f}"]
+    t_refdiff = timer(lambda: refdiff_train_step(model, be, opt, schedule, x0, t_host, t_dev, noise))
+
+    t_torch = None
+    if tmodel is not None:
+        topt = torch.optim.AdamW(tmodel.parameters(), lr=LR, weight_decay=1e-2)
+        shape = (batch, 1, 1, 1)
+        sa = torch.tensor(schedule.sqrt_alphas_cumprod[t_host], dtype=torch.float32, device=device).reshape(shape)
+        s1 = torch.tensor(schedule.sqrt_one_minus_alphas_cumprod[t_host], dtype=torch.float32, device=device).reshape(shape)
+        tx0, tnoise = torch.from_dlpack(xp.asarray(x0_host)), torch.from_dlpack(xp.asarray(noise_host))
+        tt = torch.as_tensor(t_host, device=device)
+        tfirst = torch_train_step(tmodel, topt, sa, s1, tx0, tt, tnoise)
+        notes.append(f"torch first loss {float(tfirst.item()):.6f} (same weights and inputs: should match refdiff's)")
+        t_torch = timer(lambda: torch_train_step(tmodel, topt, sa, s1, tx0, tt, tnoise))
+    elif not smoke:
+        notes.append("PyTorch baseline skipped (torch with CUDA and diffusers not importable)")
+    if smoke:
+        notes.append("smoke run: NumPy + simulator kernels on the CPU, host timer; the times mean nothing")
+
+    header = ["batch", "refdiff cuda ms/step", "torch eager ms/step", "refdiff / torch time"]
+    ms = lambda s: "-" if s is None else f"{s * 1e3:.2f}"  # noqa: E731
+    rows = [[batch, ms(t_refdiff), ms(t_torch), common.fmt_ratio(t_refdiff, t_torch)]]
+    common.record("Training step: refdiff cuda vs PyTorch eager", common.markdown_table(header, rows),
+                  command or "python benchmarks/bench_train_gpu.py", notes, path=results)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="no GPU: tiny U-Net on NumPy with simulator kernels")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--results", default=None, help="append to this file instead of benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    if not args.smoke:
+        common.exit_without_gpu("bench_train_gpu.py")
+    batch = args.batch or (2 if args.smoke else 64)
+    results = args.results if args.results else (None if args.smoke else common.RESULTS)
+    command = "python benchmarks/bench_train_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    run(smoke=args.smoke, batch=batch, torch_baseline=not args.no_torch, results=results, command=command.strip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

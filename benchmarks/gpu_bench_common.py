@@ -1,0 +1,198 @@
+"""Shared plumbing of the GPU benchmarks: GPU check, CUDA-event timing, copy bandwidth, RESULTS.md.
+
+Used by bench_kernels.py, bench_sampling_gpu.py and bench_train_gpu.py (run as scripts from the
+repository root: `python benchmarks/bench_kernels.py`). Timing is CUDA events on CuPy's current
+stream after a warm-up, the median of many repetitions; each repetition times a run of calls
+long enough (>= 1 ms) that event resolution does not matter. Where no GPU is visible, the scripts
+print why and exit with code 2 (nothing measured); `--smoke` runs their CPU-side logic instead
+(under Numba's CUDA simulator for the kernels, tiny sizes, host timers, nothing recorded).
+"""
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
+NO_GPU_EXIT = 2
+
+
+def gpu_problem():
+    """None if CuPy sees a CUDA GPU, else the reason it cannot run (one line)."""
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy is not installed (pip install -e '.[cuda]' on a machine with an NVIDIA GPU)"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return f"CuPy cannot reach a CUDA device ({type(e).__name__}: {e})"
+    return None if n > 0 else "CuPy sees no CUDA device"
+
+
+def exit_without_gpu(script):
+    """Print why the benchmark cannot run here and exit with code 2."""
+    problem = gpu_problem()
+    if problem is not None:
+        print(f"{script}: no GPU visible, nothing measured: {problem}.")
+        print(f"  (run `python benchmarks/{script} --smoke` to check its CPU-side logic)")
+        sys.exit(NO_GPU_EXIT)
+
+
+def enable_simulator_for_smoke(argv):
+    """--smoke runs the kernels under Numba's CUDA simulator: switch it on before numba is imported."""
+    if "--smoke" in argv:
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+
+# ---- timing --------------------------------------------------------------------------------
+
+
+class GpuTimer:
+    """Median seconds per call of fn() on the GPU, by CUDA events on CuPy's current stream."""
+
+    def __init__(self, warmup=10, reps=30, min_rep_seconds=1e-3):
+        self.warmup, self.reps, self.min_rep_seconds = warmup, reps, min_rep_seconds
+
+    def __call__(self, fn):
+        import cupy
+
+        for _ in range(self.warmup):
+            fn()
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        # calls per repetition: enough for min_rep_seconds, estimated from one timed call
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        one = max(cupy.cuda.get_elapsed_time(start, end) / 1e3, 1e-7)
+        inner = max(1, min(1000, int(self.min_rep_seconds / one)))
+        times = []
+        for _ in range(self.reps):
+            start.record()
+            for _ in range(inner):
+                fn()
+            end.record()
+            end.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3 / inner)
+        return statistics.median(times)
+
+
+class HostTimer:
+    """Median seconds per call by the host clock (smoke runs, and launch costs on the host)."""
+
+    def __init__(self, warmup=2, reps=5, calls=3, sync=None):
+        self.warmup, self.reps, self.calls, self.sync = warmup, reps, calls, sync
+
+    def __call__(self, fn):
+        for _ in range(self.warmup):
+            fn()
+        if self.sync:
+            self.sync()
+        times = []
+        for _ in range(self.reps):
+            t0 = time.perf_counter()
+            for _ in range(self.calls):
+                fn()
+            times.append((time.perf_counter() - t0) / self.calls)
+        if self.sync:
+            self.sync()
+        return statistics.median(times)
+
+
+def host_launch_seconds(fn, calls=200):
+    """Host time per call of fn() without waiting for the GPU: the CPU cost of a launch.
+
+    The GPU queue is drained first; the calls are issued back to back. While this time exceeds
+    the kernel's GPU time, the kernel is launch-bound.
+    """
+    import cupy
+
+    fn()
+    cupy.cuda.get_current_stream().synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = (time.perf_counter() - t0) / calls
+    cupy.cuda.get_current_stream().synchronize()
+    return elapsed
+
+
+def copy_bandwidth(nbytes, timer):
+    """Device-to-device copy bandwidth in bytes/s (read + write: 2 nbytes per copy)."""
+    import cupy
+
+    src = cupy.ones(nbytes // 4, dtype=cupy.float32)
+    dst = cupy.empty_like(src)
+    stream = cupy.cuda.get_current_stream()
+    seconds = timer(lambda: dst.data.copy_from_device_async(src.data, src.nbytes, stream))
+    return 2 * src.nbytes / seconds
+
+
+# ---- recording -----------------------------------------------------------------------------
+
+
+def device_name():
+    try:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.runtime.getDevice())
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:
+        return f"CPU ({platform.processor() or platform.machine()}), simulator"
+
+
+def git_commit():
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def versions():
+    parts = [f"python {platform.python_version()}"]
+    for name in ("numpy", "cupy", "numba", "numba_cuda", "torch"):
+        module = sys.modules.get(name)
+        if module is not None:
+            parts.append(f"{name} {getattr(module, '__version__', '?')}")
+    return ", ".join(parts)
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def record(title, table, command, notes=(), path=RESULTS):
+    """Print the table and append it to RESULTS.md with date, device, commit and command."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    block = [f"## {title}", "", f"- date: {stamp}", f"- device: {device_name()}", f"- commit: {git_commit()}",
+             f"- command: `{command}`", f"- versions: {versions()}"]
+    block += [f"- {n}" for n in notes]
+    block += ["", table, ""]
+    text = "\n".join(block)
+    print(text)
+    if path:
+        new = not os.path.exists(path)
+        with open(path, "a") as f:
+            if new:
+                f.write("# Benchmark results\n\nEvery recorded figure, appended by the scripts in benchmarks/.\n\n")
+            f.write(text + "\n")
+        print(f"(appended to {os.path.relpath(path, ROOT)})")
+
+
+def fmt_us(seconds):
+    return "-" if seconds is None else f"{seconds * 1e6:.1f}"
+
+
+def fmt_ratio(a, b):
+    return "-" if a is None or b is None else f"{a / b:.2f}x"
