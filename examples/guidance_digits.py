@@ -66,7 +66,8 @@ def main(argv=None):
         diffusion = rd.GaussianDiffusion(model, rd.NoiseSchedule.linear(T=1000))
         trainer = train(diffusion, data, args.steps, out_dir=args.run, batch_size=128, lr=1e-3, warmup_steps=200,
                         ema_decay=0.999, cond_drop_prob=0.1, seed=args.seed, progress=not args.quick,
-                        data_info={"spec": "digits", "image_size": 8, "flatten": args.model == "mlp"})
+                        data_info={"spec": "digits", "image_size": 8, "flatten": args.model == "mlp",
+                                   "shape": [1, 8, 8]})
     print(f"trained {args.steps} steps in {trainer.seconds:.0f} s, last losses {np.mean(trainer.losses[-100:]):.4f}")
 
     classifier = train_classifier(images, steps=60 if args.quick else 400, seed=args.seed)

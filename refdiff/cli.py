@@ -347,6 +347,9 @@ def cmd_sample(args):
     except ValueError as e:
         raise CLIError(str(e)) from None
     seconds = time.perf_counter() - t0
+    shape = (meta.get("data") or {}).get("shape")  # images flattened for an MLP: draw them as images
+    if x.ndim == 2 and shape and len(shape) == 3 and int(np.prod(shape)) == x.shape[1]:
+        x = x.reshape((len(x), *shape))
     if ext == ".npz":
         parent = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(parent, exist_ok=True)
