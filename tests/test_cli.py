@@ -151,3 +151,20 @@ def test_sample_options_that_do_not_fit_the_run_exit_2(moons_run, digits_run, tm
 def test_training_into_an_existing_run_without_resume_is_refused(moons_run, capsys):
     code, err = _exit_code_and_error(["train", "--data", "moons", "--steps", "5", "--out", moons_run], capsys)
     assert code == 2 and "pass --resume" in err
+
+
+def test_sample_draws_a_run_on_flattened_images_as_an_image_grid(tmp_path):
+    import refdiff as rd
+    from refdiff.data import Dataset
+    from refdiff.trainer import Trainer
+
+    x = np.random.default_rng(0).uniform(-1, 1, (32, 64)).astype(np.float32)  # 8x8 "images" as vectors
+    model = rd.MLPDenoiser(dim=64, hidden=8, num_blocks=1)
+    trainer = Trainer(rd.GaussianDiffusion(model, rd.NoiseSchedule.linear(T=10)), Dataset(x), out_dir=str(tmp_path),
+                      data_info={"spec": "npz:none", "shape": [1, 8, 8]}, batch_size=8, progress=False)
+    trainer.train(1)
+    out = str(tmp_path / "grid.png")
+    assert cli.main(["sample", str(tmp_path), "--n", "4", "--out", out, "--no-progress"]) == 0
+    width, height = Image.open(out).size
+    assert width == height > 48  # a 2x2 grid of upscaled 8x8 tiles, not a scatter plot (512x512)
+    assert width != 512
