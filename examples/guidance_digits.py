@@ -33,6 +33,7 @@ def main(argv=None):
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--model", choices=("mlp", "unet"), default="mlp")
     p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--hidden", type=int, default=256, help="mlp: width")
     p.add_argument("--blocks", type=int, default=3, help="mlp: residual blocks")
     p.add_argument("--per-class", type=int, default=50, help="samples per class and scale for the metrics")
@@ -64,7 +65,7 @@ def main(argv=None):
         trainer.seconds = time.perf_counter() - t0
     else:
         diffusion = rd.GaussianDiffusion(model, rd.NoiseSchedule.linear(T=1000))
-        trainer = train(diffusion, data, args.steps, out_dir=args.run, batch_size=128, lr=1e-3, warmup_steps=200,
+        trainer = train(diffusion, data, args.steps, out_dir=args.run, batch_size=args.batch_size, lr=1e-3, warmup_steps=200,
                         ema_decay=0.999, cond_drop_prob=0.1, seed=args.seed, progress=not args.quick,
                         data_info={"spec": "digits", "image_size": 8, "flatten": args.model == "mlp",
                                    "shape": [1, 8, 8]})
