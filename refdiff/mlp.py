@@ -79,7 +79,7 @@ class MLPDenoiser(Module):
         emb = self.time_embedding(Tensor(features.astype(self.in_proj.weight.dtype, copy=False)))  # (B, hidden)
         K = self.config["num_classes"]
         if K is not None:
-            emb = emb + self.class_embedding(model_labels(None if y is None else _unwrap(y), B, K, xp))
+            emb = emb + self.class_embedding(model_labels(_unwrap(y), B, K, xp))
         elif y is not None:
             raise ValueError("this MLPDenoiser is unconditional (num_classes=None) but class labels y were given")
         h = self.in_proj(x)  # (B, hidden)

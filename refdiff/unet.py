@@ -210,7 +210,7 @@ class UNet(Module):
     def _labels(self, y, B):
         """Class labels (B,) where the parameters live; None gives the null label num_classes."""
         xp = array_module(self.conv_in.weight.data)
-        return model_labels(None if y is None else _unwrap(y), B, self.config["num_classes"], xp)
+        return model_labels(_unwrap(y), B, self.config["num_classes"], xp)
 
     def extra_repr(self):
         c = self.config

@@ -19,7 +19,7 @@ import _fake_device as fake
 from _fake_device import HostTransfer, no_host_transfers
 from refdiff import _validate, nn, optim
 from refdiff import functional as F
-from refdiff.autograd import Tensor
+from refdiff.autograd import Tensor, no_grad
 from refdiff.mlp import MLPDenoiser
 from refdiff.unet import UNet
 
@@ -31,10 +31,10 @@ def device(monkeypatch):
     return fake.backend()
 
 
-def unet(num_classes=3):
+def unet(dropout=0.0):
     """A small class-conditional U-Net (attention, scale-shift) with a non-zero output conv."""
     model = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
-                 sample_size=8, norm_groups=4, num_classes=num_classes, resnet_time_scale_shift="scale_shift")
+                 sample_size=8, norm_groups=4, num_classes=3, resnet_time_scale_shift="scale_shift", dropout=dropout)
     model.conv_out.weight.data[...] = 0.1 * np.random.default_rng(1).standard_normal(model.conv_out.weight.shape)
     return model
 
@@ -67,7 +67,7 @@ def test_the_fake_device_catches_each_kind_of_host_round_trip(device, round_trip
 
 
 def test_unet_forward_and_backward_make_no_host_transfer(device):
-    model = unet().to(device)
+    model = unet(dropout=0.1).to(device)  # training mode: dropout masks drawn on the device
     x, target = fake.to_device(normal((2, 1, 8, 8))), fake.to_device(normal((2, 1, 8, 8), seed=1))
     t, y = fake.to_device(np.array([0, 999])), fake.to_device(np.array([2, 3]))  # 3 = the null label
     with no_host_transfers():
@@ -94,7 +94,7 @@ def test_unet_on_the_device_computes_what_it_computes_on_the_host(device):
 def test_mlp_forward_makes_no_host_transfer(device):
     model = mlp().to(device)
     x, t, y = fake.to_device(normal((4, 2))), fake.to_device(np.array([0, 1, 10, 999])), fake.to_device(np.arange(4))
-    with no_host_transfers():
+    with no_host_transfers(), no_grad():  # as in a sampling step
         conditional = model(x, t, y)
         unconditional = model(x, t)  # y=None: the null label is filled in on the device
     assert isinstance(conditional.data, fake.DeviceArray) and isinstance(unconditional.data, fake.DeviceArray)
