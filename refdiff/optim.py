@@ -287,7 +287,7 @@ def clip_grad_norm(params, max_norm, error_if_nonfinite=False, sync=True):
     read back once, after the sum). sync=False never reads it: the norm is returned as a 0-d
     float64 array where the gradients live, and every gradient is multiplied by
     min(1, coef) (by 1 where the norm is NaN or inf), as PyTorch does, which gives the same
-    values; error_if_nonfinite needs sync=True.
+    values; error_if_nonfinite needs sync=True. Without any gradient the norm is 0.0 either way.
     """
     params = _param_list(params)
     max_norm = _check_number("max_norm", max_norm, 0.0, math.inf, low_open=True, high_open=True)
