@@ -6,7 +6,7 @@ the chain rule could build from Tensor primitives (group norm, softmax, attentio
 are fused here instead: one graph node each, a hand-derived backward with fewer temporaries,
 and the formula in one place.
 
-Ops: linear, embedding, silu, gelu (tanh approximation), softmax, conv2d, group_norm,
+Ops: linear, embedding, silu, gelu (tanh approximation), softmax, pad2d, conv2d, group_norm,
 upsample_nearest2x, avg_pool2d, dropout, mse_loss, scaled_dot_product_attention.
 
 Shapes: images are NCHW (batch, channels, height, width); a conv weight is
@@ -155,6 +155,38 @@ def softmax(x, axis=-1):
     def backward():  # dx_i = y_i (dy_i - sum_j dy_j y_j)
         g = out.grad
         x._accumulate(y * (g - (g * y).sum(axis=axis, keepdims=True)))
+
+    return out._set_backward(backward)
+
+
+# ---- padding -------------------------------------------------------------------------------
+
+
+def pad2d(x, padding):
+    """Zero padding of the last two axes: y[..., top + h, left + w] = x[..., h, w], zeros elsewhere.
+
+    padding: p (p rows or columns on every side) or (left, right, top, bottom), the order of
+    torch.nn.functional.pad for the last two axes; diffusers' Downsample2D pads with (0, 1, 0, 1),
+    one column on the right and one row at the bottom.
+    """
+    x = _tensor(x)
+    if isinstance(padding, numbers.Integral):
+        left = right = top = bottom = int(padding)
+    elif len(padding) == 4:
+        left, right, top, bottom = (int(p) for p in padding)
+    else:
+        raise ValueError(f"pad2d: padding must be an int or (left, right, top, bottom), got {padding!r}")
+    if min(left, right, top, bottom) < 0:
+        raise ValueError(f"pad2d: padding must be >= 0, got {padding!r}")
+    if x.ndim < 2:
+        raise ValueError(f"pad2d needs x with at least 2 axes (..., H, W), got shape {x.shape}")
+    H, W = x.shape[-2:]
+    y = x.xp.zeros(x.shape[:-2] + (top + H + bottom, left + W + right), dtype=x.dtype)
+    y[..., top : top + H, left : left + W] = x.data
+    out = _node(y, x)
+
+    def backward():  # y copies each x pixel once: dx = dy at the same place (the zeros get no gradient)
+        x._accumulate(x.xp.ascontiguousarray(out.grad[..., top : top + H, left : left + W]))
 
     return out._set_backward(backward)
 
@@ -455,9 +487,11 @@ def scaled_dot_product_attention(q, k, v, scale=None):
     xp = q.xp
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    s = (q.data @ xp.swapaxes(k.data, -1, -2)) * scale  # (..., L, S)
-    e = xp.exp(s - s.max(axis=-1, keepdims=True))
-    p = e / e.sum(axis=-1, keepdims=True)  # attention weights
+    q_scaled = q.data * scale  # scale the (L, d) operand, not the (L, S) scores
+    p = q_scaled @ xp.swapaxes(k.data, -1, -2)  # scores S = scale Q K^T (..., L, S), made into P in place:
+    p -= p.max(axis=-1, keepdims=True)  # shift each row by its max: exp cannot overflow
+    xp.exp(p, out=p)
+    p /= p.sum(axis=-1, keepdims=True)  # attention weights P = softmax(S), rows sum to 1
     out = _node(p @ v.data, q, k, v)  # (..., L, dv)
 
     def backward():
@@ -467,12 +501,12 @@ def scaled_dot_product_attention(q, k, v, scale=None):
         if v.requires_grad:
             v._accumulate(xp.swapaxes(p, -1, -2) @ g)
         if q.requires_grad or k.requires_grad:
-            dp = g @ xp.swapaxes(v.data, -1, -2)
-            ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
-            ds *= scale
+            ds = g @ xp.swapaxes(v.data, -1, -2)  # dP (..., L, S), made into dS in place:
+            ds -= (ds * p).sum(axis=-1, keepdims=True)  # dP - rowsum(dP P)
+            ds *= p
             if q.requires_grad:
-                q._accumulate(ds @ k.data)
+                q._accumulate(ds @ (k.data * scale))
             if k.requires_grad:
-                k._accumulate(xp.swapaxes(ds, -1, -2) @ q.data)
+                k._accumulate(xp.swapaxes(ds, -1, -2) @ q_scaled)
 
     return out._set_backward(backward)
