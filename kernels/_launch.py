@@ -32,10 +32,12 @@ import numpy as np
 from numba import config as _numba_config
 from numba import cuda
 
-from refdiff._validate import check_choice, check_positive_int, check_prediction_type
+from refdiff._validate import DEVICE_CHECKS, check_choice, check_positive_int, check_prediction_type
 
 SIMULATED = bool(_numba_config.ENABLE_CUDASIM)
-DEBUG_CHECKS = os.environ.get("REFDIFF_KERNEL_CHECKS", "0") == "1"
+# REFDIFF_KERNEL_CHECKS=1, read once by refdiff._validate: the one switch (and rule) that the
+# model code follows too (see that module's docstring)
+DEBUG_CHECKS = DEVICE_CHECKS
 
 # codes of the string options, as the kernels see them (uniform branches inside the kernel)
 PREDICTION_CODES = {"epsilon": 0, "sample": 1, "v_prediction": 2}
