@@ -158,13 +158,18 @@ def check_timesteps(t, T, batch=None, name="t", allow_negative=False):
             f"{name} must be an integer or have shape ({batch},) (one per sample), got shape {t_arr.shape}"
         )
 
-    upper = t_arr >= T
-    lower = np.zeros_like(upper) if allow_negative else t_arr < 0
+    check_timestep_range(t_arr, T, name, allow_negative)
+    return t_arr
+
+
+def check_timestep_range(t, T, name="t", allow_negative=False):
+    """Every entry of the host int array `t` in 0..T-1 (or < T with `allow_negative`)."""
+    upper = t >= T
+    lower = np.zeros_like(upper) if allow_negative else t < 0
     if upper.any() or lower.any():
-        bad = t_arr[upper | lower][0]
+        bad = t[upper | lower][0]
         valid = f"< {T}" if allow_negative else f"in 0..{T - 1}"
         raise ValueError(f"{name} must be {valid} (the schedule has T={T} steps), got {bad}")
-    return t_arr
 
 
 def per_sample(values, x):
