@@ -32,10 +32,18 @@ import numpy as np
 from numba import config as _numba_config
 from numba import cuda
 
-from refdiff._validate import check_choice, check_positive_int, check_prediction_type
+from refdiff._validate import (
+    DEVICE_CHECKS,
+    check_choice,
+    check_positive_int,
+    check_prediction_type,
+    check_timestep_range,
+)
 
 SIMULATED = bool(_numba_config.ENABLE_CUDASIM)
-DEBUG_CHECKS = os.environ.get("REFDIFF_KERNEL_CHECKS", "0") == "1"
+# REFDIFF_KERNEL_CHECKS=1, read once by refdiff._validate: the one switch (and rule) that the
+# model code follows too (see that module's docstring)
+DEBUG_CHECKS = DEVICE_CHECKS
 
 # codes of the string options, as the kernels see them (uniform branches inside the kernel)
 PREDICTION_CODES = {"epsilon": 0, "sample": 1, "v_prediction": 2}
@@ -182,7 +190,7 @@ def timestep_arg(t, T, batch, name="t", allow_negative=False):
         raise TypeError(f"{name} must be an integer or an integer array, got a bool")
     if isinstance(t, numbers.Integral):
         t = int(t)
-        _check_timestep_range(np.asarray([t]), T, name, allow_negative)
+        check_timestep_range(np.asarray([t]), T, name, allow_negative)
         return TimestepArg(_placeholder(np.int64), t, False, np.full(batch, t, dtype=np.int64))
     if not (hasattr(t, "dtype") and hasattr(t, "shape")):
         raise TypeError(f"{name} must be an integer or an integer array, got {type(t).__name__}")
@@ -198,20 +206,11 @@ def timestep_arg(t, T, batch, name="t", allow_negative=False):
         host = None
         if DEBUG_CHECKS:
             host = t.get().astype(np.int64)
-            _check_timestep_range(host, T, name, allow_negative)
+            check_timestep_range(host, T, name, allow_negative)
         return TimestepArg(device_view(t.astype(np.int64, copy=False)), 0, True, host)
     t = np.ascontiguousarray(t, dtype=np.int64)
-    _check_timestep_range(t, T, name, allow_negative)
+    check_timestep_range(t, T, name, allow_negative)
     return TimestepArg(t if SIMULATED else device_view(_xp().asarray(t)), 0, True, t)
-
-
-def _check_timestep_range(t, T, name, allow_negative):
-    upper = t >= T
-    lower = np.zeros_like(upper) if allow_negative else t < 0
-    if upper.any() or lower.any():
-        bad = t[upper | lower][0]
-        valid = f"< {T}" if allow_negative else f"in 0..{T - 1}"
-        raise ValueError(f"{name} must be {valid} (the schedule has T={T} steps), got {bad}")
 
 
 def device_timesteps(t, dtype):

@@ -51,6 +51,7 @@ _EXPORTS = {
     "Trainer": "refdiff.trainer",
     # backends
     "get_backend": "refdiff.backend",
+    "BackendUnavailable": "refdiff.backend",
 }
 
 # subpackages reachable as attributes: rd.nn, rd.optim, rd.kernels, ...

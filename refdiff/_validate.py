@@ -5,8 +5,21 @@ names the argument and the problem (shape, dtype, range, NaN), so that a caller 
 fix. The helpers work on NumPy arrays and, where cheap, on CuPy arrays (through
 `refdiff.backend.array_module`); timesteps always end up as a host NumPy int64 array because
 the schedule's coefficient tables are host NumPy float64 arrays.
+
+Checks and the device (the rule for the whole package, kernels included)
+  - Shape and dtype checks always run: they read metadata, which lives on the host.
+  - Checks of array *values* (a range, NaN/inf) run where the values are free to read: on host
+    data (NumPy arrays, Python numbers and lists) always. On a device (CuPy) array they are
+    skipped, because reading a value means a device-to-host copy that waits for the GPU (a host
+    synchronisation per call, and an error inside CUDA-graph capture). Set the environment
+    variable REFDIFF_KERNEL_CHECKS=1 to run them on device arrays too (debugging; it syncs).
+  - `value_checks_on(a)` answers "may I read the values of `a`?"; the model input helpers
+    below (`model_timesteps`, `model_labels`) and the kernels' launchers follow it.
+  - A device input is passed on as it is (no copy); host data given to a model whose
+    parameters live on the device is checked on the host and copied to the device once.
 """
 import numbers
+import os
 
 import numpy as np
 
@@ -14,6 +27,21 @@ from .backend import array_module
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+# REFDIFF_KERNEL_CHECKS=1: also check values on device arrays (see the module docstring).
+# Read once at import, like the other switches of the kernels (kernels/_launch.py re-exports it).
+DEVICE_CHECKS = os.environ.get("REFDIFF_KERNEL_CHECKS", "0") == "1"
+
+
+def is_device_array(a):
+    """True for an array that lives on a GPU (a CuPy array)."""
+    return array_module(a) is not np
+
+
+def value_checks_on(a):
+    """True when the values of `a` are to be checked: host data always, a device array only with
+    REFDIFF_KERNEL_CHECKS=1 (reading device values synchronises the host with the GPU)."""
+    return DEVICE_CHECKS or not is_device_array(a)
 
 
 def to_numpy(a):
@@ -130,13 +158,18 @@ def check_timesteps(t, T, batch=None, name="t", allow_negative=False):
             f"{name} must be an integer or have shape ({batch},) (one per sample), got shape {t_arr.shape}"
         )
 
-    upper = t_arr >= T
-    lower = np.zeros_like(upper) if allow_negative else t_arr < 0
+    check_timestep_range(t_arr, T, name, allow_negative)
+    return t_arr
+
+
+def check_timestep_range(t, T, name="t", allow_negative=False):
+    """Every entry of the host int array `t` in 0..T-1 (or < T with `allow_negative`)."""
+    upper = t >= T
+    lower = np.zeros_like(upper) if allow_negative else t < 0
     if upper.any() or lower.any():
-        bad = t_arr[upper | lower][0]
+        bad = t[upper | lower][0]
         valid = f"< {T}" if allow_negative else f"in 0..{T - 1}"
         raise ValueError(f"{name} must be {valid} (the schedule has T={T} steps), got {bad}")
-    return t_arr
 
 
 def per_sample(values, x):
@@ -148,3 +181,75 @@ def per_sample(values, x):
     xp = array_module(x)
     values = np.asarray(values, dtype=np.float64).astype(x.dtype)
     return xp.asarray(values).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+
+
+# ---- the inputs of a network: timesteps and class labels --------------------------------------
+# Both follow the rule of the module docstring: shapes and dtypes are always checked, values
+# only where value_checks_on() allows, and a device array goes through without a copy.
+
+
+def model_timesteps(t, B, xp, name="timesteps t"):
+    """Timesteps given to a network, as an array of `xp` of shape (B,) for its sinusoidal embedding.
+
+    t: a number (the same step for the whole batch), or an integer or real array of shape (B,)
+    (host or device). Values are checked to be finite where value_checks_on() allows.
+    """
+    t = _batch(t, B, xp, name)
+    if not (np.issubdtype(np.dtype(t.dtype), np.integer) or np.issubdtype(np.dtype(t.dtype), np.floating)):
+        raise TypeError(f"{name} must hold integer or real timesteps, got dtype {t.dtype}")
+    if value_checks_on(t):
+        check_finite(t, name)
+    return _on(xp, t, B)
+
+
+def model_labels(y, B, num_classes, xp, name="class labels y"):
+    """Class labels given to a class-conditional network, as an int array of `xp` of shape (B,).
+
+    y: None (every sample gets the null label num_classes, i.e. unconditional), a label, or an
+    integer array of shape (B,) (host or device) with values in 0..num_classes, checked where
+    value_checks_on() allows. Label num_classes is the null label of classifier-free guidance.
+    """
+    if y is None:
+        return xp.full((B,), num_classes, dtype=np.int64)  # the null label (filled where xp lives)
+    y = _batch(y, B, xp, name)
+    if not np.issubdtype(np.dtype(y.dtype), np.integer):
+        raise TypeError(f"{name} must be integers, got dtype {y.dtype}")
+    if value_checks_on(y):
+        check_index_range(y, num_classes + 1, name, f" ({num_classes} = the null label)")
+    return _on(xp, y, B)
+
+
+def check_index_range(idx, n, name, note=""):
+    """Raise unless every value of the integer array `idx` is in 0..n-1 (reads the values: call it
+    only where value_checks_on(idx))."""
+    if idx.size and (bool((idx < 0).any()) or bool((idx >= n).any())):
+        raise ValueError(f"{name} must be in [0, {n - 1}]{note}, got values in [{int(idx.min())}, {int(idx.max())}]")
+
+
+def _batch(a, B, xp, name):
+    """`a` (a number, a list, or a 0-d or (B,) array) with its shape checked, still where it lives:
+    host data as a NumPy array (a number as a 0-d one), a device array as it is (a 0-d one
+    broadcast to (B,) on the device)."""
+    if is_device_array(a):
+        if xp is np:
+            raise TypeError(f"{name} is a CuPy array but the model's parameters are NumPy arrays: "
+                            f"pass a NumPy array, or move the model to the GPU (backend='cuda')")
+        if a.ndim == 0:
+            return xp.broadcast_to(a, (B,))
+    else:
+        a = np.asarray(a)
+        if a.ndim == 0:
+            return a
+    if tuple(a.shape) != (B,):
+        raise ValueError(f"{name} must be a scalar or have shape ({B},), got shape {tuple(a.shape)}")
+    return a
+
+
+def _on(xp, a, B):
+    """A checked batch input as an array of `xp` of shape (B,): a device array as it is, a host
+    number filled in on the device (no copy), a host array copied once."""
+    if is_device_array(a):
+        return a
+    if a.ndim == 0:
+        return xp.full((B,), a.item(), dtype=a.dtype)
+    return xp.asarray(a)

@@ -10,8 +10,11 @@ and backward sit side by side, and a comment gives the derivative used.
 Conventions
 - Array-module agnostic: the array module `xp` (numpy or cupy) is taken from the data through
   `refdiff.backend.array_module`, so the same code runs on the CUDA backend unchanged.
-- dtype is preserved: float32 data gives float32 outputs and float32 gradients; a Python
-  scalar operand takes the dtype of the Tensor it meets.
+- dtype is preserved: float32 data gives float32 outputs and float32 gradients. A Python (or
+  NumPy) scalar operand stays a Python number in the arithmetic (`x * 2.0` computes
+  `x.data * 2.0`), so it takes the dtype of the Tensor it meets (NumPy 2 and CuPy treat Python
+  scalars as "weak", NEP 50) and, on CuPy, costs no array allocation and no host-to-device copy.
+  It is a constant: it gets no gradient.
 - Broadcasting: an op whose inputs were broadcast sums its gradient back to each input's shape
   (`unbroadcast`).
 - Gradients of leaves (Tensors created by the user, e.g. parameters) accumulate across
@@ -95,12 +98,12 @@ class Tensor:
     # ---- plumbing: building the graph ------------------------------------------------------
 
     def _lift(self, other):
-        """`other` as a Tensor; a Python scalar takes this Tensor's dtype (no float32 -> float64)."""
+        """`other` as an operand: a Tensor as it is, a scalar as a _Scalar (a Python number), an
+        array as a constant Tensor."""
         if isinstance(other, Tensor):
             return other
         if isinstance(other, numbers.Number):
-            dtype = self.dtype if _is_float(self.dtype) else None
-            return Tensor(self.xp.full((), other, dtype=dtype))
+            return _Scalar(other)
         return Tensor(other)
 
     def _child(self, data, *parents):
@@ -291,6 +294,7 @@ class Tensor:
     def __pow__(self, exponent):
         if isinstance(exponent, Tensor) or not isinstance(exponent, numbers.Number):
             raise TypeError(f"Tensor ** exponent needs a Python scalar exponent, got {type(exponent).__name__}")
+        exponent = _python_number(exponent)
         out = self._child(self.data**exponent, self)
 
         def backward():  # d(a^p)/da = p a^(p-1)
@@ -325,7 +329,7 @@ class Tensor:
     # ---- matrix product ------------------------------------------------------------------------
 
     def __matmul__(self, other):
-        other = self._lift(other)
+        other = other if isinstance(other, Tensor) else Tensor(other)
         if self.ndim == 0 or other.ndim == 0:
             raise ValueError(f"matmul needs at least 1-D operands, got shapes {self.shape} and {other.shape}")
         if self.shape[-1] != other.shape[-2 if other.ndim > 1 else -1]:
@@ -352,7 +356,7 @@ class Tensor:
         return out._set_backward(backward)
 
     def __rmatmul__(self, other):
-        return self._lift(other) @ self
+        return Tensor(other) @ self
 
     # ---- reductions ----------------------------------------------------------------------------
 
@@ -428,6 +432,25 @@ class Tensor:
             self._accumulate(g)
 
         return out._set_backward(backward)
+
+
+class _Scalar(Tensor):
+    """A scalar operand of an op (the 2.0 of `x * 2.0` or `2.0 - x`): a constant leaf of the graph
+    whose .data is the Python number itself, not an array. The ops use it as they use a Tensor
+    (`2.0 - x` runs Tensor.__sub__ with this as `self`); it never requires a gradient."""
+
+    def __init__(self, value):  # no array: nothing to allocate, nothing to copy to a device
+        self.data, self.grad, self.requires_grad = _python_number(value), None, False
+        self._parents, self._backward = (), None
+
+    def __repr__(self):
+        return f"_Scalar({self.data!r})"
+
+
+def _python_number(value):
+    """A NumPy scalar (np.float64(0.5)) as the Python number it holds: NumPy 2 would let a
+    float64 scalar promote a float32 array, a Python number keeps the array's dtype."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _graph_freed():

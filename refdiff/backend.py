@@ -55,17 +55,9 @@ class Backend:
 
 
 def _numpy_backend() -> Backend:
-    from . import embedding, forward, reverse
+    import refdiff  # the reference twins, under the same names as the kernels
 
-    return Backend(
-        name="numpy",
-        xp=np,
-        q_sample=forward.q_sample,
-        q_sample_with_target=forward.q_sample_with_target,
-        timestep_embedding=embedding.timestep_embedding,
-        ddpm_step=reverse.ddpm_step,
-        ddim_step=reverse.ddim_step,
-    )
+    return _backend_of("numpy", np, refdiff)
 
 
 _BACKENDS = {}
@@ -116,18 +108,19 @@ def _cuda_backend() -> Backend:
         raise BackendUnavailable(
             f"backend 'cuda' needs numba-cuda for its kernels ({e}); install it with: pip install 'refdiff[cuda]'"
         ) from e
-    return _kernel_backend("cuda", cupy, kernels)
+    return _backend_of("cuda", cupy, kernels)
 
 
-def _kernel_backend(name, xp, kernels) -> Backend:
+def _backend_of(name, xp, ops) -> Backend:
+    """A backend whose fused ops are the functions of those names in `ops` (refdiff or refdiff.kernels)."""
     return Backend(
         name=name,
         xp=xp,
-        q_sample=kernels.q_sample,
-        q_sample_with_target=kernels.q_sample_with_target,
-        timestep_embedding=kernels.timestep_embedding,
-        ddpm_step=kernels.ddpm_step,
-        ddim_step=kernels.ddim_step,
+        q_sample=ops.q_sample,
+        q_sample_with_target=ops.q_sample_with_target,
+        timestep_embedding=ops.timestep_embedding,
+        ddpm_step=ops.ddpm_step,
+        ddim_step=ops.ddim_step,
     )
 
 
@@ -139,4 +132,4 @@ def _simulated_cuda_backend() -> Backend:
 
     if not _launch.SIMULATED:
         raise BackendUnavailable("the simulated cuda backend needs NUMBA_ENABLE_CUDASIM=1 set before numba is imported")
-    return _kernel_backend("cuda-simulator", np, kernels)
+    return _backend_of("cuda-simulator", np, kernels)

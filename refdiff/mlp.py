@@ -11,6 +11,7 @@ for classifier-free guidance (Ho & Salimans 2022).
 """
 import numpy as np
 
+from ._validate import model_labels, model_timesteps
 from .autograd import Tensor
 from .backend import array_module, get_backend
 from .nn import Embedding, Linear, Module, ModuleList
@@ -71,17 +72,14 @@ class MLPDenoiser(Module):
         if x.ndim != 2 or x.shape[1] != self.config["dim"]:
             raise ValueError(f"MLPDenoiser expects x of shape (B, {self.config['dim']}), got {tuple(x.shape)}")
         B = x.shape[0]
-        t = _batch_of(t, B, "timesteps t")
-        if not np.all(np.isfinite(t)):
-            raise ValueError("timesteps t contain NaN or infinity")
-        features = self.backend.timestep_embedding(xp.asarray(t), self.config["time_dim"])  # (B, time_dim)
+        # t and y where the parameters live, checked as refdiff._validate's rule says (no host
+        # round trip for device arrays)
+        t = model_timesteps(_unwrap(t), B, xp)
+        features = self.backend.timestep_embedding(t, self.config["time_dim"])  # (B, time_dim)
         emb = self.time_embedding(Tensor(features.astype(self.in_proj.weight.dtype, copy=False)))  # (B, hidden)
         K = self.config["num_classes"]
         if K is not None:
-            y = np.full((B,), K, dtype=np.int64) if y is None else _batch_of(y, B, "class labels y")
-            if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() > K:
-                raise ValueError(f"class labels y must be integers in [0, {K}] ({K} = null label), got {y}")
-            emb = emb + self.class_embedding(y)
+            emb = emb + self.class_embedding(model_labels(_unwrap(y), B, K, xp))
         elif y is not None:
             raise ValueError("this MLPDenoiser is unconditional (num_classes=None) but class labels y were given")
         h = self.in_proj(x)  # (B, hidden)
@@ -90,11 +88,6 @@ class MLPDenoiser(Module):
         return self.out_proj(silu(h))  # (B, dim)
 
 
-def _batch_of(values, B, what):
-    values = values.data if isinstance(values, Tensor) else values
-    values = np.asarray(values.get() if hasattr(values, "get") else values)
-    if values.ndim == 0:
-        values = np.full((B,), values)
-    if values.shape != (B,):
-        raise ValueError(f"{what} must be a scalar or have shape ({B},), got shape {values.shape}")
-    return values
+def _unwrap(a):
+    """The array of a Tensor; anything else as it is."""
+    return a.data if isinstance(a, Tensor) else a

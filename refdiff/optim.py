@@ -271,7 +271,7 @@ class AdamW(Adam):
 # gradient clipping and learning-rate warmup
 
 
-def clip_grad_norm(params, max_norm, error_if_nonfinite=False):
+def clip_grad_norm(params, max_norm, error_if_nonfinite=False, sync=True):
     """Scale all gradients together so that their global L2 norm is at most `max_norm`.
 
         total = sqrt(sum_p sum_i grad_p,i^2)             (parameters with grad None are left out)
@@ -282,15 +282,30 @@ def clip_grad_norm(params, max_norm, error_if_nonfinite=False):
     scaled in place (two parameters may share one gradient array). Returns the total norm before
     clipping as a Python float. With a NaN or infinite norm the gradients are left as they are,
     or a ValueError is raised when error_if_nonfinite is True.
+
+    On the CUDA backend the returned float costs one host synchronisation per call (the norm is
+    read back once, after the sum). sync=False never reads it: the norm is returned as a 0-d
+    float64 array where the gradients live, and every gradient is multiplied by
+    min(1, coef) (by 1 where the norm is NaN or inf), as PyTorch does, which gives the same
+    values; error_if_nonfinite needs sync=True. Without any gradient the norm is 0.0 either way.
     """
     params = _param_list(params)
     max_norm = _check_number("max_norm", max_norm, 0.0, math.inf, low_open=True, high_open=True)
     grads = [p for p in params if p.grad is not None]
-    sum_sq = 0.0
-    for p in grads:
-        xp = array_module(p.grad)
-        sum_sq += float(xp.sum(xp.square(p.grad.astype(xp.float64))))
-    total = math.sqrt(sum_sq)
+    if not grads:
+        return 0.0
+    xp = array_module(grads[0].grad)
+    sum_sq = sum(xp.sum(xp.square(p.grad.astype(xp.float64))) for p in grads)  # a 0-d array, not read
+    if not sync:
+        if error_if_nonfinite:
+            raise ValueError("error_if_nonfinite=True needs sync=True (it reads the norm on the host)")
+        total = xp.sqrt(sum_sq)
+        coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+        coef = xp.where(xp.isfinite(total), coef, 1.0)
+        for p in grads:
+            p.grad = p.grad * coef.astype(p.grad.dtype)
+        return total
+    total = math.sqrt(float(sum_sq))  # the one read from the device
     if not math.isfinite(total):
         if error_if_nonfinite:
             raise ValueError(f"the total gradient norm is {total}: the gradients hold NaN or inf")

@@ -18,6 +18,7 @@ Shapes (B = batch, C = base_channels, L = len(channel_mults)):
 """
 import numpy as np
 
+from ._validate import model_labels, model_timesteps
 from .autograd import Tensor
 from .backend import array_module, get_backend
 from .nn import Conv2d, Embedding, GroupNorm, Module, ModuleList, SiLU
@@ -152,6 +153,8 @@ class UNet(Module):
         x: (B, in_channels, H, W) Tensor or array; t: integer timesteps 0..T-1, shape (B,) or a
         scalar; y: class labels (B,) in 0..num_classes (num_classes = null label) or None (for a
         class-conditional model: the null label, i.e. unconditional).
+        On the CUDA backend, pass x, t and y as CuPy arrays: then nothing is copied to or read
+        from the host (t and y values are not checked there; see refdiff._validate).
         """
         x = self._input(x)
         B = x.shape[0]
@@ -193,32 +196,21 @@ class UNet(Module):
         return x
 
     def _time_features(self, t, B):
-        xp = array_module(self.conv_in.weight.data)
-        t = _host(t)
-        if t.ndim == 0:
-            t = np.full((B,), t)
-        if t.shape != (B,):
-            raise ValueError(f"timesteps t must be a scalar or have shape ({B},), got shape {t.shape}")
-        if not np.all(np.isfinite(t)):
-            raise ValueError("timesteps t contain NaN or infinity")
+        """Sinusoidal features (B, base_channels) of timesteps t, computed where the parameters live.
+
+        A device t goes straight to the backend's embedding; values are checked as
+        refdiff._validate's rule says (host data always, device arrays with REFDIFF_KERNEL_CHECKS=1).
+        """
+        t = model_timesteps(_unwrap(t), B, array_module(self.conv_in.weight.data))
         features = self.backend.timestep_embedding(
-            xp.asarray(t), self.config["base_channels"], flip_sin_to_cos=self.config["flip_sin_to_cos"],
+            t, self.config["base_channels"], flip_sin_to_cos=self.config["flip_sin_to_cos"],
             downscale_freq_shift=self.config["freq_shift"])
         return Tensor(features.astype(self.conv_in.weight.dtype, copy=False))
 
     def _labels(self, y, B):
-        K = self.config["num_classes"]
-        if y is None:
-            return np.full((B,), K, dtype=np.int64)  # the null label: unconditional
-        y = _host(y)
-        if y.ndim == 0:
-            y = np.full((B,), y)
-        if y.shape != (B,) or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"class labels y must be integers of shape ({B},), got {y.dtype} of shape {y.shape}")
-        if y.size and (y.min() < 0 or y.max() > K):
-            raise ValueError(f"class labels y must be in [0, {K}] ({K} = null label), "
-                             f"got values in [{y.min()}, {y.max()}]")
-        return y
+        """Class labels (B,) where the parameters live; None gives the null label num_classes."""
+        xp = array_module(self.conv_in.weight.data)
+        return model_labels(_unwrap(y), B, self.config["num_classes"], xp)
 
     def extra_repr(self):
         c = self.config
@@ -226,10 +218,9 @@ class UNet(Module):
                 f"attention_resolutions={tuple(c['attention_resolutions'])}, num_classes={c['num_classes']}")
 
 
-def _host(a):
-    """A NumPy copy of timesteps or labels given as a list, NumPy / CuPy array or Tensor."""
-    a = a.data if isinstance(a, Tensor) else a
-    return np.asarray(a.get() if hasattr(a, "get") else a)
+def _unwrap(a):
+    """The array of a Tensor; anything else as it is."""
+    return a.data if isinstance(a, Tensor) else a
 
 
 def _check_architecture(config):

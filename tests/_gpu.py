@@ -12,18 +12,7 @@ It adds the `gpu` marker (select with -m gpu) and skips, stating why, where ther
 """
 import pytest
 
-try:
-    from conftest import GPU_VISIBLE
-except ImportError:  # run from elsewhere: decide the same way conftest does
-    def _visible():
-        try:
-            import cupy
-
-            return cupy.cuda.runtime.getDeviceCount() > 0
-        except Exception:
-            return False
-
-    GPU_VISIBLE = _visible()
+from conftest import GPU_VISIBLE
 
 
 def _why_no_gpu():

@@ -143,6 +143,48 @@ def test_softmax_is_stable_for_large_logits():
     np.testing.assert_allclose(y, [0.5, 0.5, 0.0], atol=1e-300)
 
 
+# ---- pad2d ---------------------------------------------------------------------------------
+
+
+@st.composite
+def pad_operands(draw):
+    x = draw(hnp.array_shapes(min_dims=2, max_dims=4, min_side=1, max_side=3).flatmap(f64))
+    padding = draw(st.integers(0, 2) | st.tuples(*(st.integers(0, 2) for _ in range(4))))
+    return x, padding
+
+
+def np_pad_widths(ndim, padding):
+    """np.pad's ((before, after), ...) for torch-order padding (left, right, top, bottom) of the last two axes."""
+    left, right, top, bottom = (padding,) * 4 if isinstance(padding, int) else padding
+    return [(0, 0)] * (ndim - 2) + [(top, bottom), (left, right)]
+
+
+@given(pad_operands())
+def test_pad2d_gradient_matches_finite_differences(args):
+    x, padding = args
+    check_gradients(lambda x: F.pad2d(x, padding), [x])
+
+
+@given(pad_operands())
+def test_pad2d_forward_matches_np_pad(args):
+    x, padding = args
+    expected = np.pad(x, np_pad_widths(x.ndim, padding))  # constant mode, zeros
+    np.testing.assert_array_equal(F.pad2d(x, padding).data, expected)
+
+
+def test_pad2d_right_bottom_is_diffusers_downsample_padding():
+    x = np.arange(6.0).reshape(1, 1, 2, 3)
+    y = F.pad2d(x, (0, 1, 0, 1)).data  # torch F.pad(x, (0, 1, 0, 1)): one column right, one row below
+    np.testing.assert_array_equal(y[0, 0], [[0, 1, 2, 0], [3, 4, 5, 0], [0, 0, 0, 0]])
+
+
+def test_pad2d_rejects_negative_or_malformed_padding():
+    with pytest.raises(ValueError, match=">= 0"):
+        F.pad2d(np.zeros((2, 2)), (0, -1, 0, 0))
+    with pytest.raises(ValueError, match="left, right, top, bottom"):
+        F.pad2d(np.zeros((2, 2)), (1, 1))
+
+
 # ---- conv2d ----------------------------------------------------------------------------------
 
 
@@ -199,6 +241,45 @@ def test_conv2d_forward_matches_naive_loops(args):
     x, w, b, stride, padding = args
     y = F.conv2d(x, w, b, stride=stride, padding=padding).data
     np.testing.assert_allclose(y, conv2d_loops(x, w, b, stride, padding), atol=FORWARD_ATOL)
+
+
+# Fixed stride / padding combinations next to the drawn ones: non-square inputs and kernels,
+# stride 2 on odd sides (the last row or column of the padded input is never read), padding
+# wider than the kernel (kh - 1 < padding), stride larger than the kernel.
+CONV_CASES = [  # x shape, weight shape, stride, padding
+    ((2, 3, 7, 5), (2, 3, 3, 2), (2, 1), (1, 0)),
+    ((1, 2, 9, 9), (3, 2, 3, 3), 2, 1),
+    ((2, 2, 7, 6), (2, 2, 3, 3), 2, 0),
+    ((1, 2, 5, 7), (2, 2, 1, 1), 1, 2),
+    ((1, 1, 8, 7), (2, 1, 2, 2), 3, (0, 1)),
+    ((2, 1, 6, 4), (1, 1, 3, 1), (1, 2), (2, 0)),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", CONV_CASES)
+def test_conv2d_stride_padding_cases_gradient_matches_finite_differences(x_shape, w_shape, stride, padding):
+    r = np.random.default_rng(1)
+    x, w, b = r.standard_normal(x_shape), r.standard_normal(w_shape), r.standard_normal(w_shape[0])
+    check_gradients(lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=padding), [x, w, b])
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", CONV_CASES)
+def test_conv2d_stride_padding_cases_forward_matches_naive_loops(x_shape, w_shape, stride, padding):
+    r = np.random.default_rng(2)
+    x, w, b = r.standard_normal(x_shape), r.standard_normal(w_shape), r.standard_normal(w_shape[0])
+    y = F.conv2d(x, w, b, stride=stride, padding=padding).data
+    np.testing.assert_allclose(y, conv2d_loops(x, w, b, stride, padding), atol=FORWARD_ATOL)
+
+
+def test_conv2d_float32_matches_float64_loops_at_layer_size():
+    # a U-Net-like layer (8 channels, 3x3, padding 1) in float32 against float64 loops: each output
+    # sums 72 products of O(1) terms, float32 rounding of each partial sum ~6e-8 |sum| gives at most
+    # ~72 * 6e-8 * 10 ~ 4e-5; atol 1e-4
+    r = np.random.default_rng(3)
+    x, w = r.standard_normal((2, 8, 9, 11)), r.standard_normal((4, 8, 3, 3))
+    y = F.conv2d(x.astype(np.float32), w.astype(np.float32), stride=2, padding=1).data
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, conv2d_loops(x, w, None, 2, 1), atol=1e-4)
 
 
 def test_conv2d_channel_mismatch_names_both_shapes():
@@ -443,6 +524,7 @@ OPS_FLOAT32 = {
     "silu": (F.silu, [(2, 3)]),
     "gelu": (F.gelu, [(2, 3)]),
     "softmax": (F.softmax, [(2, 3)]),
+    "pad2d": (lambda x: F.pad2d(x, (0, 1, 2, 0)), [(1, 2, 3, 3)]),
     "upsample": (F.upsample_nearest2x, [(1, 2, 3, 3)]),
     "avg_pool2d": (F.avg_pool2d, [(1, 2, 4, 5)]),
     "dropout": (lambda x: F.dropout(x, 0.5, rng=np.random.default_rng(0)), [(4, 4)]),

@@ -4,6 +4,7 @@ Each one holds its parameters (names and shapes as in PyTorch, so diffusers chec
 and calls the matching op of refdiff.functional, where forward and backward are written.
 """
 from .. import functional as F
+from .._validate import check_index_range, value_checks_on
 from ..autograd import Tensor
 from ..backend import array_module
 from . import init
@@ -131,11 +132,9 @@ class Embedding(Module):
         self.weight = Tensor(init.normal(rng, (num_embeddings, embedding_dim)), requires_grad=True)
 
     def forward(self, indices):
-        xp = array_module(self.weight.data)
-        idx = xp.asarray(indices.data if isinstance(indices, Tensor) else indices)
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.num_embeddings):
-            raise ValueError(f"Embedding indices must be in [0, {self.num_embeddings - 1}], "
-                             f"got values in [{int(idx.min())}, {int(idx.max())}]")
+        idx = indices.data if isinstance(indices, Tensor) else indices
+        if value_checks_on(idx):  # host data; device indices only with REFDIFF_KERNEL_CHECKS=1 (it syncs)
+            check_index_range(array_module(idx).asarray(idx), self.num_embeddings, "Embedding indices")
         return F.embedding(idx, self.weight)
 
     def extra_repr(self):

@@ -4,8 +4,6 @@ Ho et al. 2020, appendix B (from PixelCNN++): a strided 3x3 convolution down, ne
 x2 followed by a 3x3 convolution up. Names as in diffusers' Downsample2D / Upsample2D ("conv").
 """
 from .. import functional as F
-from ..autograd import Tensor, concat
-from ..backend import array_module
 from .init import as_rng
 from .layers import Conv2d
 from .module import Module
@@ -29,7 +27,7 @@ class Downsample(Module):
 
     def forward(self, x):
         if self.padding == 0:
-            x = pad_right_bottom(x)
+            x = F.pad2d(x, (0, 1, 0, 1))  # (left, right, top, bottom), as diffusers' F.pad
         return self.conv(x)
 
 
@@ -44,10 +42,3 @@ class Upsample(Module):
     def forward(self, x):
         return self.conv(F.upsample_nearest2x(x))
 
-
-def pad_right_bottom(x):
-    """Append one row of zeros at the bottom and one column at the right of (B, C, H, W)."""
-    B, C, H, W = x.shape
-    xp = array_module(x.data)
-    x = concat([x, Tensor(xp.zeros((B, C, H, 1), dtype=x.dtype))], axis=3)
-    return concat([x, Tensor(xp.zeros((B, C, 1, W + 1), dtype=x.dtype))], axis=2)
