@@ -49,8 +49,6 @@ def peak_rss_mib():
 def run_refdiff(args, folder):
     import tracemalloc
 
-    import numpy as np
-
     import refdiff as rd
     from refdiff import functional as F
     from refdiff.optim import AdamW

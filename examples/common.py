@@ -8,9 +8,6 @@ import json
 import os
 import time
 
-import numpy as np
-
-import refdiff as rd
 from refdiff.data import Dataset, load_dataset
 from refdiff.trainer import Trainer
 

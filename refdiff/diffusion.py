@@ -22,7 +22,8 @@ import numpy as np
 
 from . import samplers as _samplers
 from .autograd import Tensor, no_grad
-from .backend import get_backend
+from ._validate import value_checks_on
+from .backend import array_module, get_backend
 from .functional import mse_loss
 from .losses import loss_weight
 
@@ -144,11 +145,11 @@ class GaussianDiffusion:
         xp = self.backend.xp
         x0 = x0.data if isinstance(x0, Tensor) else x0
         dtype = np.float64 if getattr(x0, "dtype", None) == np.float64 else np.float32
+        if value_checks_on(x0) and not bool(array_module(x0).all(array_module(x0).isfinite(x0))):
+            raise ValueError("x0 contains NaN or infinite values")  # checked where reading it is free
         x0 = self.backend.asarray(x0, dtype=dtype)  # (B, ...)
         if x0.ndim < 2:
             raise ValueError(f"x0 must have a batch axis and at least one data axis, got shape {x0.shape}")
-        if not bool(xp.all(xp.isfinite(x0))):
-            raise ValueError("x0 contains NaN or infinite values")
         B = x0.shape[0]
         y = self._labels(y, B)
 

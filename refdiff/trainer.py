@@ -137,7 +137,7 @@ class Trainer:
             raise FloatingPointError(f"loss became {value} at step {self.step} (learning rate too high? data not in [-1, 1]?)")
         loss.backward()
         if cfg.grad_clip:
-            clip_grad_norm(self.params, cfg.grad_clip)
+            clip_grad_norm(self.params, cfg.grad_clip, sync=False)  # the norm is not read: no host sync
         self.optimizer.step()
         self.ema.step(self.params)
         self.step += 1
@@ -157,7 +157,7 @@ class Trainer:
         start = len(self.losses)
         t0 = time.perf_counter()
         for i in range(steps):
-            loss = self.train_step()
+            self.train_step()
             if bar is not None:
                 recent = self.losses[-50:]
                 bar.set_postfix(loss=f"{np.mean(recent):.4f}", step=self.step, refresh=False)

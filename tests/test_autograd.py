@@ -8,7 +8,7 @@ here, four orders below the atol = 1e-6, rtol = 1e-5 used for the comparison.
 """
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 

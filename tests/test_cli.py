@@ -8,19 +8,6 @@ from PIL import Image
 
 from refdiff import cli
 
-try:  # small matrix products: one BLAS thread is fastest, and many are very slow on a busy 2-core box
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover
-    threadpool_limits = None
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    if threadpool_limits is None:
-        yield
-    else:
-        with threadpool_limits(limits=1):
-            yield
 
 
 TINY_MLP = ["--T", "50", "--hidden", "16", "--num-blocks", "1", "--batch-size", "32", "--n", "256", "--sample-n", "50",

@@ -12,19 +12,6 @@ from refdiff.data import load_dataset
 from refdiff.metrics import energy_distance
 from refdiff.trainer import Trainer
 
-try:  # small matrix products: one BLAS thread is fastest, and many are very slow on a busy 2-core box
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover
-    threadpool_limits = None
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    if threadpool_limits is None:
-        yield
-    else:
-        with threadpool_limits(limits=1):
-            yield
 
 
 def test_training_on_moons_beats_the_untrained_model_by_a_wide_margin():
@@ -56,7 +43,6 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 @pytest.mark.parametrize("name", ["forward_process", "schedules", "toy_2d", "ddpm_vs_ddim", "guidance_digits"])
 def test_example_runs_with_quick_and_writes_its_pictures(name, tmp_path, monkeypatch):
-    pytest.importorskip("matplotlib", reason="the examples' plots need the 'examples' extra")
     monkeypatch.syspath_prepend(EXAMPLES)
     module = importlib.import_module(name)
     module.main(["--quick", "--out", str(tmp_path)])

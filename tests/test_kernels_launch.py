@@ -7,7 +7,7 @@ from _gpu import requires_gpu
 
 from refdiff import kernels
 from refdiff.kernels import _launch
-from refdiff.kernels.testing import SIMULATED, _schedule, _to_host, _to_kernel_side
+from refdiff.kernels.testing import _schedule, _to_host, _to_kernel_side
 
 S = _schedule("linear", 10)
 

@@ -10,19 +10,6 @@ from refdiff.checkpoint import CheckpointError
 from refdiff.data import Dataset, load_dataset
 from refdiff.trainer import Trainer, load_diffusion
 
-try:  # small matrix products: one BLAS thread is fastest, and many are very slow on a busy 2-core box
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover
-    threadpool_limits = None
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    if threadpool_limits is None:
-        yield
-    else:
-        with threadpool_limits(limits=1):
-            yield
 
 
 def _trainer(out_dir=None, num_classes=None, hidden=32, seed=0, **kw):
