@@ -59,6 +59,40 @@ def smoke_backend(model):
     return be
 
 
+def torch_twin(model, smoke, wanted=True):
+    """(torch, the same U-Net as a diffusers UNet2DModel with refdiff's weights, device), or
+    (None, None, device) where torch with CUDA or diffusers is missing. A smoke run checks the
+    PyTorch code on the CPU."""
+    device = "cpu" if smoke else "cuda"
+    if not wanted:
+        return None, None, device
+    try:
+        import torch
+        from diffusers import UNet2DModel
+
+        from refdiff.diffusers_io import save_unet2d
+    except ImportError:
+        return None, None, device
+    if not (smoke or torch.cuda.is_available()):
+        return None, None, device
+    folder = tempfile.mkdtemp(prefix="refdiff_bench_unet_")
+    save_unet2d(model, folder)
+    return torch, UNet2DModel.from_pretrained(folder).to(device), device
+
+
+def refdiff_side(model, smoke):
+    """(backend, array module, timer) with `model` moved to the GPU, or to the simulated
+    kernels for a smoke run."""
+    if smoke:
+        return smoke_backend(model), np, common.HostTimer(warmup=0, reps=1, calls=1)
+    import cupy
+
+    import refdiff as rd
+
+    model.to("cuda")
+    return rd.get_backend("cuda"), cupy, common.GpuTimer(warmup=3, reps=10)
+
+
 def refdiff_step(model, be, schedule, x, t):
     """One DDIM step (eta = 0) from t to t - STRIDE; returns x_prev."""
     import refdiff as rd
@@ -112,32 +146,10 @@ def run(smoke=False, batches=BATCHES, torch_baseline=True, results=common.RESULT
     schedule = rd.NoiseSchedule.linear(T=T)
     config = SMOKE_CONFIG if smoke else CONFIG
     model = randomized(UNet(**config))
-    torch = tmodel = None
-    folder = tempfile.mkdtemp(prefix="refdiff_bench_unet_")
-    device = "cpu" if smoke else "cuda"  # a smoke run checks the PyTorch code on the CPU
-    if torch_baseline:
-        try:
-            import torch
-            from diffusers import UNet2DModel
-
-            from refdiff.diffusers_io import save_unet2d
-
-            if smoke or torch.cuda.is_available():
-                save_unet2d(model, folder)
-                tmodel = UNet2DModel.from_pretrained(folder).to(device).eval()
-            else:
-                torch = None
-        except ImportError:
-            torch = None
-    if smoke:
-        be, xp = smoke_backend(model), np
-        timer = common.HostTimer(warmup=0, reps=1, calls=1)
-    else:
-        import cupy as xp
-
-        model.to("cuda")
-        be = rd.get_backend("cuda")
-        timer = common.GpuTimer(warmup=3, reps=10)
+    torch, tmodel, device = torch_twin(model, smoke, torch_baseline)
+    if tmodel is not None:
+        tmodel.eval()
+    be, xp, timer = refdiff_side(model, smoke)
     model.eval()
 
     rows, notes = [], []

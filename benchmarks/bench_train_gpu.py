@@ -14,7 +14,6 @@ are optional (pin: torch==2.13.0).
 import argparse
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_bench_common as common  # noqa: E402
@@ -22,7 +21,7 @@ import gpu_bench_common as common  # noqa: E402
 common.enable_simulator_for_smoke(sys.argv)
 
 import numpy as np  # noqa: E402
-from bench_sampling_gpu import CONFIG, SMOKE_CONFIG, randomized, smoke_backend  # noqa: E402
+from bench_sampling_gpu import CONFIG, SMOKE_CONFIG, randomized, refdiff_side, torch_twin  # noqa: E402
 
 T, LR = 1000, 1e-4
 
@@ -57,32 +56,10 @@ def run(smoke=False, batch=64, torch_baseline=True, results=common.RESULTS, comm
     schedule = rd.NoiseSchedule.linear(T=T)
     config = SMOKE_CONFIG if smoke else CONFIG
     model = randomized(UNet(**config))
-    torch = tmodel = None
-    device = "cpu" if smoke else "cuda"  # a smoke run checks the PyTorch code on the CPU
-    if torch_baseline:
-        try:
-            import torch
-            from diffusers import UNet2DModel
-
-            from refdiff.diffusers_io import save_unet2d
-
-            if smoke or torch.cuda.is_available():
-                folder = tempfile.mkdtemp(prefix="refdiff_bench_unet_")
-                save_unet2d(model, folder)
-                tmodel = UNet2DModel.from_pretrained(folder).to(device).train()
-            else:
-                torch = None
-        except ImportError:
-            torch = None
-    if smoke:
-        be, xp = smoke_backend(model), np
-        timer = common.HostTimer(warmup=0, reps=1, calls=1)
-    else:
-        import cupy as xp
-
-        model.to("cuda")
-        be = rd.get_backend("cuda")
-        timer = common.GpuTimer(warmup=3, reps=10)
+    torch, tmodel, device = torch_twin(model, smoke, torch_baseline)
+    if tmodel is not None:
+        tmodel.train()
+    be, xp, timer = refdiff_side(model, smoke)
     model.train()
     opt = AdamW(model.parameters(), lr=LR, weight_decay=1e-2)
 
