@@ -34,6 +34,8 @@ def min_snr_weight(snr, gamma, prediction_type):
 def loss_weight(t, schedule, weighting="none", gamma=5.0, prediction_type="epsilon"):
     """Loss weight per sample, float64 (B,), for timesteps t: int array (B,) in 0..T-1.
 
+    "none" is DDPM's L_simple (eq. 14); "min_snr" is min-SNR-gamma (Hang et al. 2023, sec. 3.4).
+
     weighting "none" (all ones) or "min_snr" with gamma > 0 (5 in the paper); prediction_type
     "epsilon", "sample" or "v_prediction" (see the module docstring for the formulas).
     """

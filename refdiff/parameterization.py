@@ -94,7 +94,7 @@ def score_from_eps(eps, t, schedule):
 
 
 def eps_from_score(score, t, schedule):
-    """eps = -sqrt(1 - abar_t) score   (the inverse of score_from_eps)."""
+    """eps = -sqrt(1 - abar_t) score   (Dhariwal & Nichol 2021, sec. 4.2, solved for eps)."""
     check_float_array(score, "score")
     _, sigma = _coefficients(score, t, schedule, "t")
     return -sigma * score

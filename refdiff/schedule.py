@@ -92,6 +92,8 @@ class NoiseSchedule:
       betas, alphas, alphas_cumprod, alphas_cumprod_prev, sqrt_alphas_cumprod,
       sqrt_one_minus_alphas_cumprod, posterior_variance, posterior_log_variance_clipped,
       posterior_mean_coef1, posterior_mean_coef2, snr;  T (int).
+  abar_t = prod_{s<=t} (1 - beta_s) is DDPM eq. 4's alpha-bar, the posterior_* tables are the
+  coefficients of DDPM eqs. 6-7, and snr_t = abar_t / (1 - abar_t) (Kingma et al. 2021).
     """
 
     def __init__(self, betas):
