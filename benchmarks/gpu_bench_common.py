@@ -15,22 +15,11 @@ import subprocess
 import sys
 import time
 
+from refdiff.backend import cuda_problem as gpu_problem  # None if CuPy sees a GPU, else why not
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
 NO_GPU_EXIT = 2
-
-
-def gpu_problem():
-    """None if CuPy sees a CUDA GPU, else the reason it cannot run (one line)."""
-    try:
-        import cupy
-    except ImportError:
-        return "CuPy is not installed (pip install -e '.[cuda]' on a machine with an NVIDIA GPU)"
-    try:
-        n = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:
-        return f"CuPy cannot reach a CUDA device ({type(e).__name__}: {e})"
-    return None if n > 0 else "CuPy sees no CUDA device"
 
 
 def exit_without_gpu(script):

@@ -78,25 +78,36 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here; the message says why (no CuPy, no GPU, ...)."""
 
 
-def _cuda_backend() -> Backend:
-    """CuPy arrays and the fused kernels of refdiff.kernels; one clear error if that cannot run."""
+def cuda_problem():
+    """None when CuPy imports and sees a CUDA GPU, else one line saying what is missing.
+
+    The one place that answers "can the GPU be used here, and if not, why?": the cuda backend,
+    the test suite's GPU markers and the GPU benchmarks all ask it.
+    """
     try:
         import cupy
     except ImportError as e:
-        raise BackendUnavailable(
-            "backend 'cuda' needs CuPy, which is not installed (or does not import: "
-            f"{e}); install it with: pip install 'refdiff[cuda]'  (CuPy built for CUDA 12)"
-        ) from e
+        return (
+            f"needs CuPy, which is not installed (or does not import: {e}); "
+            "install it with: pip install 'refdiff[cuda]'  (CuPy built for CUDA 12)"
+        )
     try:
         count = cupy.cuda.runtime.getDeviceCount()
         detail = ""
     except Exception as e:  # no driver, or a driver that sees no device
         count, detail = 0, f": {type(e).__name__}: {e}"
     if count == 0:
-        raise BackendUnavailable(
-            f"backend 'cuda': CuPy is installed but sees no CUDA GPU{detail} "
-            "(check nvidia-smi and CUDA_VISIBLE_DEVICES); use backend='numpy' on this machine"
-        )
+        return f"CuPy is installed but sees no CUDA GPU{detail} (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
+    return None
+
+
+def _cuda_backend() -> Backend:
+    """CuPy arrays and the fused kernels of refdiff.kernels; one clear error if that cannot run."""
+    problem = cuda_problem()
+    if problem is not None:
+        raise BackendUnavailable(f"backend 'cuda': {problem}; use backend='numpy' on this machine")
+    import cupy
+
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1":
         raise BackendUnavailable(
             "backend 'cuda': NUMBA_ENABLE_CUDASIM=1 is set, so the kernels would run in Numba's CPU "

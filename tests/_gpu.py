@@ -12,22 +12,9 @@ It adds the `gpu` marker (select with -m gpu) and skips, stating why, where ther
 """
 import pytest
 
-from conftest import GPU_VISIBLE
+from conftest import GPU_VISIBLE, NO_GPU_PROBLEM
 
-
-def _why_no_gpu():
-    try:
-        import cupy
-    except ImportError:
-        return "no GPU: CuPy is not installed (pip install 'refdiff[cuda]' on a machine with an NVIDIA GPU)"
-    try:
-        n = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:
-        return f"no GPU: CuPy cannot reach a CUDA device ({type(e).__name__}: {e})"
-    return f"no GPU: CuPy sees {n} CUDA devices"
-
-
-NO_GPU_REASON = "" if GPU_VISIBLE else _why_no_gpu()
+NO_GPU_REASON = "" if GPU_VISIBLE else f"no GPU: {NO_GPU_PROBLEM}"
 
 
 # for a whole module: pytestmark = GPU_MARKS

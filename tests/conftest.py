@@ -11,18 +11,11 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-
-def _gpu_visible():
-    """True when CuPy imports and sees at least one CUDA device."""
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+from refdiff.backend import cuda_problem  # NumPy only: numba is not imported yet
 
 
-GPU_VISIBLE = _gpu_visible()
+NO_GPU_PROBLEM = cuda_problem()  # None where CuPy sees a GPU
+GPU_VISIBLE = NO_GPU_PROBLEM is None
 if not GPU_VISIBLE:
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 from hypothesis import given
+from _gpu import requires_gpu
 from hypothesis import strategies as st
 
 from refdiff import optim
@@ -562,18 +563,7 @@ def test_ema_bad_hyper_parameters_raise(kwargs, match):
 # --- the same updates on CuPy arrays (CUDA backend) ----------------------------------------------
 
 
-def _cupy_or_skip():
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            return cupy
-    except Exception:
-        pass
-    pytest.skip("no CUDA GPU visible to CuPy")
-
-
-@pytest.mark.gpu
+@requires_gpu
 @pytest.mark.parametrize(
     "make",
     [lambda ps: optim.Adam(ps, lr=0.01, weight_decay=0.1), lambda ps: optim.AdamW(ps, lr=0.01),
@@ -581,7 +571,8 @@ def _cupy_or_skip():
     ids=["adam", "adamw", "sgd"],
 )
 def test_optimizer_on_cupy_matches_numpy(make):
-    cp = _cupy_or_skip()
+    import cupy as cp
+
     host = params_with_grads(0, dtype=np.float32)
     device = [P(p.data) for p in host]
     for p, h in zip(device, host):
@@ -606,9 +597,10 @@ def test_optimizer_on_cupy_matches_numpy(make):
     assert all(a is None or isinstance(a, cp.ndarray) for arrays in opt_device.state.values() for a in arrays)
 
 
-@pytest.mark.gpu
+@requires_gpu
 def test_ema_on_cupy_matches_numpy():
-    cp = _cupy_or_skip()
+    import cupy as cp
+
     host = params_with_grads(0, dtype=np.float32)
     device = [P(p.data) for p in host]
     for p, h in zip(device, host):
