@@ -69,7 +69,7 @@ class Inputs:
         self.ddim_dir = coef(np.sqrt(np.maximum(1 - abar_prev - sig_eta**2, 0)))
         self.ddim_dir0 = coef(np.sqrt(1 - abar_prev))  # eta = 0
         self.ddim_noise = coef(sig_eta)
-        from refdiff.embedding import timestep_frequencies
+        from refdiff.gaussian.embedding import timestep_frequencies
 
         self.freqs = xp.asarray(timestep_frequencies(EMBEDDING_DIM // 2, 10000, 1))
         self.t_float = xp.asarray(t.astype(np.float64))

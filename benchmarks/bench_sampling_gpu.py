@@ -3,7 +3,7 @@ refdiff's cuda backend (eager, and CUDA-graph captured) against PyTorch eager (d
 
 The U-Net: 32x32x3, base 64, channel_mults (1, 2, 2, 2), attention at 16x16, 2 residual blocks
 per level (issue 6). Both frameworks get identical weights: refdiff writes a diffusers folder
-(refdiff.diffusers_io.save_unet2d) and diffusers loads it; the first forward of both is compared
+(refdiff.models.diffusers_io.save_unet2d) and diffusers loads it; the first forward of both is compared
 before timing. A step = forward at timestep t + DDIM update (eta = 0) to t - 20; images per
 second = batch / median step time (CUDA events, after warm-up).
 
@@ -70,7 +70,7 @@ def torch_twin(model, smoke, wanted=True):
         import torch
         from diffusers import UNet2DModel
 
-        from refdiff.diffusers_io import save_unet2d
+        from refdiff.models.diffusers_io import save_unet2d
     except ImportError:
         return None, None, device
     if not (smoke or torch.cuda.is_available()):
@@ -141,7 +141,7 @@ def try_graph(step, timer):
 
 def run(smoke=False, batches=BATCHES, torch_baseline=True, results=common.RESULTS, command=None):
     import refdiff as rd
-    from refdiff.unet import UNet
+    from refdiff.models.unet import UNet
 
     schedule = rd.NoiseSchedule.linear(T=T)
     config = SMOKE_CONFIG if smoke else CONFIG

@@ -27,7 +27,7 @@ T, LR = 1000, 1e-4
 
 
 def refdiff_train_step(model, be, opt, schedule, x0, t_host, t_dev, noise):
-    from refdiff import functional as F
+    from refdiff.nn import functional as F
 
     x_t, target = be.q_sample_with_target(x0, t_dev, noise, schedule)  # fused on cuda
     loss = F.mse_loss(model(x_t, t_host), target)
@@ -50,8 +50,8 @@ def torch_train_step(model, opt, sqrt_abar, sqrt_one_minus_abar, x0, t, noise):
 
 def run(smoke=False, batch=64, torch_baseline=True, results=common.RESULTS, command=None):
     import refdiff as rd
-    from refdiff.optim import AdamW
-    from refdiff.unet import UNet
+    from refdiff.training.optim import AdamW
+    from refdiff.models.unet import UNet
 
     schedule = rd.NoiseSchedule.linear(T=T)
     config = SMOKE_CONFIG if smoke else CONFIG

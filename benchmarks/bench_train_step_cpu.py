@@ -50,8 +50,8 @@ def run_refdiff(args, folder):
     import tracemalloc
 
     import refdiff as rd
-    from refdiff import functional as F
-    from refdiff.optim import AdamW
+    from refdiff.nn import functional as F
+    from refdiff.training.optim import AdamW
 
     model = rd.UNet.from_diffusers(folder)
     opt = AdamW(model.parameters(), lr=1e-4, weight_decay=1e-2)
@@ -158,7 +158,7 @@ def main():
         return child(args)
 
     import refdiff as rd
-    from refdiff.diffusers_io import save_unet2d
+    from refdiff.models.diffusers_io import save_unet2d
 
     with tempfile.TemporaryDirectory() as folder:
         save_unet2d(rd.UNet(**CONFIG), folder)

@@ -8,8 +8,8 @@ import json
 import os
 import time
 
-from refdiff.data import Dataset, load_dataset
-from refdiff.trainer import Trainer
+from refdiff.training.data import Dataset, load_dataset
+from refdiff.training.trainer import Trainer
 
 
 def run(main):

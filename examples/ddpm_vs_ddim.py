@@ -4,7 +4,7 @@ The DDIM paper's quality-vs-steps table (Song et al. 2021, Table 1) on our data:
 model, sampled by strided DDPM ancestral sampling and by deterministic DDIM (eta = 0), plain and
 with the eps of the clipped x0 (diffusers' use_clipped_model_output), with the same number of
 model evaluations, each scored against held-out data:
-  2-D toys: energy distance (refdiff.metrics), next to the data-vs-data baseline;
+  2-D toys: energy distance (refdiff.training.metrics), next to the data-vs-data baseline;
   images:   Frechet distance on the features of a small classifier (an FID in miniature).
 
     python examples/ddpm_vs_ddim.py                         # trains an MLP on moons first (~3 min)
@@ -22,9 +22,9 @@ import numpy as np
 from common import parser, plt, run, save_json, train
 
 import refdiff as rd
-from refdiff.data import load_dataset
-from refdiff.metrics import compare_point_clouds, image_metrics, train_classifier
-from refdiff.trainer import load_diffusion
+from refdiff.training.data import load_dataset
+from refdiff.training.metrics import compare_point_clouds, image_metrics, train_classifier
+from refdiff.training.trainer import load_diffusion
 
 
 def main(argv=None):

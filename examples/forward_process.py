@@ -18,8 +18,8 @@ import numpy as np
 from common import parser, run
 
 import refdiff as rd
-from refdiff.data import load_dataset
-from refdiff.images import image_grid
+from refdiff.training.data import load_dataset
+from refdiff.io.images import image_grid
 
 
 def main(argv=None):

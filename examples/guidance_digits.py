@@ -3,7 +3,7 @@
 Trains a class-conditional denoiser on scikit-learn's 8x8 digits with label dropout (the null
 label is used 10% of the time, Ho & Salimans 2022), then samples every class at guidance scales
 s = 0 (unconditional), 1 (conditional), 2, 3, 5: eps = eps_uncond + s (eps_cond - eps_uncond).
-A small classifier (refdiff.metrics, trained with refdiff's autograd) judges whether each
+A small classifier (refdiff.training.metrics, trained with refdiff's autograd) judges whether each
 sample shows its requested digit; the Frechet distance on its features measures realism.
 
     python examples/guidance_digits.py                 # MLP on flattened 8x8 digits, ~5-10 min on a CPU
@@ -23,10 +23,10 @@ import numpy as np
 from common import digits, flat, parser, run, save_json, train
 
 import refdiff as rd
-from refdiff.checkpoint import latest_checkpoint
-from refdiff.images import image_grid, save_image_grid
-from refdiff.metrics import image_metrics, train_classifier
-from refdiff.trainer import Trainer
+from refdiff.io.checkpoint import latest_checkpoint
+from refdiff.io.images import image_grid, save_image_grid
+from refdiff.training.metrics import image_metrics, train_classifier
+from refdiff.training.trainer import Trainer
 
 
 def main(argv=None):

@@ -22,10 +22,10 @@ import numpy as np
 from common import parser, plt, run, save_json, train
 
 import refdiff as rd
-from refdiff.autograd import no_grad
-from refdiff.data import load_dataset
-from refdiff.metrics import compare_point_clouds
-from refdiff.parameterization import score_from_eps
+from refdiff.nn.autograd import no_grad
+from refdiff.training.data import load_dataset
+from refdiff.training.metrics import compare_point_clouds
+from refdiff.gaussian.parameterization import score_from_eps
 
 
 def main(argv=None):

@@ -5,10 +5,10 @@ Every function here has exactly the signature of its NumPy twin in `refdiff` and
 same thing; tests/test_kernels*.py swaps one for the other.
 
     kernel                                   twin (reference)                   file
-    q_sample, q_sample_with_target           refdiff.forward                    kernels/q_sample.py
-    timestep_embedding                       refdiff.embedding                  kernels/timestep_embedding.py
-    ddpm_step                                refdiff.reverse                    kernels/ddpm_step.py
-    ddim_step                                refdiff.reverse                    kernels/ddim_step.py
+    q_sample, q_sample_with_target           refdiff.gaussian.forward                    kernels/q_sample.py
+    timestep_embedding                       refdiff.gaussian.embedding                  kernels/timestep_embedding.py
+    ddpm_step                                refdiff.samplers.reverse                    kernels/ddpm_step.py
+    ddim_step                                refdiff.samplers.reverse                    kernels/ddim_step.py
 
 TWINS maps each kernel's name to its twin's dotted path: the kernel author's harness
 (refdiff.kernels.testing) and the tests read it, so registering a new kernel is one line there.
@@ -24,11 +24,11 @@ from .timestep_embedding import timestep_embedding
 
 # kernel name -> its reference twin (module:function)
 TWINS = {
-    "q_sample": "refdiff.forward:q_sample",
-    "q_sample_with_target": "refdiff.forward:q_sample_with_target",
-    "timestep_embedding": "refdiff.embedding:timestep_embedding",
-    "ddpm_step": "refdiff.reverse:ddpm_step",
-    "ddim_step": "refdiff.reverse:ddim_step",
+    "q_sample": "refdiff.gaussian.forward:q_sample",
+    "q_sample_with_target": "refdiff.gaussian.forward:q_sample_with_target",
+    "timestep_embedding": "refdiff.gaussian.embedding:timestep_embedding",
+    "ddpm_step": "refdiff.samplers.reverse:ddpm_step",
+    "ddim_step": "refdiff.samplers.reverse:ddim_step",
 }
 
 __all__ = ["q_sample", "q_sample_with_target", "timestep_embedding", "ddpm_step", "ddim_step", "TWINS"]

@@ -17,13 +17,13 @@ from numba import cuda
 
 @cuda.jit(device=True, inline=True)
 def guided_output(cond, uncond, guidance_scale):
-    """uncond + s (cond - uncond): refdiff.reverse.classifier_free_guidance (Ho & Salimans 2022, eq. 6)."""
+    """uncond + s (cond - uncond): refdiff.samplers.reverse.classifier_free_guidance (Ho & Salimans 2022, eq. 6)."""
     return uncond + guidance_scale * (cond - uncond)
 
 
 @cuda.jit(device=True, inline=True)
 def x0_eps_from_model_output(x_t, model_output, alpha, sigma, prediction):
-    """(x_0, eps) from the network output: refdiff.parameterization.x0_eps_from_model_output.
+    """(x_0, eps) from the network output: refdiff.gaussian.parameterization.x0_eps_from_model_output.
 
     epsilon:      x_0 = (x_t - sigma out) / alpha,   eps = out                 DDPM eq. 15
     sample:       x_0 = out,   eps = (x_t - alpha x_0) / sigma                 DDPM eq. 4

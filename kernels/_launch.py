@@ -32,7 +32,7 @@ import numpy as np
 from numba import config as _numba_config
 from numba import cuda
 
-from refdiff._validate import (
+from refdiff.checks import (
     DEVICE_CHECKS,
     check_choice,
     check_positive_int,
@@ -41,7 +41,7 @@ from refdiff._validate import (
 )
 
 SIMULATED = bool(_numba_config.ENABLE_CUDASIM)
-# REFDIFF_KERNEL_CHECKS=1, read once by refdiff._validate: the one switch (and rule) that the
+# REFDIFF_KERNEL_CHECKS=1, read once by refdiff.checks: the one switch (and rule) that the
 # model code follows too (see that module's docstring)
 DEBUG_CHECKS = DEVICE_CHECKS
 
@@ -315,7 +315,7 @@ _FREQUENCY_TABLES = {}
 
 def frequency_table(half_dim, max_period, downscale_freq_shift):
     """The embedding's float64 frequencies (half_dim,), from the reference's own function, cached."""
-    from refdiff.embedding import timestep_frequencies
+    from refdiff.gaussian.embedding import timestep_frequencies
 
     key = (half_dim, float(max_period), float(downscale_freq_shift), _device_id())
     if key not in _FREQUENCY_TABLES:

@@ -1,6 +1,6 @@
 """Fused DDIM step: guidance, predicted x_0 and eps, clipping, and the DDIM update in one pass.
 
-Twin: refdiff.reverse.ddim_step (diffusers DDIMScheduler.step numbers, use_clipped_model_output=False).
+Twin: refdiff.samplers.reverse.ddim_step (diffusers DDIMScheduler.step numbers, use_clipped_model_output=False).
 
 Per sample, once, in float64 (then rounded to float32, as the reference rounds them):
     abar_t, abar_prev = abar[t_prev] (1 where t_prev < 0: set_alpha_to_one)

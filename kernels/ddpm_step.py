@@ -1,6 +1,6 @@
 """Fused DDPM ancestral step: guidance, predicted x_0, clipping, posterior mean and noise in one pass.
 
-Twin: refdiff.reverse.ddpm_step (diffusers DDPMScheduler.step numbers; see its docstring).
+Twin: refdiff.samplers.reverse.ddpm_step (diffusers DDPMScheduler.step numbers; see its docstring).
 
 Per sample, once, in float64 (then rounded to float32, as the reference rounds them):
     abar_t, abar_prev = abar[t_prev] (1 where t_prev < 0);  alpha_t = abar_t / abar_prev;  beta_t = 1 - alpha_t

@@ -1,6 +1,6 @@
 """Fused forward process: x_t, and the training target, in one pass over x_0 and the noise.
 
-Twins: refdiff.forward.q_sample and refdiff.forward.q_sample_with_target.
+Twins: refdiff.gaussian.forward.q_sample and refdiff.gaussian.forward.q_sample_with_target.
 
     x_t    = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                        DDPM eq. 4
     target = eps                                      prediction_type "epsilon"  (DDPM eq. 14)

@@ -230,7 +230,7 @@ def _seeded_array(shape, bound, seed, special_fraction):
 
 @functools.lru_cache(maxsize=None)
 def _schedule(kind, T):
-    from refdiff.schedule import NoiseSchedule
+    from refdiff.gaussian.schedule import NoiseSchedule
 
     if kind == "linear":
         return NoiseSchedule.linear(T=T)

@@ -1,6 +1,6 @@
 """Fused sinusoidal timestep embedding: (B,) timesteps -> (B, dim) float32 in one launch.
 
-Twin: refdiff.embedding.timestep_embedding (diffusers get_timestep_embedding layout).
+Twin: refdiff.gaussian.embedding.timestep_embedding (diffusers get_timestep_embedding layout).
 
     freq_i = exp(-ln(max_period) i / (half - downscale_freq_shift)),  i < half = dim // 2
              (float64 table from the reference's timestep_frequencies, cached per

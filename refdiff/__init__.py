@@ -15,47 +15,62 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     # noise schedules (DDPM sec. 2, improved DDPM sec. 3.2, Lin et al. 2023)
-    "NoiseSchedule": "refdiff.schedule",
+    "NoiseSchedule": "refdiff.gaussian.schedule",
     # forward process q(x_t | x_0), q(x_t | x_{t-1}) and the training target
-    "q_sample": "refdiff.forward",
-    "q_step": "refdiff.forward",
-    "q_sample_with_target": "refdiff.forward",
+    "q_sample": "refdiff.gaussian.forward",
+    "q_step": "refdiff.gaussian.forward",
+    "q_sample_with_target": "refdiff.gaussian.forward",
     # posterior q(x_{t-1} | x_t, x_0)
-    "q_posterior": "refdiff.posterior",
+    "q_posterior": "refdiff.gaussian.posterior",
     # conversions between the eps, x0, v and score parameterizations
-    "x0_from_eps": "refdiff.parameterization",
-    "eps_from_x0": "refdiff.parameterization",
-    "v_from_x0_eps": "refdiff.parameterization",
-    "x0_from_v": "refdiff.parameterization",
-    "eps_from_v": "refdiff.parameterization",
-    "score_from_eps": "refdiff.parameterization",
-    "eps_from_score": "refdiff.parameterization",
-    "training_target": "refdiff.parameterization",
-    "x0_eps_from_model_output": "refdiff.parameterization",
+    "x0_from_eps": "refdiff.gaussian.parameterization",
+    "eps_from_x0": "refdiff.gaussian.parameterization",
+    "v_from_x0_eps": "refdiff.gaussian.parameterization",
+    "x0_from_v": "refdiff.gaussian.parameterization",
+    "eps_from_v": "refdiff.gaussian.parameterization",
+    "score_from_eps": "refdiff.gaussian.parameterization",
+    "eps_from_score": "refdiff.gaussian.parameterization",
+    "training_target": "refdiff.gaussian.parameterization",
+    "x0_eps_from_model_output": "refdiff.gaussian.parameterization",
     # loss weighting (min-SNR-gamma)
-    "loss_weight": "refdiff.losses",
+    "loss_weight": "refdiff.gaussian.losses",
     # reverse updates
-    "ddpm_step": "refdiff.reverse",
-    "ddim_step": "refdiff.reverse",
-    "classifier_free_guidance": "refdiff.reverse",
-    "inference_timesteps": "refdiff.timesteps",
-    "previous_timestep": "refdiff.timesteps",
-    "timestep_embedding": "refdiff.embedding",
+    "ddpm_step": "refdiff.samplers.reverse",
+    "ddim_step": "refdiff.samplers.reverse",
+    "classifier_free_guidance": "refdiff.samplers.reverse",
+    "inference_timesteps": "refdiff.samplers.timesteps",
+    "previous_timestep": "refdiff.samplers.timesteps",
+    "timestep_embedding": "refdiff.gaussian.embedding",
     # autograd, layers, networks, optimizers
-    "Tensor": "refdiff.autograd",
-    "no_grad": "refdiff.autograd",
-    "UNet": "refdiff.unet",
-    "MLPDenoiser": "refdiff.mlp",
+    "Tensor": "refdiff.nn.autograd",
+    "no_grad": "refdiff.nn.autograd",
+    "UNet": "refdiff.models.unet",
+    "MLPDenoiser": "refdiff.models.mlp",
     # training and sampling
     "GaussianDiffusion": "refdiff.diffusion",
-    "Trainer": "refdiff.trainer",
+    "Trainer": "refdiff.training.trainer",
     # backends
     "get_backend": "refdiff.backend",
     "BackendUnavailable": "refdiff.backend",
 }
 
-# subpackages reachable as attributes: rd.nn, rd.optim, rd.kernels, ...
-_SUBMODULES = {"nn", "functional", "optim", "data", "metrics", "samplers", "kernels", "backend"}
+# modules reachable as attributes: rd.nn, rd.optim, rd.kernels, ... (attribute -> module)
+_SUBMODULES = {
+    "gaussian": "refdiff.gaussian",
+    "samplers": "refdiff.samplers",
+    "nn": "refdiff.nn",
+    "models": "refdiff.models",
+    "training": "refdiff.training",
+    "io": "refdiff.io",
+    "checks": "refdiff.checks",
+    "backend": "refdiff.backend",
+    "kernels": "refdiff.kernels",
+    # short names kept from the flat layout
+    "functional": "refdiff.nn.functional",
+    "optim": "refdiff.training.optim",
+    "data": "refdiff.training.data",
+    "metrics": "refdiff.training.metrics",
+}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 
@@ -64,7 +79,7 @@ def __getattr__(name):
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
     elif name in _SUBMODULES:
-        value = importlib.import_module(f"refdiff.{name}")
+        value = importlib.import_module(_SUBMODULES[name])
     else:
         raise AttributeError(f"module 'refdiff' has no attribute {name!r}")
     globals()[name] = value  # later look-ups skip this function

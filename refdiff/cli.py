@@ -8,8 +8,8 @@
 
 Bad arguments give an argparse error (exit status 2) that names the problem.
 
-Plumbing: argument parsing and printing; the work is done by refdiff.trainer, refdiff.diffusion
-and refdiff.images.
+Plumbing: argument parsing and printing; the work is done by refdiff.training.trainer, refdiff.diffusion
+and refdiff.io.images.
 """
 import os
 
@@ -165,7 +165,7 @@ def build_parser():
 
 
 def _load_data(spec, n=None, seed=0, image_size=None):
-    from .data import load_dataset
+    from .training.data import load_dataset
 
     try:
         return load_dataset(spec, n=n, seed=seed, image_size=image_size)
@@ -188,13 +188,13 @@ def _make_model(args, dataset):
     if model == "mlp":
         if x.ndim != 2:
             raise CLIError(f"--model mlp needs points (N, D); dataset {args.data!r} has shape {x.shape}")
-        from .mlp import MLPDenoiser
+        from .models.mlp import MLPDenoiser
 
         return MLPDenoiser(dim=int(x.shape[1]), hidden=args.hidden, num_blocks=args.num_blocks,
                            num_classes=num_classes, backend=args.backend, seed=args.seed)
     if x.ndim != 4:
         raise CLIError(f"--model unet needs images (N, C, H, W); dataset {args.data!r} has shape {x.shape}")
-    from .unet import UNet
+    from .models.unet import UNet
 
     C, H, W = x.shape[1:]
     if H != W:
@@ -220,15 +220,15 @@ def _make_model(args, dataset):
 
 
 def _make_schedule(name, T):
-    from .schedule import NoiseSchedule
+    from .gaussian.schedule import NoiseSchedule
 
     return getattr(NoiseSchedule, name)(T=T)
 
 
 def cmd_train(args):
-    from .checkpoint import latest_checkpoint
+    from .io.checkpoint import latest_checkpoint
     from .diffusion import GaussianDiffusion
-    from .trainer import Trainer
+    from .training.trainer import Trainer
 
     ckpt_dir = os.path.join(args.out, "checkpoints")
     if args.resume:
@@ -287,9 +287,9 @@ def cmd_train(args):
 
 
 def cmd_sample(args):
-    from .checkpoint import CheckpointError
-    from .images import save_image_grid, save_scatter
-    from .trainer import load_diffusion
+    from .io.checkpoint import CheckpointError
+    from .io.images import save_image_grid, save_scatter
+    from .training.trainer import load_diffusion
 
     ext = os.path.splitext(args.out)[1].lower()
     if ext not in (".png", ".npz"):
@@ -342,13 +342,13 @@ def cmd_sample(args):
 
 def cmd_demo(args):
     """Train the MLP on a 2-D toy, sample, draw, and compare the energy distance with baselines."""
-    from .data import load_dataset
+    from .training.data import load_dataset
     from .diffusion import GaussianDiffusion
-    from .images import save_scatter
-    from .metrics import energy_distance
-    from .mlp import MLPDenoiser
-    from .schedule import NoiseSchedule
-    from .trainer import Trainer
+    from .io.images import save_scatter
+    from .training.metrics import energy_distance
+    from .models.mlp import MLPDenoiser
+    from .gaussian.schedule import NoiseSchedule
+    from .training.trainer import Trainer
 
     steps = 100 if args.quick else args.steps
     n_eval = 200 if args.quick else 2000

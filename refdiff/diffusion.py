@@ -8,7 +8,7 @@ of Hang et al. 2023):
     loss = mean_b  w(t_b) * mean_i (model(x_t, t, y)_i - target_i)^2   (DDPM eq. 14, simple loss)
 
     target = eps ("epsilon"), x0 ("sample") or v = sqrt(abar) eps - sqrt(1 - abar) x0 ("v_prediction")
-    w(t) = 1 ("none") or the min-SNR-gamma weight (refdiff.losses.loss_weight)
+    w(t) = 1 ("none") or the min-SNR-gamma weight (refdiff.gaussian.losses.loss_weight)
 
 For classifier-free guidance (Ho & Salimans 2022) the label is replaced by the null label
 num_classes with probability cond_drop_prob during training; sampling then evaluates the model
@@ -21,11 +21,11 @@ Sampling runs a registered sampler (refdiff.samplers) under no_grad. The fused o
 import numpy as np
 
 from . import samplers as _samplers
-from .autograd import Tensor, no_grad
-from ._validate import value_checks_on
+from .nn.autograd import Tensor, no_grad
+from .checks import value_checks_on
 from .backend import array_module, get_backend
-from .functional import mse_loss
-from .losses import loss_weight
+from .nn.functional import mse_loss
+from .gaussian.losses import loss_weight
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
@@ -64,7 +64,7 @@ class GaussianDiffusion:
     model: callable model(x, t, y=None) -> Tensor of x's shape (refdiff.UNet, refdiff.MLPDenoiser).
     schedule: refdiff.NoiseSchedule (T steps, float64 coefficients).
     prediction_type: what the model predicts: "epsilon", "sample" (x0) or "v_prediction".
-    loss_weighting: "none" or a weighting known to refdiff.losses.loss_weight (e.g. "min_snr").
+    loss_weighting: "none" or a weighting known to refdiff.gaussian.losses.loss_weight (e.g. "min_snr").
     min_snr_gamma: gamma of the min-SNR weighting.
     backend: where arrays live and which fused ops run; default: the model's backend.
     clip_sample, clip_sample_range, variance_type: defaults of the reverse steps (diffusers'

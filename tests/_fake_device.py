@@ -253,7 +253,7 @@ def to_host(a):
 
 
 def timestep_embedding(t, dim, max_period=10000, flip_sin_to_cos=False, downscale_freq_shift=1, scale=1.0):
-    """refdiff.embedding.timestep_embedding computed with device ops only (the CUDA kernel's job
+    """refdiff.gaussian.embedding.timestep_embedding computed with device ops only (the CUDA kernel's job
     on a real GPU): the same float64 formula, so the result equals the reference's."""
     half = dim // 2
     exponent = -math.log(max_period) * xp.arange(half, dtype=np.float64)

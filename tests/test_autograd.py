@@ -1,8 +1,8 @@
-"""Tensor core (refdiff.autograd): every primitive's gradient against central finite differences
+"""Tensor core (refdiff.nn.autograd): every primitive's gradient against central finite differences
 in float64 on hypothesis-drawn shapes (size-1 and odd dims, broadcasting), plus the graph rules:
 no_grad, accumulation, dtype preservation, errors.
 
-Finite differences (refdiff.testing.check_gradients): eps = 1e-6 in float64, so truncation
+Finite differences (refdiff.nn.testing.check_gradients): eps = 1e-6 in float64, so truncation
 (~eps^2 |f'''|) and rounding (~1e-16 |L| / eps) errors are ~1e-10 for the bounded inputs drawn
 here, four orders below the atol = 1e-6, rtol = 1e-5 used for the comparison.
 """
@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from refdiff.autograd import Tensor, concat, is_grad_enabled, no_grad, unbroadcast
-from refdiff.testing import check_gradients
+from refdiff.nn.autograd import Tensor, concat, is_grad_enabled, no_grad, unbroadcast
+from refdiff.nn.testing import check_gradients
 
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4)
 

@@ -6,8 +6,8 @@ import pickle
 import numpy as np
 import pytest
 
-from refdiff import checkpoint as ckpt
-from refdiff.checkpoint import CheckpointError
+from refdiff.io import checkpoint as ckpt
+from refdiff.io.checkpoint import CheckpointError
 
 
 def _arrays(seed=0):

@@ -142,8 +142,8 @@ def test_training_into_an_existing_run_without_resume_is_refused(moons_run, caps
 
 def test_sample_draws_a_run_on_flattened_images_as_an_image_grid(tmp_path):
     import refdiff as rd
-    from refdiff.data import Dataset
-    from refdiff.trainer import Trainer
+    from refdiff.training.data import Dataset
+    from refdiff.training.trainer import Trainer
 
     x = np.random.default_rng(0).uniform(-1, 1, (32, 64)).astype(np.float32)  # 8x8 "images" as vectors
     model = rd.MLPDenoiser(dim=64, hidden=8, num_blocks=1)

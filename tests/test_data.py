@@ -1,4 +1,4 @@
-"""refdiff.data: shapes, dtypes, ranges and labels of every dataset, determinism, the file
+"""refdiff.training.data: shapes, dtypes, ranges and labels of every dataset, determinism, the file
 loaders against files written here byte by byte, every error path, and the batch stream."""
 import gzip
 import os
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refdiff import data
+from refdiff.training import data
 
 # --- 2-D toys ----------------------------------------------------------------------------------
 

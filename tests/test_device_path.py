@@ -17,11 +17,12 @@ import pytest
 
 import _fake_device as fake
 from _fake_device import HostTransfer, no_host_transfers
-from refdiff import _validate, nn, optim
-from refdiff import functional as F
-from refdiff.autograd import Tensor, no_grad
-from refdiff.mlp import MLPDenoiser
-from refdiff.unet import UNet
+from refdiff import checks as _validate, nn
+from refdiff.training import optim
+from refdiff.nn import functional as F
+from refdiff.nn.autograd import Tensor, no_grad
+from refdiff.models.mlp import MLPDenoiser
+from refdiff.models.unet import UNet
 
 
 @pytest.fixture
@@ -228,7 +229,7 @@ def test_kernel_checks_switch_checks_device_timesteps_labels_and_indices(device,
 
 
 def test_kernel_checks_switch_is_the_environment_variable_the_kernels_read():
-    code = ("import refdiff._validate as v; from refdiff.kernels import _launch; "
+    code = ("import refdiff.checks as v; from refdiff.kernels import _launch; "
             "print(v.DEVICE_CHECKS, _launch.DEBUG_CHECKS)")
     env = dict(os.environ, REFDIFF_KERNEL_CHECKS="1", NUMBA_ENABLE_CUDASIM="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import refdiff as rd
-from refdiff.timesteps import inference_timesteps
+from refdiff.samplers.timesteps import inference_timesteps
 
 GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "data", "diffusers_golden.npz"))
 EPS32 = 2.0**-24

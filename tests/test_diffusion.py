@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 import refdiff as rd
-from refdiff.autograd import Tensor, is_grad_enabled
+from refdiff.nn.autograd import Tensor, is_grad_enabled
 from refdiff.diffusion import GaussianDiffusion
-from refdiff.mlp import MLPDenoiser
+from refdiff.models.mlp import MLPDenoiser
 
 
 class RecordingModel:

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refdiff as rd
-from refdiff.embedding import timestep_embedding
+from refdiff.gaussian.embedding import timestep_embedding
 
 EPS32 = 2.0**-24
 timesteps = hnp.arrays(np.int64, st.integers(1, 8), elements=st.integers(0, 999))

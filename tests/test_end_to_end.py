@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 import refdiff as rd
-from refdiff.data import load_dataset
-from refdiff.metrics import energy_distance
-from refdiff.trainer import Trainer
+from refdiff.training.data import load_dataset
+from refdiff.training.metrics import energy_distance
+from refdiff.training.trainer import Trainer
 
 
 

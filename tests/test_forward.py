@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refdiff as rd
-from refdiff.forward import q_sample, q_sample_with_target, q_step
+from refdiff.gaussian.forward import q_sample, q_sample_with_target, q_step
 
 LINEAR = rd.NoiseSchedule.linear()
 COSINE = rd.NoiseSchedule.cosine()

@@ -12,8 +12,8 @@ import pytest
 from safetensors.numpy import save_file
 
 import refdiff as rd
-from refdiff.diffusers_io import diffusers_config_from_unet_kwargs, unet_kwargs_from_diffusers_config
-from refdiff.unet import UNet
+from refdiff.models.diffusers_io import diffusers_config_from_unet_kwargs, unet_kwargs_from_diffusers_config
+from refdiff.models.unet import UNet
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 GOLDEN = np.load(os.path.join(DATA, "tiny_ddpm_unet_io.npz"))

@@ -1,8 +1,8 @@
-"""refdiff.functional: each op's gradient against central finite differences (float64,
+"""refdiff.nn.functional: each op's gradient against central finite differences (float64,
 hypothesis-drawn shapes with size-1 and odd sides), forwards against naive loops or closed forms
 on tiny inputs, dtype preservation and input errors.
 
-Gradient tolerance (refdiff.testing.check_gradients: eps = 1e-6, atol = 1e-6, rtol = 1e-5):
+Gradient tolerance (refdiff.nn.testing.check_gradients: eps = 1e-6, atol = 1e-6, rtol = 1e-5):
 in float64 the central difference error is ~eps^2 |f'''| + 1e-16 |L| / eps ~ 1e-10 here.
 Forward-vs-loop tolerance: both sides are float64 with the same terms summed in a different
 order, so they agree to a few ulps of the largest partial sum: atol 1e-12 for O(1)-O(10) values.
@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import refdiff.functional as F
-from refdiff.autograd import Tensor, no_grad
-from refdiff.testing import check_gradients
+import refdiff.nn.functional as F
+from refdiff.nn.autograd import Tensor, no_grad
+from refdiff.nn.testing import check_gradients
 
 FORWARD_ATOL = 1e-12  # float64 vs float64 loop, different summation order (module doc)
 

@@ -41,7 +41,7 @@ def three_unets(seed=0):
     Every weight gets random noise added, so that the zero-initialised output convolution does
     not hide the gradients of the rest of the network.
     """
-    from refdiff.unet import UNet
+    from refdiff.models.unet import UNet
 
     base = UNet(**CONFIG, seed=seed)
     rng = np.random.default_rng(seed)
@@ -103,7 +103,7 @@ def test_unet_forward_on_cuda_matches_numpy():
 
 
 def test_unet_input_and_parameter_gradients_on_cuda_match_numpy():
-    from refdiff.autograd import Tensor
+    from refdiff.nn.autograd import Tensor
 
     models = three_unets()
     x, t = inputs()
@@ -122,9 +122,9 @@ def test_one_training_step_on_cuda_matches_numpy():
     """q_sample_with_target (fused on cuda), U-Net, mse loss, backward, SGD with momentum: the
     updated weights agree. (SGD, not Adam: Adam's first step is lr * sign(g), which flips for
     gradients within rounding of 0 and would test rounding luck, not the backends.)"""
-    from refdiff import functional as F
-    from refdiff.optim import SGD
-    from refdiff.schedule import NoiseSchedule
+    from refdiff.nn import functional as F
+    from refdiff.training.optim import SGD
+    from refdiff.gaussian.schedule import NoiseSchedule
 
     models = three_unets()
     s = NoiseSchedule.linear(T=1000)
@@ -151,8 +151,8 @@ def test_one_training_step_on_cuda_matches_numpy():
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_ddim_eta0_trajectory_on_cuda_matches_numpy(prediction_type):
     """Ten deterministic DDIM steps (eta = 0) from the same x_T: every x_t along the way agrees."""
-    from refdiff.schedule import NoiseSchedule
-    from refdiff.timesteps import inference_timesteps, previous_timestep
+    from refdiff.gaussian.schedule import NoiseSchedule
+    from refdiff.samplers.timesteps import inference_timesteps, previous_timestep
 
     models = three_unets()
     s = NoiseSchedule.cosine(T=1000)

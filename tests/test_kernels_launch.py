@@ -37,7 +37,7 @@ def test_a_tiny_grid_gives_the_same_result_as_the_default_grid(monkeypatch):
 
 
 def test_schedule_tables_are_cached_per_schedule_and_dropped_with_it():
-    from refdiff.schedule import NoiseSchedule
+    from refdiff.gaussian.schedule import NoiseSchedule
 
     s = NoiseSchedule.linear(T=7)
     first = _launch.schedule_tables(s)

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refdiff as rd
-from refdiff.losses import loss_weight
+from refdiff.gaussian.losses import loss_weight
 
 LINEAR = rd.NoiseSchedule.linear()
 ZERO_SNR = rd.NoiseSchedule.linear().rescale_zero_terminal_snr()

@@ -1,4 +1,4 @@
-"""refdiff.metrics: point-cloud distances against closed forms and brute force, the Frechet
+"""refdiff.training.metrics: point-cloud distances against closed forms and brute force, the Frechet
 distance against closed forms, and the autograd-trained classifier on digits."""
 import itertools
 import math
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from refdiff import data, metrics
+from refdiff.training import data, metrics
 
 # --- energy distance ---------------------------------------------------------------------------
 
@@ -219,7 +219,7 @@ def test_frechet_distance_rejects_mismatched_shapes():
 
 
 def test_cross_entropy_value_and_gradient_match_float64_closed_form():
-    from refdiff.autograd import Tensor
+    from refdiff.nn.autograd import Tensor
 
     rng = np.random.default_rng(0)
     z = rng.standard_normal((5, 4)) * 3

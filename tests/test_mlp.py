@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import refdiff as rd
-from refdiff import functional as F
+from refdiff.nn import functional as F
 
 
 def points(n=8, seed=0):

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 import refdiff as rd
 from refdiff import nn
-from refdiff.autograd import Tensor
+from refdiff.nn.autograd import Tensor
 
 
 def f64(module):

@@ -1,4 +1,4 @@
-"""refdiff.optim: every update rule against its formula (hand-computed or an independent float64
+"""refdiff.training.optim: every update rule against its formula (hand-computed or an independent float64
 re-implementation), state-dict round trips, gradient clipping, warmup and the EMA decay schedule."""
 import math
 
@@ -8,7 +8,7 @@ from hypothesis import given
 from _gpu import requires_gpu
 from hypothesis import strategies as st
 
-from refdiff import optim
+from refdiff.training import optim
 
 
 class P:
@@ -625,7 +625,7 @@ def test_ema_on_cupy_matches_numpy():
 @pytest.mark.parametrize("make", [lambda ps: optim.AdamW(ps, lr=0.05, weight_decay=0.0),
                                   lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9)], ids=["adamw", "sgd"])
 def test_optimizer_fits_least_squares_with_autograd_tensors(make):
-    from refdiff.autograd import Tensor
+    from refdiff.nn.autograd import Tensor
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 3))

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refdiff as rd
-from refdiff import parameterization as P
+from refdiff.gaussian import parameterization as P
 
 LINEAR = rd.NoiseSchedule.linear()
 EPS32 = 2.0**-24

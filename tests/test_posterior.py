@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refdiff as rd
-from refdiff.posterior import q_posterior
+from refdiff.gaussian.posterior import q_posterior
 
 SCHEDULES = [
     rd.NoiseSchedule.linear(),

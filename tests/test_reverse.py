@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refdiff as rd
-from refdiff.reverse import classifier_free_guidance, ddim_step, ddpm_step
+from refdiff.samplers.reverse import classifier_free_guidance, ddim_step, ddpm_step
 
 LINEAR = rd.NoiseSchedule.linear()
 COSINE = rd.NoiseSchedule.cosine()

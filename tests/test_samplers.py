@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import refdiff as rd
 from refdiff import samplers
 from refdiff.diffusion import GaussianDiffusion
-from refdiff.timesteps import inference_timesteps, previous_timestep
+from refdiff.samplers.timesteps import inference_timesteps, previous_timestep
 
 
 class ExactPointMassDenoiser:

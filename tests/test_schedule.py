@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import refdiff as rd
-from refdiff.schedule import NoiseSchedule
+from refdiff.gaussian.schedule import NoiseSchedule
 
 # every constructor, at its defaults and at a short length
 SCHEDULES = {

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import refdiff as rd
-from refdiff.timesteps import inference_timesteps, previous_timestep
+from refdiff.samplers.timesteps import inference_timesteps, previous_timestep
 
 SPACINGS = ["leading", "trailing", "linspace"]
 

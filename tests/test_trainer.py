@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import refdiff as rd
-from refdiff.checkpoint import CheckpointError
-from refdiff.data import Dataset, load_dataset
-from refdiff.trainer import Trainer, load_diffusion
+from refdiff.io.checkpoint import CheckpointError
+from refdiff.training.data import Dataset, load_dataset
+from refdiff.training.trainer import Trainer, load_diffusion
 
 
 
@@ -42,7 +42,7 @@ def test_checkpoint_holds_model_ema_optimizer_and_schedule(tmp_path):
     path = trainer.save_checkpoint()
     meta = json.loads(open(path).read())
     assert meta["step"] == 3 and meta["model"]["class"] == "MLPDenoiser" and len(meta["losses"]) == 3
-    from refdiff.checkpoint import load_checkpoint
+    from refdiff.io.checkpoint import load_checkpoint
 
     arrays, _ = load_checkpoint(path)
     prefixes = {k.split("/")[0] for k in arrays}

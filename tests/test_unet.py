@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import refdiff as rd
-from refdiff import functional as F
-from refdiff.unet import UNet
+from refdiff.nn import functional as F
+from refdiff.models.unet import UNet
 
 
 def tiny(**overrides):

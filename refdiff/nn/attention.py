@@ -6,7 +6,7 @@ al. 2020, appendix B) uses it, one head, at the 16x16 level, as a residual block
     out = (x + W_o Attention(Q, K, V)) / rescale_output_factor.
 Parameter names follow diffusers' Attention (group_norm, to_q, to_k, to_v, to_out.0).
 """
-from .. import functional as F
+from . import functional as F
 from .init import as_rng
 from .layers import Dropout, GroupNorm, Linear
 from .module import Module, ModuleList

@@ -9,7 +9,7 @@ concatenated on the channel axis (the skip connections), and then an upsampling.
 One class per kind, with or without attention; attribute names equal diffusers' DownBlock2D /
 AttnDownBlock2D, UNetMidBlock2D and UpBlock2D / AttnUpBlock2D, so the parameter names do too.
 """
-from ..autograd import concat
+from .autograd import concat
 from .attention import Attention
 from .init import as_rng
 from .module import Module, ModuleList

@@ -1,11 +1,11 @@
 """The basic layers: Linear, Conv2d, GroupNorm, SiLU, Dropout, Embedding.
 
 Each one holds its parameters (names and shapes as in PyTorch, so diffusers checkpoints load)
-and calls the matching op of refdiff.functional, where forward and backward are written.
+and calls the matching op of refdiff.nn.functional, where forward and backward are written.
 """
-from .. import functional as F
-from .._validate import check_index_range, value_checks_on
-from ..autograd import Tensor
+from . import functional as F
+from ..checks import check_index_range, value_checks_on
+from .autograd import Tensor
 from ..backend import array_module
 from . import init
 from .module import Module

@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..autograd import Tensor
+from .autograd import Tensor
 from ..backend import array_module, get_backend
 
 

@@ -9,7 +9,7 @@ Ho et al. 2020, appendix B (after Wide ResNet / PixelCNN++), in diffusers' Resne
     out = (shortcut(x) + h) / output_scale_factor
 shortcut is the identity when the channel count is unchanged, a 1x1 convolution otherwise.
 """
-from .. import functional as F
+from . import functional as F
 from .init import as_rng
 from .layers import Conv2d, Dropout, GroupNorm, Linear
 from .module import Module

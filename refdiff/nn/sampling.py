@@ -3,7 +3,7 @@
 Ho et al. 2020, appendix B (from PixelCNN++): a strided 3x3 convolution down, nearest-neighbour
 x2 followed by a 3x3 convolution up. Names as in diffusers' Downsample2D / Upsample2D ("conv").
 """
-from .. import functional as F
+from . import functional as F
 from .init import as_rng
 from .layers import Conv2d
 from .module import Module

@@ -2,7 +2,7 @@
 
 Ho et al. 2020, appendix B: "diffusion time t is specified by adding the Transformer sinusoidal
 position embedding into each residual block", after a two-layer MLP. The sinusoid itself is
-refdiff.embedding.timestep_embedding (math); this module is the trained MLP on top of it,
+refdiff.gaussian.embedding.timestep_embedding (math); this module is the trained MLP on top of it,
 named as diffusers' TimestepEmbedding (linear_1, act, linear_2).
 """
 from .init import as_rng

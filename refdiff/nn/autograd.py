@@ -31,7 +31,7 @@ import numbers
 
 import numpy as np
 
-from .backend import array_module
+from ..backend import array_module
 
 _grad_enabled = True
 

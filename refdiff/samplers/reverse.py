@@ -19,7 +19,7 @@ import numbers
 
 import numpy as np
 
-from ._validate import (
+from ..checks import (
     check_choice,
     check_finite,
     check_float_array,
@@ -28,8 +28,8 @@ from ._validate import (
     check_timesteps,
     per_sample,
 )
-from .backend import array_module
-from .parameterization import x0_eps_from_model_output
+from ..backend import array_module
+from ..gaussian.parameterization import x0_eps_from_model_output
 
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 

@@ -11,12 +11,12 @@ for classifier-free guidance (Ho & Salimans 2022).
 """
 import numpy as np
 
-from ._validate import model_labels, model_timesteps
-from .autograd import Tensor
-from .backend import array_module, get_backend
-from .nn import Embedding, Linear, Module, ModuleList
-from .functional import silu
-from .nn.timestep import TimestepEmbedding
+from ..checks import model_labels, model_timesteps
+from ..nn.autograd import Tensor
+from ..backend import array_module, get_backend
+from ..nn import Embedding, Linear, Module, ModuleList
+from ..nn.functional import silu
+from ..nn.timestep import TimestepEmbedding
 
 
 class MLPBlock(Module):
@@ -72,7 +72,7 @@ class MLPDenoiser(Module):
         if x.ndim != 2 or x.shape[1] != self.config["dim"]:
             raise ValueError(f"MLPDenoiser expects x of shape (B, {self.config['dim']}), got {tuple(x.shape)}")
         B = x.shape[0]
-        # t and y where the parameters live, checked as refdiff._validate's rule says (no host
+        # t and y where the parameters live, checked as refdiff.checks's rule says (no host
         # round trip for device arrays)
         t = model_timesteps(_unwrap(t), B, xp)
         features = self.backend.timestep_embedding(t, self.config["time_dim"])  # (B, time_dim)

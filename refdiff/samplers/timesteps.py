@@ -12,7 +12,7 @@ Timesteps are integers 0..T-1 (index t = the paper's step t+1).
 """
 import numpy as np
 
-from ._validate import check_choice, check_positive_int, to_numpy
+from ..checks import check_choice, check_positive_int, to_numpy
 
 SPACINGS = ("leading", "trailing", "linspace")
 

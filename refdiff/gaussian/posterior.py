@@ -7,7 +7,7 @@
 
 Index t = the paper's step t+1; at t = 0, abar_{t-1} = 1: the mean is x_0 and the variance 0.
 """
-from ._validate import check_finite, check_float_array, check_like, check_timesteps, per_sample
+from ..checks import check_finite, check_float_array, check_like, check_timesteps, per_sample
 
 
 def q_posterior(x0, x_t, t, schedule):

@@ -12,7 +12,7 @@ loss), as diffusers' training scripts apply it with compute_snr.
 """
 import numpy as np
 
-from ._validate import check_choice, check_prediction_type, check_timesteps
+from ..checks import check_choice, check_prediction_type, check_timesteps
 
 WEIGHTINGS = ("none", "min_snr")
 

@@ -21,9 +21,9 @@ import math
 
 import numpy as np
 
-from . import functional as F
-from .autograd import Tensor, no_grad
-from .backend import array_module
+from ..nn import functional as F
+from ..nn.autograd import Tensor, no_grad
+from ..backend import array_module
 
 
 def _host64(a, name):

@@ -8,7 +8,7 @@ References:
     down path's activations (skip connections).
   Ho & Salimans 2022, classifier-free guidance: a class embedding with one extra "null" label.
   diffusers' UNet2DModel: the parameter names and the block layout, so that its checkpoints
-    load by name (see refdiff.diffusers_io and UNet.from_diffusers).
+    load by name (see refdiff.models.diffusers_io and UNet.from_diffusers).
 
 Shapes (B = batch, C = base_channels, L = len(channel_mults)):
   x (B, in_channels, H, W) -> conv_in (B, C, H, W)
@@ -18,13 +18,13 @@ Shapes (B = batch, C = base_channels, L = len(channel_mults)):
 """
 import numpy as np
 
-from ._validate import model_labels, model_timesteps
-from .autograd import Tensor
-from .backend import array_module, get_backend
-from .nn import Conv2d, Embedding, GroupNorm, Module, ModuleList, SiLU
-from .nn.blocks import DownBlock, MidBlock, UpBlock
-from .nn.resnet import TIME_EMBEDDING_NORMS
-from .nn.timestep import TimestepEmbedding
+from ..checks import model_labels, model_timesteps
+from ..nn.autograd import Tensor
+from ..backend import array_module, get_backend
+from ..nn import Conv2d, Embedding, GroupNorm, Module, ModuleList, SiLU
+from ..nn.blocks import DownBlock, MidBlock, UpBlock
+from ..nn.resnet import TIME_EMBEDDING_NORMS
+from ..nn.timestep import TimestepEmbedding
 
 
 class UNet(Module):
@@ -93,7 +93,7 @@ class UNet(Module):
                       head_dim=attention_head_dim)
 
         self.conv_in = Conv2d(in_channels, base_channels, 3, padding=1, rng=rng)
-        # time_proj is the parameter-free sinusoid (refdiff.embedding); then the MLP
+        # time_proj is the parameter-free sinusoid (refdiff.gaussian.embedding); then the MLP
         self.time_embedding = TimestepEmbedding(base_channels, temb_dim, rng=rng)
         if num_classes is not None:
             self.class_embedding = Embedding(num_classes + 1, temb_dim, rng=rng)  # row num_classes = null label
@@ -154,7 +154,7 @@ class UNet(Module):
         scalar; y: class labels (B,) in 0..num_classes (num_classes = null label) or None (for a
         class-conditional model: the null label, i.e. unconditional).
         On the CUDA backend, pass x, t and y as CuPy arrays: then nothing is copied to or read
-        from the host (t and y values are not checked there; see refdiff._validate).
+        from the host (t and y values are not checked there; see refdiff.checks).
         """
         x = self._input(x)
         B = x.shape[0]
@@ -199,7 +199,7 @@ class UNet(Module):
         """Sinusoidal features (B, base_channels) of timesteps t, computed where the parameters live.
 
         A device t goes straight to the backend's embedding; values are checked as
-        refdiff._validate's rule says (host data always, device arrays with REFDIFF_KERNEL_CHECKS=1).
+        refdiff.checks's rule says (host data always, device arrays with REFDIFF_KERNEL_CHECKS=1).
         """
         t = model_timesteps(_unwrap(t), B, array_module(self.conv_in.weight.data))
         features = self.backend.timestep_embedding(

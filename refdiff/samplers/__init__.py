@@ -24,8 +24,8 @@ spacings as in diffusers (leading / trailing / linspace, steps_offset), Lin et a
 """
 import numpy as np
 
-from .backend import array_module
-from .parameterization import x0_from_eps, x0_from_v
+from ..backend import array_module
+from ..gaussian.parameterization import x0_from_eps, x0_from_v
 from .reverse import classifier_free_guidance
 from .timesteps import inference_timesteps
 

@@ -17,7 +17,7 @@ array (B,) in 0..T-1. prediction_type names the model's output as in diffusers:
 With a zero-terminal-SNR schedule, alpha = 0 at t = T-1 and x_0 cannot be read from eps there
 (division by zero, as in diffusers): use "v_prediction" with such schedules.
 """
-from ._validate import check_float_array, check_like, check_prediction_type, check_timesteps, per_sample
+from ..checks import check_float_array, check_like, check_prediction_type, check_timesteps, per_sample
 
 # ---- the formulas, on per-sample coefficients alpha = sqrt(abar_t), sigma = sqrt(1 - abar_t) ----
 

@@ -22,7 +22,7 @@ References
 """
 import numpy as np
 
-from ._validate import check_positive_int
+from ..checks import check_positive_int
 
 
 def linear_betas(T, beta_start, beta_end):

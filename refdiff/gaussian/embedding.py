@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
-from ._validate import check_positive_int, to_numpy
-from .backend import array_module
+from ..checks import check_positive_int, to_numpy
+from ..backend import array_module
 
 
 def timestep_frequencies(half_dim, max_period, downscale_freq_shift):

@@ -1,7 +1,7 @@
 """Test helpers other modules' tests can import: a finite-difference gradient checker.
 
-    from refdiff.testing import check_gradients
-    check_gradients(lambda x, w: refdiff.functional.linear(x, w), [x, w])
+    from refdiff.nn.testing import check_gradients
+    check_gradients(lambda x, w: refdiff.nn.functional.linear(x, w), [x, w])
 
 NumPy only (no pytest), so it can be imported anywhere.
 """

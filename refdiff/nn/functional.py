@@ -1,6 +1,6 @@
 """The neural-network ops of the U-Net, each as a forward and its hand-written backward.
 
-Every function takes Tensors (arrays are wrapped) and returns a Tensor. As in `refdiff.autograd`,
+Every function takes Tensors (arrays are wrapped) and returns a Tensor. As in `refdiff.nn.autograd`,
 the backward closure sits right under the forward and a comment gives the derivative. Ops that
 the chain rule could build from Tensor primitives (group norm, softmax, attention, linear, mse)
 are fused here instead: one graph node each, a hand-derived backward with fewer temporaries,
@@ -19,7 +19,7 @@ import math
 import numbers
 
 from .autograd import Tensor
-from .backend import array_module
+from ..backend import array_module
 
 
 def _tensor(x):
@@ -441,7 +441,7 @@ def dropout(x, p, training=True, rng=None):
 def mse_loss(pred, target, weights=None):
     """Mean squared error: L = mean_b w_b mean_i (pred_bi - target_bi)^2 (w_b = 1 without weights).
 
-    `weights` (B,) are per-sample weights (e.g. min-SNR-gamma, refdiff.losses.loss_weight);
+    `weights` (B,) are per-sample weights (e.g. min-SNR-gamma, refdiff.gaussian.losses.loss_weight);
     they are constants (no gradient) and take pred's dtype. Returns a 0-d Tensor.
     """
     pred, target = _tensor(pred), _tensor(target)

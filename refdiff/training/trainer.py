@@ -9,12 +9,12 @@
 
 Randomness: every random draw of step s comes from generators derived from (seed, s) with
 numpy's SeedSequence: the batch order of epoch e from default_rng([seed, e])
-(refdiff.data.batch_indices), t / noise / label dropout of step s from
+(refdiff.training.data.batch_indices), t / noise / label dropout of step s from
 SeedSequence([seed, 2, s]). So the whole random state of a run is
 (seed, step): a run resumed from a checkpoint of step s draws exactly what the uninterrupted run
 drew, and on the NumPy backend reproduces its losses bit for bit.
 
-A checkpoint (refdiff.checkpoint) holds the model weights, the EMA weights, the optimizer state
+A checkpoint (refdiff.io.checkpoint) holds the model weights, the EMA weights, the optimizer state
 and the schedule's betas in a safetensors file, and the configs (model, diffusion, training,
 data), the step and the loss history in a JSON file. load_diffusion() rebuilds a model for
 sampling from one; Trainer.resume() continues a run.
@@ -28,14 +28,14 @@ import time
 
 import numpy as np
 
-from . import checkpoint as ckpt
-from .checkpoint import CheckpointError
+from ..io import checkpoint as ckpt
+from ..io.checkpoint import CheckpointError
 from .data import batch_indices
-from .diffusion import GaussianDiffusion, model_num_classes
+from ..diffusion import GaussianDiffusion, model_num_classes
 from .optim import EMA, AdamW, clip_grad_norm, warmup_lr
 
 # classes a checkpoint may name: a checkpoint never makes us import arbitrary code
-MODEL_CLASSES = {"UNet": "refdiff.unet", "MLPDenoiser": "refdiff.mlp"}
+MODEL_CLASSES = {"UNet": "refdiff.models.unet", "MLPDenoiser": "refdiff.models.mlp"}
 
 
 @dataclasses.dataclass
@@ -79,7 +79,7 @@ def step_rng(seed, stream, index):
 
 
 class Trainer:
-    """Train `diffusion` on `dataset` (refdiff.data.Dataset: .x (N, ...) in [-1, 1], .y labels or None).
+    """Train `diffusion` on `dataset` (refdiff.training.data.Dataset: .x (N, ...) in [-1, 1], .y labels or None).
 
     out_dir: where checkpoints (out_dir/checkpoints) and sample pictures (out_dir/samples) go;
     None: nowhere. data_info: JSON-able description of the data (e.g. {"spec": "moons", "n": ...})
@@ -120,7 +120,7 @@ class Trainer:
     # the loop
 
     def batch_indices(self, step):
-        """Indices of the batch of `step`: shuffled epochs cut in batches (refdiff.data.batch_indices)."""
+        """Indices of the batch of `step`: shuffled epochs cut in batches (refdiff.training.data.batch_indices)."""
         return batch_indices(len(self.x), self.config.batch_size, step, seed=self.config.seed)
 
     def train_step(self):
@@ -191,7 +191,7 @@ class Trainer:
 
         DDIM with sample_steps steps and use_clipped_model_output (steady early in training).
         """
-        from .images import save_image_grid, save_scatter
+        from ..io.images import save_image_grid, save_scatter
 
         cfg = self.config
         n = n or cfg.sample_n
@@ -323,7 +323,7 @@ def load_model_state(model, arrays, meta, where, prefix="model"):
 
 def diffusion_from_checkpoint(arrays, meta, where, backend=None, ema=True):
     """A GaussianDiffusion with the model of a checkpoint (EMA weights if ema and present)."""
-    from .schedule import NoiseSchedule
+    from ..gaussian.schedule import NoiseSchedule
 
     model = build_model(meta, where, backend=backend)
     load_model_state(model, arrays, meta, where)

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from .backend import array_module
+from ..backend import array_module
 
 
 # ----------------------------------------------------------------------------------------------
