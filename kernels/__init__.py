@@ -27,8 +27,8 @@ TWINS = {
     "q_sample": "refdiff.gaussian.forward:q_sample",
     "q_sample_with_target": "refdiff.gaussian.forward:q_sample_with_target",
     "timestep_embedding": "refdiff.gaussian.embedding:timestep_embedding",
-    "ddpm_step": "refdiff.samplers.reverse:ddpm_step",
-    "ddim_step": "refdiff.samplers.reverse:ddim_step",
+    "ddpm_step": "refdiff.samplers.ddpm:ddpm_step",
+    "ddim_step": "refdiff.samplers.ddim:ddim_step",
 }
 
 __all__ = ["q_sample", "q_sample_with_target", "timestep_embedding", "ddpm_step", "ddim_step", "TWINS"]

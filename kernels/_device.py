@@ -1,44 +1,60 @@
-"""Device functions shared by the reverse-step kernels: one copy of each per-element formula.
+"""Device functions of the reverse-step kernels: the reference's own formulas, compiled for the GPU.
 
-Each mirrors a reference function line for line (named in its docstring). Arguments and
-results are float32 scalars; the per-sample coefficients (alpha = sqrt(abar_t),
-sigma = sqrt(1 - abar_t), ...) arrive already rounded to float32 from float64, as the reference
-rounds them. Prediction types are the codes of kernels/_launch.py: 0 epsilon, 1 sample,
-2 v_prediction.
+The per-element and per-sample formulas are not written again here. They live once, in the
+reference, as small functions that use arithmetic only (so they run on NumPy arrays there), and
+`device_twin` compiles those very functions with numba as inlined device functions:
+
+    guided_output                refdiff.gaussian.guidance              Ho & Salimans 2022, eq. 6
+    x0_eps_from_output           refdiff.gaussian.parameterization      DDPM eqs. 4, 15; Salimans & Ho 2022
+    posterior_mean_coefficients  refdiff.gaussian.posterior             DDPM eq. 7
+    posterior_variance           refdiff.gaussian.posterior             DDPM eq. 7
+    ddim_sigma                   refdiff.samplers.ddim                  DDIM eq. 16
+    ddim_direction_variance      refdiff.samplers.ddim                  DDIM eq. 12
+
+Per-element functions get float32 scalars; the per-sample coefficients (sqrt_abar =
+sqrt(abar_t), sqrt_one_minus_abar = sqrt(1 - abar_t), ...) are computed in float64 once per
+sample and rounded once to float32, as the reference rounds them. Prediction types are
+refdiff.gaussian.parameterization.PREDICTION_CODES: 0 epsilon, 1 sample, 2 v_prediction.
 
 No float literal appears in float32 arithmetic here: numba types a python float as float64, which
 would silently promote the whole expression.
 """
 import math
+import types
 
 import numpy as np
 from numba import cuda
 
-
-@cuda.jit(device=True, inline=True)
-def guided_output(cond, uncond, guidance_scale):
-    """uncond + s (cond - uncond): refdiff.samplers.reverse.classifier_free_guidance (Ho & Salimans 2022, eq. 6)."""
-    return uncond + guidance_scale * (cond - uncond)
+from refdiff.gaussian import guidance, parameterization, posterior
+from refdiff.samplers import ddim
 
 
-@cuda.jit(device=True, inline=True)
-def x0_eps_from_model_output(x_t, model_output, alpha, sigma, prediction):
-    """(x_0, eps) from the network output: refdiff.gaussian.parameterization.x0_eps_from_model_output.
+def device_twin(fn, **device_callees):
+    """`fn` (a reference function that uses arithmetic only) compiled as an inlined numba device
+    function. Functions it calls are given as device_callees (name=device function): numba
+    resolves a function's globals when it compiles it, so the copy sees them in place of the
+    host versions. Under the simulator the copy runs as plain Python."""
+    namespace = dict(fn.__globals__, **device_callees)
+    copy = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__doc__ = fn.__doc__
+    return cuda.jit(device=True, inline=True)(copy)
 
-    epsilon:      x_0 = (x_t - sigma out) / alpha,   eps = out                 DDPM eq. 15
-    sample:       x_0 = out,   eps = (x_t - alpha x_0) / sigma                 DDPM eq. 4
-    v_prediction: x_0 = alpha x_t - sigma out,   eps = alpha out + sigma x_t   Salimans & Ho 2022
-    """
-    if prediction == 0:
-        return (x_t - sigma * model_output) / alpha, model_output
-    if prediction == 1:
-        return model_output, (x_t - alpha * model_output) / sigma
-    return alpha * x_t - sigma * model_output, alpha * model_output + sigma * x_t
+
+guided_output = device_twin(guidance.guided_output)
+
+_conversions = {name: device_twin(getattr(parameterization, name)) for name in (
+    "x0_from_eps_formula", "eps_from_x0_formula", "x0_from_v_formula", "eps_from_v_formula")}
+x0_eps_from_output = device_twin(parameterization.x0_eps_from_output_formula, **_conversions)
+
+posterior_mean_coefficients = device_twin(posterior.posterior_mean_coefficients)
+posterior_variance = device_twin(posterior.posterior_variance)
+ddim_sigma = device_twin(ddim.ddim_sigma, posterior_variance=posterior_variance)
+ddim_direction_variance = device_twin(ddim.ddim_direction_variance)
 
 
 @cuda.jit(device=True, inline=True)
 def clipped(x0, clip, clip_range):
-    """x_0 clipped to [-clip_range, clip_range] when clip is set (as np.clip in the reference)."""
+    """x_0 clipped to [-clip_range, clip_range] when clip is set: refdiff.samplers.common.clipped."""
     if clip:
         return min(max(x0, -clip_range), clip_range)
     return x0
@@ -57,7 +73,8 @@ def sample_timesteps(b, t, t_scalar, t_per_sample, t_prev, t_prev_scalar, t_prev
 
 @cuda.jit(device=True, inline=True)
 def alphas_cumprod_pair(alphas_cumprod, T, tb, tpb):
-    """(abar_t, abar_prev, valid) in float64; abar_prev = 1 where t_prev < 0 (set_alpha_to_one).
+    """(abar_t, abar_prev, valid) in float64; abar_prev = 1 where t_prev < 0 (set_alpha_to_one),
+    as NoiseSchedule.alphas_cumprod_at.
 
     valid is False for timesteps outside the schedule or t_prev >= t: the caller writes NaN then
     (a device-side timestep array is not range-checked on the host).

@@ -22,7 +22,6 @@ NaN/inf. Instead the kernels write NaN wherever a sample's timesteps are invalid
 out of bounds). Set REFDIFF_KERNEL_CHECKS=1 to add those checks (they synchronise the host).
 """
 import functools
-import math
 import numbers
 import os
 import weakref
@@ -32,21 +31,16 @@ import numpy as np
 from numba import config as _numba_config
 from numba import cuda
 
-from refdiff.checks import (
-    DEVICE_CHECKS,
-    check_choice,
-    check_positive_int,
-    check_prediction_type,
-    check_timestep_range,
-)
+from refdiff.checks import DEVICE_CHECKS, check_finite, check_same_shape, check_t_prev_below_t, check_timestep_range
+from refdiff.gaussian.parameterization import PREDICTION_CODES
 
 SIMULATED = bool(_numba_config.ENABLE_CUDASIM)
 # REFDIFF_KERNEL_CHECKS=1, read once by refdiff.checks: the one switch (and rule) that the
 # model code follows too (see that module's docstring)
 DEBUG_CHECKS = DEVICE_CHECKS
 
-# codes of the string options, as the kernels see them (uniform branches inside the kernel)
-PREDICTION_CODES = {"epsilon": 0, "sample": 1, "v_prediction": 2}
+# codes of the string options, as the kernels see them (uniform branches inside the kernel);
+# PREDICTION_CODES (0 epsilon, 1 sample, 2 v_prediction) come from refdiff.gaussian.parameterization
 TARGET_NONE = -1  # q_sample: write x_t only
 VARIANCE_CODES = {"fixed_small": 0, "fixed_large": 1}
 
@@ -69,6 +63,10 @@ def array_module_name():
 
 def _is_device_array(a):
     return type(a).__module__.split(".")[0] == "cupy"
+
+
+# The checks the reference makes are refdiff.checks' (the launchers call them directly); the
+# ones below are the kernels' own: float32, C-contiguous, on the device the kernels run on.
 
 
 def check_array(x, name):
@@ -100,47 +98,31 @@ def check_array(x, name):
 def check_like(x, other, name_x, name_other):
     """`other` checked as check_array, with the shape of `x`."""
     check_array(other, name_other)
-    if tuple(other.shape) != tuple(x.shape):
-        raise ValueError(f"{name_other} must have the shape of {name_x} {tuple(x.shape)}, got {tuple(other.shape)}")
+    check_same_shape(x, other, name_x, name_other)
     return other
 
 
-def check_real(value, name):
-    """`value` as a finite python float (bools refused)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    return float(value)
+def check_optional_like(x, other, name_x, name_other):
+    """check_like for an optional input: None passes as None."""
+    return None if other is None else check_like(x, other, name_x, name_other)
 
 
-def check_clip(clip_sample, clip_sample_range):
-    """(clip_sample, clip_sample_range) checked as the reference checks them."""
-    if not isinstance(clip_sample, (bool, np.bool_)):
-        raise TypeError(f"clip_sample must be True or False, got {clip_sample!r}")
-    clip_sample_range = check_real(clip_sample_range, "clip_sample_range")
-    if clip_sample and clip_sample_range <= 0:
-        raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}")
-    return bool(clip_sample), clip_sample_range
-
-
-def check_guidance(model_output_uncond, guidance_scale, x_t):
-    """The optional classifier-free-guidance inputs: (uncond array or None, scale as float)."""
-    guidance_scale = check_real(guidance_scale, "guidance_scale")
-    if model_output_uncond is None:
-        if guidance_scale != 1.0:
-            raise ValueError(
-                f"guidance_scale={guidance_scale!r} needs model_output_uncond (the unconditional output); "
-                f"without it, leave guidance_scale at 1.0"
-            )
-        return None, guidance_scale
-    return check_like(x_t, model_output_uncond, "x_t", "model_output_uncond"), guidance_scale
+def check_step_arrays(x_t, model_output, noise, model_output_uncond):
+    """The arrays of a reverse-step kernel: x_t checked by check_array, the others (noise and
+    model_output_uncond may be None) of its shape; NaN/inf checked with REFDIFF_KERNEL_CHECKS=1."""
+    x_t = check_array(x_t, "x_t")
+    arrays = (x_t, check_like(x_t, model_output, "x_t", "model_output"),
+              check_optional_like(x_t, noise, "x_t", "noise"),
+              check_optional_like(x_t, model_output_uncond, "x_t", "model_output_uncond"))
+    for a, name in zip(arrays, ("x_t", "model_output", "noise", "model_output_uncond")):
+        check_finite_if_debugging(a, name)
+    return arrays
 
 
 def check_finite_if_debugging(x, name):
     """With REFDIFF_KERNEL_CHECKS=1: raise if `x` holds NaN or inf (a host sync on a GPU)."""
     if DEBUG_CHECKS and x is not None:
-        xp = _xp()
-        if not bool(xp.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN or inf")
+        check_finite(x, name)
 
 
 def flat(x):
@@ -214,34 +196,22 @@ def timestep_arg(t, T, batch, name="t", allow_negative=False):
 
 
 def device_timesteps(t, dtype):
-    """A 1-D timestep array (embedding) as a contiguous array of `dtype` on the kernels' side.
-
-    Host arrays are checked for NaN/inf (as the reference does) and copied to the device on a
-    GPU; a CuPy array is converted on the device (its values checked only with REFDIFF_KERNEL_CHECKS=1).
-    """
+    """A 1-D timestep array (embedding), already checked by refdiff.checks.check_timestep_vector,
+    as a contiguous array of `dtype` on the kernels' side: host arrays are copied to the device
+    on a GPU, a CuPy array is converted on the device."""
     if _is_device_array(t):
         if SIMULATED:
             raise TypeError("t must be a NumPy array under the CUDA simulator, got a CuPy array")
-        if DEBUG_CHECKS and not bool(_xp().isfinite(t).all()):
-            raise ValueError("t contains NaN or inf")
         return _xp().ascontiguousarray(t.astype(dtype, copy=False))
     t = np.ascontiguousarray(t, dtype=dtype)
-    if not np.isfinite(t).all():
-        raise ValueError("t contains NaN or inf")
     return t if SIMULATED else _xp().asarray(t)
 
 
-def check_t_prev_below_t(t, t_prev):
-    """Check on the host that every t_prev < t (a reverse step), where both are known there;
-    for device-side timesteps the kernel writes NaN for a sample with t_prev >= t."""
-    if t.host is None or t_prev.host is None:
-        return
-    bad = t_prev.host >= t.host
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"t_prev must be smaller than t (a reverse step), got t={t.host[i]}, t_prev={t_prev.host[i]} at sample {i}"
-        )
+def check_t_prev_below_t_where_known(t, t_prev):
+    """refdiff.checks.check_t_prev_below_t on the host, where both TimestepArgs' values are known
+    there; for device-side timesteps the kernel writes NaN for a sample with t_prev >= t."""
+    if t.host is not None and t_prev.host is not None:
+        check_t_prev_below_t(t.host, t_prev.host)
 
 
 def any_positive(t):
@@ -405,9 +375,7 @@ def _device_id():
     return cupy.cuda.runtime.getDevice()
 
 
-# re-exported checks of the string options (the reference's own, so the messages agree)
 __all__ = [
-    "check_array", "check_like", "check_real", "check_clip", "check_guidance", "check_choice",
-    "check_positive_int", "check_prediction_type", "timestep_arg", "schedule_tables",
+    "check_array", "check_like", "check_optional_like", "timestep_arg", "schedule_tables",
     "frequency_table", "launch", "launch_config", "device_view", "optional_array", "flat",
 ]

@@ -1,6 +1,6 @@
 """Fused DDIM step: guidance, predicted x_0 and eps, clipping, and the DDIM update in one pass.
 
-Twin: refdiff.samplers.reverse.ddim_step (diffusers DDIMScheduler.step numbers, use_clipped_model_output=False).
+Twin: refdiff.samplers.ddim.ddim_step (diffusers DDIMScheduler.step numbers, use_clipped_model_output=False).
 
 Per sample, once, in float64 (then rounded to float32, as the reference rounds them):
     abar_t, abar_prev = abar[t_prev] (1 where t_prev < 0: set_alpha_to_one)
@@ -20,8 +20,20 @@ import math
 import numpy as np
 from numba import cuda
 
+from refdiff import checks
+from refdiff.gaussian.parameterization import PREDICTION_CODES
+
 from . import _launch
-from ._device import alphas_cumprod_pair, clipped, f32_sqrt, guided_output, sample_timesteps, x0_eps_from_model_output
+from ._device import (
+    alphas_cumprod_pair,
+    clipped,
+    ddim_direction_variance,
+    ddim_sigma,
+    f32_sqrt,
+    guided_output,
+    sample_timesteps,
+    x0_eps_from_output,
+)
 
 
 @cuda.jit
@@ -33,25 +45,25 @@ def _ddim_step_kernel(x_t, model_output, uncond, has_uncond, guidance_scale, noi
         # per-sample coefficients, float64 -> float32 once
         tb, tpb = sample_timesteps(b, t, t_scalar, t_per_sample, t_prev, t_prev_scalar, t_prev_mode)
         abar_t, abar_prev, valid = alphas_cumprod_pair(alphas_cumprod, T, tb, tpb)
-        alpha = f32_sqrt(abar_t)  # sqrt(abar_t)
-        sigma = f32_sqrt(1.0 - abar_t)  # sqrt(1 - abar_t)
-        sigma_eta = eta * math.sqrt((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev))  # DDIM eq. 16
-        c_x0 = f32_sqrt(abar_prev)
-        c_dir = f32_sqrt(max(1.0 - abar_prev - sigma_eta * sigma_eta, 0.0))
-        c_noise = np.float32(sigma_eta)
+        sqrt_abar = f32_sqrt(abar_t)
+        sqrt_one_minus_abar = f32_sqrt(1.0 - abar_t)
+        sigma = ddim_sigma(abar_t, abar_prev, eta)  # DDIM eq. 16
+        sqrt_abar_prev = f32_sqrt(abar_prev)
+        direction_coef = f32_sqrt(max(ddim_direction_variance(abar_prev, sigma), 0.0))
+        noise_coef = np.float32(sigma)
         if not valid:  # timesteps outside the schedule or t_prev >= t (device-side t only)
-            c_x0 = np.float32(math.nan)
+            sqrt_abar_prev = np.float32(math.nan)
         base = b * N
         for j in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, N, cuda.gridDim.x * cuda.blockDim.x):
             x_t_j = x_t[base + j]
             out_j = model_output[base + j]
             if has_uncond:
                 out_j = guided_output(out_j, uncond[base + j], guidance_scale)
-            x0_j, eps_j = x0_eps_from_model_output(x_t_j, out_j, alpha, sigma, prediction)
+            x0_j, eps_j = x0_eps_from_output(x_t_j, out_j, sqrt_abar, sqrt_one_minus_abar, prediction)
             x0_j = clipped(x0_j, clip, clip_range)
-            x_prev_j = c_x0 * x0_j + c_dir * eps_j  # DDIM eq. 12
+            x_prev_j = sqrt_abar_prev * x0_j + direction_coef * eps_j  # DDIM eq. 12
             if has_noise:
-                x_prev_j = x_prev_j + c_noise * noise[base + j]
+                x_prev_j = x_prev_j + noise_coef * noise[base + j]
             x_prev[base + j] = x_prev_j
 
 
@@ -64,27 +76,17 @@ def ddim_step(x_t, model_output, t, t_prev, schedule, eta=0.0, noise=None, predi
     int array (B,), each < t, negative allowed (abar_prev = 1). eta in [0, 1]; noise needed only
     when eta > 0 (and ignored when eta == 0, as in the reference). Returns x_prev like x_t.
     """
-    x_t = _launch.check_array(x_t, "x_t")
-    model_output = _launch.check_like(x_t, model_output, "x_t", "model_output")
-    if noise is not None:
-        noise = _launch.check_like(x_t, noise, "x_t", "noise")
-    uncond, guidance_scale = _launch.check_guidance(model_output_uncond, guidance_scale, x_t)
-    _launch.check_prediction_type(prediction_type)
-    clip_sample, clip_sample_range = _launch.check_clip(clip_sample, clip_sample_range)
-    eta = _launch.check_real(eta, "eta")
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta must lie in [0, 1] (0: DDIM, 1: DDPM variance), got {eta}")
-    if t_prev is None:
-        raise ValueError("ddim_step needs t_prev (e.g. timesteps.previous_timestep(t, num_steps, T))")
-    for a, name in ((x_t, "x_t"), (model_output, "model_output"), (noise, "noise"), (uncond, "model_output_uncond")):
-        _launch.check_finite_if_debugging(a, name)
+    x_t, model_output, noise, uncond = _launch.check_step_arrays(x_t, model_output, noise, model_output_uncond)
+    clip_sample, clip_sample_range, guidance_scale = checks.check_step_options(
+        prediction_type, clip_sample, clip_sample_range, guidance_scale, uncond)
+    eta = checks.check_eta(eta)
+    checks.check_t_prev_given(t_prev)
     tables = _launch.schedule_tables(schedule)
     B, N = _launch.batch_and_size(x_t)
     t_arg = _launch.timestep_arg(t, tables.T, B)
     t_prev_arg = _launch.timestep_arg(t_prev, tables.T, B, name="t_prev", allow_negative=True)
-    _launch.check_t_prev_below_t(t_arg, t_prev_arg)
-    if eta > 0 and noise is None:
-        raise ValueError("noise is needed when eta > 0")
+    _launch.check_t_prev_below_t_where_known(t_arg, t_prev_arg)
+    checks.check_noise_given(noise, eta > 0, "when eta > 0")
 
     x_prev = _launch.empty_like(x_t)
     view = _launch.device_view
@@ -95,7 +97,7 @@ def ddim_step(x_t, model_output, t, t_prev, schedule, eta=0.0, noise=None, predi
         view(_launch.flat(x_t)), view(_launch.flat(model_output)), uncond_view, has_uncond,
         np.float32(guidance_scale), noise_view, has_noise, eta,
         t_arg.array, t_arg.scalar, t_arg.per_sample, t_prev_arg.array, t_prev_arg.scalar, t_prev_arg.per_sample,
-        tables.alphas_cumprod, tables.T, _launch.PREDICTION_CODES[prediction_type],
+        tables.alphas_cumprod, tables.T, PREDICTION_CODES[prediction_type],
         clip_sample, np.float32(clip_sample_range), B, N, _launch.output_view(_launch.flat(x_prev)),
     )
     return x_prev

@@ -1,6 +1,6 @@
 """Fused DDPM ancestral step: guidance, predicted x_0, clipping, posterior mean and noise in one pass.
 
-Twin: refdiff.samplers.reverse.ddpm_step (diffusers DDPMScheduler.step numbers; see its docstring).
+Twin: refdiff.samplers.ddpm.ddpm_step (diffusers DDPMScheduler.step numbers; see its docstring).
 
 Per sample, once, in float64 (then rounded to float32, as the reference rounds them):
     abar_t, abar_prev = abar[t_prev] (1 where t_prev < 0);  alpha_t = abar_t / abar_prev;  beta_t = 1 - alpha_t
@@ -23,8 +23,20 @@ import math
 import numpy as np
 from numba import cuda
 
+from refdiff import checks
+from refdiff.gaussian.parameterization import PREDICTION_CODES
+
 from . import _launch
-from ._device import alphas_cumprod_pair, clipped, f32_sqrt, guided_output, sample_timesteps, x0_eps_from_model_output
+from ._device import (
+    alphas_cumprod_pair,
+    clipped,
+    f32_sqrt,
+    guided_output,
+    posterior_mean_coefficients,
+    posterior_variance,
+    sample_timesteps,
+    x0_eps_from_output,
+)
 
 
 @cuda.jit
@@ -35,16 +47,14 @@ def _ddpm_step_kernel(x_t, model_output, uncond, has_uncond, guidance_scale, noi
         # per-sample coefficients, float64 -> float32 once
         tb, tpb = sample_timesteps(b, t, t_scalar, t_per_sample, t_prev, t_prev_scalar, t_prev_mode)
         abar_t, abar_prev, valid = alphas_cumprod_pair(alphas_cumprod, T, tb, tpb)
-        alpha_t = abar_t / abar_prev
-        beta_t = 1.0 - alpha_t
-        alpha = f32_sqrt(abar_t)  # sqrt(abar_t)
-        sigma = f32_sqrt(1.0 - abar_t)  # sqrt(1 - abar_t)
-        coef_x0 = np.float32(math.sqrt(abar_prev) * beta_t / (1.0 - abar_t))
-        coef_xt = np.float32(math.sqrt(alpha_t) * (1.0 - abar_prev) / (1.0 - abar_t))
-        if variance_code == 0:
-            variance = max((1.0 - abar_prev) / (1.0 - abar_t) * beta_t, 1e-20)  # beta tilde, DDPM eq. 7
+        sqrt_abar = f32_sqrt(abar_t)
+        sqrt_one_minus_abar = f32_sqrt(1.0 - abar_t)
+        coef_x0_64, coef_xt_64 = posterior_mean_coefficients(abar_t, abar_prev)  # DDPM eq. 7
+        coef_x0, coef_xt = np.float32(coef_x0_64), np.float32(coef_xt_64)
+        if variance_code == 0:  # samplers.ddpm.ddpm_variance
+            variance = max(posterior_variance(abar_t, abar_prev), 1e-20)  # beta tilde, DDPM eq. 7
         else:
-            variance = beta_t
+            variance = 1.0 - abar_t / abar_prev  # beta_t
         std = f32_sqrt(variance) if tb > 0 else np.float32(0.0)
         if not valid or (tb > 0 and not has_noise):  # bad device-side timesteps, or noise missing
             coef_x0 = np.float32(math.nan)
@@ -54,7 +64,7 @@ def _ddpm_step_kernel(x_t, model_output, uncond, has_uncond, guidance_scale, noi
             out_j = model_output[base + j]
             if has_uncond:
                 out_j = guided_output(out_j, uncond[base + j], guidance_scale)
-            x0_j, _ = x0_eps_from_model_output(x_t_j, out_j, alpha, sigma, prediction)
+            x0_j, _ = x0_eps_from_output(x_t_j, out_j, sqrt_abar, sqrt_one_minus_abar, prediction)
             x0_j = clipped(x0_j, clip, clip_range)
             mean_j = coef_x0 * x0_j + coef_xt * x_t_j  # posterior mean, DDPM eq. 7
             if has_noise:
@@ -70,16 +80,10 @@ def ddpm_step(x_t, model_output, t, schedule, noise, prediction_type="epsilon", 
     (NumPy under the simulator), one shape. t, t_prev: int or int array (B,). noise may be None
     only where t == 0 for every sample. Returns x_prev, a new array like x_t.
     """
-    x_t = _launch.check_array(x_t, "x_t")
-    model_output = _launch.check_like(x_t, model_output, "x_t", "model_output")
-    if noise is not None:
-        noise = _launch.check_like(x_t, noise, "x_t", "noise")
-    uncond, guidance_scale = _launch.check_guidance(model_output_uncond, guidance_scale, x_t)
-    _launch.check_prediction_type(prediction_type)
-    _launch.check_choice(variance_type, tuple(_launch.VARIANCE_CODES), "variance_type")
-    clip_sample, clip_sample_range = _launch.check_clip(clip_sample, clip_sample_range)
-    for a, name in ((x_t, "x_t"), (model_output, "model_output"), (noise, "noise"), (uncond, "model_output_uncond")):
-        _launch.check_finite_if_debugging(a, name)
+    x_t, model_output, noise, uncond = _launch.check_step_arrays(x_t, model_output, noise, model_output_uncond)
+    clip_sample, clip_sample_range, guidance_scale = checks.check_step_options(
+        prediction_type, clip_sample, clip_sample_range, guidance_scale, uncond)
+    checks.check_variance_type(variance_type)
     tables = _launch.schedule_tables(schedule)
     B, N = _launch.batch_and_size(x_t)
     t_arg = _launch.timestep_arg(t, tables.T, B)
@@ -88,9 +92,8 @@ def ddpm_step(x_t, model_output, t, schedule, noise, prediction_type="epsilon", 
     else:
         t_prev_arg = _launch.timestep_arg(t_prev, tables.T, B, name="t_prev", allow_negative=True)
         t_prev_mode = 2 if t_prev_arg.per_sample else 1
-        _launch.check_t_prev_below_t(t_arg, t_prev_arg)
-    if noise is None and _launch.any_positive(t_arg):
-        raise ValueError("noise is needed where t > 0 (noise may be None only if t == 0 for every sample)")
+        _launch.check_t_prev_below_t_where_known(t_arg, t_prev_arg)
+    checks.check_noise_given(noise, _launch.any_positive(t_arg), "where t > 0 (noise may be None only if t == 0 for every sample)")
 
     x_prev = _launch.empty_like(x_t)
     view = _launch.device_view
@@ -101,7 +104,7 @@ def ddpm_step(x_t, model_output, t, schedule, noise, prediction_type="epsilon", 
         view(_launch.flat(x_t)), view(_launch.flat(model_output)), uncond_view, has_uncond,
         np.float32(guidance_scale), noise_view, has_noise,
         t_arg.array, t_arg.scalar, t_arg.per_sample, t_prev_arg.array, t_prev_arg.scalar, t_prev_mode,
-        tables.alphas_cumprod, tables.T, _launch.PREDICTION_CODES[prediction_type],
+        tables.alphas_cumprod, tables.T, PREDICTION_CODES[prediction_type],
         _launch.VARIANCE_CODES[variance_type], clip_sample, np.float32(clip_sample_range), B, N,
         _launch.output_view(_launch.flat(x_prev)),
     )

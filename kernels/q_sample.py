@@ -22,9 +22,11 @@ import math
 import numpy as np
 from numba import cuda
 
+from refdiff import checks
+from refdiff.gaussian.parameterization import PREDICTION_CODES
+
 from . import _launch
 
-_TARGET_CODES = {"epsilon": 0, "sample": 1, "v_prediction": 2}
 
 
 @cuda.jit
@@ -88,5 +90,5 @@ def q_sample_with_target(x0, t, noise, schedule, prediction_type="epsilon"):
     target: noise ("epsilon"), x0 ("sample") or sqrt(abar_t) noise - sqrt(1 - abar_t) x0
     ("v_prediction"), a new array. Arguments as q_sample.
     """
-    _launch.check_prediction_type(prediction_type)
-    return _launch_q_sample(x0, t, noise, schedule, _TARGET_CODES[prediction_type])
+    checks.check_prediction_type(prediction_type)
+    return _launch_q_sample(x0, t, noise, schedule, PREDICTION_CODES[prediction_type])

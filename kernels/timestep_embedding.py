@@ -14,10 +14,11 @@ half * 8 B per block) and, per sample, t (8 B). Tiny next to a network; fused so
 embedding costs one launch instead of six array ops.
 """
 import math
-import numbers
 
 import numpy as np
 from numba import cuda
+
+from refdiff import checks
 
 from . import _launch
 
@@ -43,25 +44,12 @@ def timestep_embedding(t, dim, max_period=10000, flip_sin_to_cos=False, downscal
     t: 1-D integer or real array (B,): a CuPy array (NumPy under the simulator); a NumPy array
     is accepted on a GPU too and copied to the device. Returns a new (B, dim) float32 array.
     """
-    dim = _launch.check_positive_int(dim, "dim")
-    if not hasattr(t, "dtype") or not hasattr(t, "shape"):
-        raise TypeError(f"t must be a 1-D array of timesteps of shape (B,), got {type(t).__name__}")
-    if t.ndim != 1:
-        raise ValueError(f"t must be a 1-D array of timesteps of shape (B,), got shape {tuple(t.shape)}")
-    kind = np.dtype(t.dtype)
-    if not (np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)):
-        raise TypeError(f"t must hold integer or real timesteps, got dtype {t.dtype}")
-    if not (isinstance(max_period, numbers.Real) and max_period > 0 and math.isfinite(max_period)):
-        raise ValueError(f"max_period must be a finite number > 0, got {max_period!r}")
-    scale = _launch.check_real(scale, "scale")
+    dim, scale = checks.check_embedding_options(dim, max_period, downscale_freq_shift, scale)
+    checks.check_timestep_vector(t)
     half = dim // 2
-    if half > 0 and half == downscale_freq_shift:
-        raise ValueError(
-            f"dim={dim} with downscale_freq_shift={downscale_freq_shift} divides by zero "
-            f"(dim // 2 - downscale_freq_shift = 0): use a larger dim or downscale_freq_shift=0"
-        )
     # one dtype per kind reaches the kernel (compiled once for integer and once for real t)
-    t = _launch.device_timesteps(t, np.int64 if np.issubdtype(kind, np.integer) else np.float64)
+    integer = np.issubdtype(np.dtype(t.dtype), np.integer)
+    t = _launch.device_timesteps(t, np.int64 if integer else np.float64)
     freqs = _launch.frequency_table(half, max_period, downscale_freq_shift)
     B = int(t.shape[0])
     emb = _launch.empty((B, dim), np.float32)

@@ -35,9 +35,9 @@ _EXPORTS = {
     # loss weighting (min-SNR-gamma)
     "loss_weight": "refdiff.gaussian.losses",
     # reverse updates
-    "ddpm_step": "refdiff.samplers.reverse",
-    "ddim_step": "refdiff.samplers.reverse",
-    "classifier_free_guidance": "refdiff.samplers.reverse",
+    "ddpm_step": "refdiff.samplers.ddpm",
+    "ddim_step": "refdiff.samplers.ddim",
+    "classifier_free_guidance": "refdiff.gaussian.guidance",
     "inference_timesteps": "refdiff.samplers.timesteps",
     "previous_timestep": "refdiff.samplers.timesteps",
     "timestep_embedding": "refdiff.gaussian.embedding",

@@ -28,6 +28,30 @@ def array_module(x) -> ModuleType:
     return np
 
 
+def is_device_array(a):
+    """True for an array that lives on a GPU (a CuPy array)."""
+    return array_module(a) is not np
+
+
+def to_numpy(a) -> np.ndarray:
+    """`a` as a host NumPy array (a CuPy array is copied from the device; this waits for the GPU)."""
+    if is_device_array(a):
+        return a.get()
+    return np.asarray(a)
+
+
+def per_sample(values, x):
+    """Per-sample coefficients (B,) as an array of x's dtype and array module, shape (B, 1, ..., 1).
+
+    The gather helper of the math modules: coefficients come from the float64 schedule and are
+    rounded once to x's dtype, so that `per_sample(c, x) * x` broadcasts over every axis but
+    the batch axis.
+    """
+    xp = array_module(x)
+    values = np.asarray(values, dtype=np.float64).astype(x.dtype)
+    return xp.asarray(values).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -44,7 +68,7 @@ class Backend:
 
     def to_numpy(self, a) -> np.ndarray:
         """`a` as a NumPy array on the host."""
-        return a.get() if hasattr(a, "get") and self.xp is not np else np.asarray(a)
+        return to_numpy(a)
 
     def rng(self, seed=None):
         """A random generator of this backend with `.standard_normal(size, dtype)` and `.integers`."""

@@ -1,10 +1,11 @@
-"""Input checks and per-sample coefficient plumbing shared by the math modules.
+"""Every input check of refdiff, once: the reference and the kernels' launchers call these.
 
 Nothing here is diffusion math. Every check raises a ValueError or TypeError whose message
 names the argument and the problem (shape, dtype, range, NaN), so that a caller learns what to
-fix. The helpers work on NumPy arrays and, where cheap, on CuPy arrays (through
-`refdiff.backend.array_module`); timesteps always end up as a host NumPy int64 array because
-the schedule's coefficient tables are host NumPy float64 arrays.
+fix. The math modules call one check line and then write the equations; the kernel launchers
+(kernels/_launch.py) call the same functions and add only what is theirs (float32, contiguity,
+the device). Timesteps always end up as a host NumPy int64 array because the schedule's
+coefficient tables are host NumPy float64 arrays.
 
 Checks and the device (the rule for the whole package, kernels included)
   - Shape and dtype checks always run: they read metadata, which lives on the host.
@@ -18,37 +19,27 @@ Checks and the device (the rule for the whole package, kernels included)
   - A device input is passed on as it is (no copy); host data given to a model whose
     parameters live on the device is checked on the host and copied to the device once.
 """
+import math
 import numbers
 import os
 
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, is_device_array, to_numpy
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
 # REFDIFF_KERNEL_CHECKS=1: also check values on device arrays (see the module docstring).
-# Read once at import, like the other switches of the kernels (kernels/_launch.py re-exports it).
+# Read once at import, like the other switches of the kernels.
 DEVICE_CHECKS = os.environ.get("REFDIFF_KERNEL_CHECKS", "0") == "1"
-
-
-def is_device_array(a):
-    """True for an array that lives on a GPU (a CuPy array)."""
-    return array_module(a) is not np
 
 
 def value_checks_on(a):
     """True when the values of `a` are to be checked: host data always, a device array only with
     REFDIFF_KERNEL_CHECKS=1 (reading device values synchronises the host with the GPU)."""
     return DEVICE_CHECKS or not is_device_array(a)
-
-
-def to_numpy(a):
-    """`a` as a host NumPy array (CuPy arrays are copied from the device)."""
-    if array_module(a) is not np:
-        return a.get()
-    return np.asarray(a)
 
 
 def check_float_array(x, name):
@@ -85,7 +76,7 @@ def check_like(x, other, name_x, name_other):
     check_float_array(other, name_other)
     check_same_shape(x, other, name_x, name_other)
     check_same_dtype(x, other, name_x, name_other)
-    if array_module(other) is not array_module(x):
+    if is_device_array(other) != is_device_array(x):
         raise TypeError(f"{name_other} must live with {name_x} (both NumPy or both CuPy)")
     return other
 
@@ -94,17 +85,10 @@ def check_finite(x, name):
     """Raise if `x` holds a NaN or an infinity."""
     xp = array_module(x)
     if not bool(xp.isfinite(x).all()):
-        kind = "NaN" if bool(xp.isnan(x).any()) else "inf"
-        raise ValueError(f"{name} contains {kind}")
+        if bool(xp.isnan(x).any()):
+            raise ValueError(f"{name} contains NaN or inf (a NaN)")
+        raise ValueError(f"{name} contains inf")
     return x
-
-
-def check_float_dtype(dtype, name="dtype"):
-    """`dtype` as a NumPy dtype, float32 or float64."""
-    dtype = np.dtype(dtype)
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got {dtype}")
-    return dtype
 
 
 def check_choice(value, choices, name):
@@ -115,7 +99,61 @@ def check_choice(value, choices, name):
 
 
 def check_prediction_type(prediction_type):
+    """One of "epsilon", "sample", "v_prediction" (diffusers' prediction_type)."""
     return check_choice(prediction_type, PREDICTION_TYPES, "prediction_type")
+
+
+def check_variance_type(variance_type):
+    """One of "fixed_small" (beta tilde) or "fixed_large" (beta), diffusers' variance_type."""
+    return check_choice(variance_type, VARIANCE_TYPES, "variance_type")
+
+
+def check_real(value, name):
+    """`value` as a finite python float (bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    return float(value)
+
+
+def check_clip(clip_sample, clip_sample_range):
+    """(clip_sample, clip_sample_range) as (bool, float): the x_0 clipping options of a reverse step."""
+    if not isinstance(clip_sample, (bool, np.bool_)):
+        raise TypeError(f"clip_sample must be True or False, got {clip_sample!r}")
+    clip_sample_range = check_real(clip_sample_range, "clip_sample_range")
+    if clip_sample and clip_sample_range <= 0:
+        raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}")
+    return bool(clip_sample), clip_sample_range
+
+
+def check_guidance_scale(guidance_scale, model_output_uncond):
+    """guidance_scale as a float; a scale other than 1 needs the unconditional output."""
+    guidance_scale = check_real(guidance_scale, "guidance_scale")
+    if model_output_uncond is None and guidance_scale != 1.0:
+        raise ValueError(
+            f"guidance_scale={guidance_scale!r} needs model_output_uncond (the unconditional output); "
+            f"without it, leave guidance_scale at 1.0"
+        )
+    return guidance_scale
+
+
+def check_eta(eta):
+    """DDIM's eta as a float in [0, 1]: 0 is deterministic DDIM, 1 has the DDPM posterior variance."""
+    eta = check_real(eta, "eta")
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must lie in [0, 1] (0: DDIM, 1: DDPM variance), got {eta}")
+    return eta
+
+
+def check_t_prev_given(t_prev):
+    """A DDIM step needs the timestep it lands on."""
+    if t_prev is None:
+        raise ValueError("ddim_step needs t_prev (e.g. samplers.timesteps.previous_timestep(t, num_steps, T))")
+
+
+def check_noise_given(noise, needed, when):
+    """Raise if a step needs noise (`needed` True) and none was given; `when` says when it is needed."""
+    if noise is None and needed:
+        raise ValueError(f"noise is needed {when}")
 
 
 def check_positive_int(n, name, minimum=1):
@@ -162,6 +200,49 @@ def check_timesteps(t, T, batch=None, name="t", allow_negative=False):
     return t_arr
 
 
+def check_step_arrays(x_t, model_output, noise, model_output_uncond):
+    """The arrays of a reverse step: x_t a float array (B, ...); model_output, and noise and
+    model_output_uncond where given, of its shape and dtype; none holds NaN or inf."""
+    x_t = check_finite(check_float_array(x_t, "x_t"), "x_t")
+    model_output = check_finite(check_like(x_t, model_output, "x_t", "model_output"), "model_output")
+    if noise is not None:
+        noise = check_finite(check_like(x_t, noise, "x_t", "noise"), "noise")
+    if model_output_uncond is not None:
+        model_output_uncond = check_finite(
+            check_like(x_t, model_output_uncond, "x_t", "model_output_uncond"), "model_output_uncond"
+        )
+    return x_t, model_output, noise, model_output_uncond
+
+
+def check_step_options(prediction_type, clip_sample, clip_sample_range, guidance_scale, model_output_uncond):
+    """(clip_sample, clip_sample_range, guidance_scale) of a reverse step, checked; the
+    prediction type too. Shared by the reference steps and the fused kernels."""
+    check_prediction_type(prediction_type)
+    clip_sample, clip_sample_range = check_clip(clip_sample, clip_sample_range)
+    return clip_sample, clip_sample_range, check_guidance_scale(guidance_scale, model_output_uncond)
+
+
+def check_step_timesteps(t, t_prev, T, batch):
+    """(t, t_prev) of a reverse step as host int64 arrays (B,): t in 0..T-1, t_prev < t
+    (negative allowed: before the first step); t_prev None means t - 1."""
+    t = check_timesteps(t, T, batch)
+    if t_prev is None:
+        return t, t - 1
+    t_prev = check_timesteps(t_prev, T, batch, name="t_prev", allow_negative=True)
+    check_t_prev_below_t(t, t_prev)
+    return t, t_prev
+
+
+def check_t_prev_below_t(t, t_prev):
+    """Every t_prev < t (a reverse step goes back in time); t, t_prev host int arrays (B,)."""
+    bad = t_prev >= t
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"t_prev must be smaller than t (a reverse step), got t={t[i]}, t_prev={t_prev[i]} at sample {i}"
+        )
+
+
 def check_timestep_range(t, T, name="t", allow_negative=False):
     """Every entry of the host int array `t` in 0..T-1 (or < T with `allow_negative`)."""
     upper = t >= T
@@ -172,15 +253,37 @@ def check_timestep_range(t, T, name="t", allow_negative=False):
         raise ValueError(f"{name} must be {valid} (the schedule has T={T} steps), got {bad}")
 
 
-def per_sample(values, x):
-    """Per-sample coefficients (B,) as an array of x's dtype and array module, shape (B, 1, ..., 1).
+# ---- the sinusoidal timestep embedding ---------------------------------------------------------
 
-    The coefficients come from the float64 schedule and are rounded once to x's dtype, so that
-    `per_sample(c, x) * x` broadcasts over every axis but the batch axis.
-    """
-    xp = array_module(x)
-    values = np.asarray(values, dtype=np.float64).astype(x.dtype)
-    return xp.asarray(values).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+
+def check_embedding_options(dim, max_period, downscale_freq_shift, scale):
+    """(dim, scale) of timestep_embedding checked: dim >= 1, max_period > 0, the frequency
+    denominator dim // 2 - downscale_freq_shift not 0, scale finite."""
+    dim = check_positive_int(dim, "dim")
+    if not (isinstance(max_period, numbers.Real) and max_period > 0 and math.isfinite(max_period)):
+        raise ValueError(f"max_period must be a finite number > 0, got {max_period!r}")
+    half_dim = dim // 2
+    if half_dim > 0 and half_dim == downscale_freq_shift:
+        raise ValueError(
+            f"dim={dim} with downscale_freq_shift={downscale_freq_shift} divides by zero "
+            f"(dim // 2 - downscale_freq_shift = 0): use a larger dim or downscale_freq_shift=0"
+        )
+    return dim, check_real(scale, "scale")
+
+
+def check_timestep_vector(t, name="t"):
+    """A 1-D array (B,) of integer or real timesteps (the embedding's input), NaN/inf refused
+    where value_checks_on(t)."""
+    if not hasattr(t, "dtype") or not hasattr(t, "shape"):
+        raise TypeError(f"{name} must be a 1-D array of timesteps of shape (B,), got {type(t).__name__}")
+    if t.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of timesteps of shape (B,), got shape {tuple(t.shape)}")
+    kind = np.dtype(t.dtype)
+    if not (np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)):
+        raise TypeError(f"{name} must hold integer or real timesteps, got dtype {t.dtype}")
+    if value_checks_on(t):
+        check_finite(t, name)
+    return t
 
 
 # ---- the inputs of a network: timesteps and class labels --------------------------------------

@@ -22,12 +22,10 @@ import numpy as np
 
 from . import samplers as _samplers
 from .nn.autograd import Tensor, no_grad
-from .checks import value_checks_on
+from .checks import check_prediction_type, value_checks_on
 from .backend import array_module, get_backend
 from .nn.functional import mse_loss
 from .gaussian.losses import loss_weight
-
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
 def model_backend(model):
@@ -83,8 +81,7 @@ class GaussianDiffusion:
         clip_sample_range=1.0,
         variance_type="fixed_small",
     ):
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        check_prediction_type(prediction_type)
         self.model = model
         self.schedule = schedule
         self.prediction_type = prediction_type

@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refdiff as rd
-from refdiff.samplers.reverse import classifier_free_guidance, ddim_step, ddpm_step
+from refdiff.gaussian.guidance import classifier_free_guidance
+from refdiff.samplers import ddim_step, ddpm_step
 
 LINEAR = rd.NoiseSchedule.linear()
 COSINE = rd.NoiseSchedule.cosine()

@@ -46,7 +46,7 @@ class SmoothFakeDenoiser:
 
 def test_registry_holds_ddpm_and_ddim():
     assert {"ddpm", "ddim"} <= set(samplers.SAMPLERS)
-    assert samplers.get_sampler("ddim") is samplers.ddim
+    assert samplers.get_sampler("ddim") is samplers.sample_ddim
 
 
 def test_unknown_sampler_error_lists_the_registered_names():
@@ -120,7 +120,7 @@ def test_ddim_with_eta_zero_does_not_depend_on_the_generator_after_x_T():
         def standard_normal(self, *a, **k):
             raise AssertionError("deterministic DDIM drew noise")
 
-    steps = samplers.ddim(lambda x_t, t: (diffusion.model(x_t, np.full(len(x_t), t)), None), x, schedule,
+    steps = samplers.sample_ddim(lambda x_t, t: (diffusion.model(x_t, np.full(len(x_t), t)), None), x, schedule,
                           rd.get_backend("numpy"), RecordingRng(), steps=10)
     assert len(list(steps)) == 10
 

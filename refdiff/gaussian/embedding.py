@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
-from ..checks import check_positive_int, to_numpy
-from ..backend import array_module
+from ..backend import array_module, to_numpy
+from ..checks import check_embedding_options, check_timestep_vector
 
 
 def timestep_frequencies(half_dim, max_period, downscale_freq_shift):
@@ -32,26 +32,11 @@ def timestep_embedding(t, dim, max_period=10000, flip_sin_to_cos=False, downscal
     The result is a NumPy array, or a CuPy one for CuPy t (computed on the host here; the
     CUDA backend has a fused kernel for it).
     """
-    dim = check_positive_int(dim, "dim")
-    if not hasattr(t, "dtype") or not hasattr(t, "shape"):
-        raise TypeError(f"t must be a 1-D array of timesteps of shape (B,), got {type(t).__name__}")
-    xp = array_module(t)  # the result lives where t lives
+    dim, scale = check_embedding_options(dim, max_period, downscale_freq_shift, scale)
+    xp = array_module(check_timestep_vector(t))  # the result lives where t lives
     t = to_numpy(t)
-    if t.ndim != 1:
-        raise ValueError(f"t must be a 1-D array of timesteps of shape (B,), got shape {t.shape}")
-    if not (np.issubdtype(t.dtype, np.integer) or np.issubdtype(t.dtype, np.floating)):
-        raise TypeError(f"t must hold integer or real timesteps, got dtype {t.dtype}")
-    if not np.isfinite(t).all():
-        raise ValueError("t contains NaN or inf")
-    if not (max_period > 0 and np.isfinite(max_period)):
-        raise ValueError(f"max_period must be a finite number > 0, got {max_period!r}")
 
     half_dim = dim // 2
-    if half_dim > 0 and half_dim == downscale_freq_shift:
-        raise ValueError(
-            f"dim={dim} with downscale_freq_shift={downscale_freq_shift} divides by zero "
-            f"(dim // 2 - downscale_freq_shift = 0): use a larger dim or downscale_freq_shift=0"
-        )
     freqs = timestep_frequencies(half_dim, max_period, downscale_freq_shift)  # (half,)
     angles = scale * t.astype(np.float64)[:, None] * freqs[None, :]  # (B, half)
     first, second = (np.cos(angles), np.sin(angles)) if flip_sin_to_cos else (np.sin(angles), np.cos(angles))

@@ -7,7 +7,8 @@ Timesteps are integers 0..T-1 (index t = the paper's step t+1). Arrays have shap
 dtype float32 or float64, and keep their dtype: the coefficients are gathered per sample from
 the float64 schedule, rounded once to the array's dtype and broadcast over (B, 1, ..., 1).
 """
-from ..checks import check_finite, check_float_array, check_like, check_timesteps, per_sample
+from ..backend import per_sample
+from ..checks import check_finite, check_float_array, check_like, check_timesteps
 from .parameterization import training_target
 
 

@@ -23,6 +23,7 @@ References
 import numpy as np
 
 from ..checks import check_positive_int
+from .posterior import posterior_mean_coefficients, posterior_variance
 
 
 def linear_betas(T, beta_start, beta_end):
@@ -112,10 +113,10 @@ class NoiseSchedule:
         self.snr = self.alphas_cumprod / (1 - self.alphas_cumprod)
 
         # posterior q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, posterior_variance)  DDPM eqs. 6-7
-        one_minus_abar = 1 - self.alphas_cumprod
-        self.posterior_variance = betas * (1 - self.alphas_cumprod_prev) / one_minus_abar
-        self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / one_minus_abar
-        self.posterior_mean_coef2 = (1 - self.alphas_cumprod_prev) * np.sqrt(self.alphas) / one_minus_abar
+        self.posterior_variance = posterior_variance(self.alphas_cumprod, self.alphas_cumprod_prev)
+        self.posterior_mean_coef1, self.posterior_mean_coef2 = posterior_mean_coefficients(
+            self.alphas_cumprod, self.alphas_cumprod_prev
+        )
         self.posterior_log_variance_clipped = _log_variance_clipped(self.posterior_variance)
 
         for name in _ARRAY_NAMES:
@@ -158,6 +159,14 @@ class NoiseSchedule:
         if self.T < 2:
             raise ValueError("rescale_zero_terminal_snr needs T >= 2: with one step abar_0 and abar_{T-1} coincide")
         return NoiseSchedule(zero_terminal_snr_betas(self.betas))
+
+    def alphas_cumprod_at(self, t):
+        """abar_t for a host int array t (B,), float64, with abar = 1 where t < 0.
+
+        A negative index stands for "before the first step", where nothing has been noised yet
+        (diffusers' set_alpha_to_one=True): the last reverse step lands there.
+        """
+        return np.where(t >= 0, self.alphas_cumprod[np.maximum(t, 0)], 1.0)
 
     def __len__(self):
         return self.T

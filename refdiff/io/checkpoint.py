@@ -30,6 +30,8 @@ import tempfile
 
 import numpy as np
 
+from ..backend import to_numpy
+
 FORMAT = "refdiff-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^step_(\d+)\.json$")
@@ -48,8 +50,8 @@ def _is_array(x):
 
 
 def _to_host(a):
-    """A NumPy array from a NumPy or CuPy array (CuPy arrays have .get())."""
-    return np.ascontiguousarray(a.get() if hasattr(a, "get") else np.asarray(a))
+    """A contiguous NumPy array from a NumPy or CuPy array."""
+    return np.ascontiguousarray(to_numpy(a))
 
 
 def flatten_state(state, prefix):

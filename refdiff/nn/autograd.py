@@ -31,7 +31,7 @@ import numbers
 
 import numpy as np
 
-from ..backend import array_module
+from ..backend import array_module, to_numpy
 
 _grad_enabled = True
 
@@ -172,7 +172,7 @@ class Tensor:
 
     def numpy(self):
         """The data as a NumPy array on the host."""
-        return self.data.get() if hasattr(self.data, "get") else np.asarray(self.data)
+        return to_numpy(self.data)
 
     # ---- backward pass ---------------------------------------------------------------------
 

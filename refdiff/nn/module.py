@@ -16,7 +16,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .autograd import Tensor
-from ..backend import array_module, get_backend
+from ..backend import array_module, get_backend, to_numpy
 
 
 class Module:
@@ -223,9 +223,7 @@ class ModuleList(Module):
 
 
 def _to_numpy(a):
-    if isinstance(a, Tensor):
-        a = a.data
-    return a.get() if hasattr(a, "get") and array_module(a) is not np else np.asarray(a)
+    return to_numpy(a.data if isinstance(a, Tensor) else a)
 
 
 def _convert(a, backend, dtype):

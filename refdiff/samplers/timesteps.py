@@ -12,7 +12,8 @@ Timesteps are integers 0..T-1 (index t = the paper's step t+1).
 """
 import numpy as np
 
-from ..checks import check_choice, check_positive_int, to_numpy
+from ..backend import to_numpy
+from ..checks import check_choice, check_positive_int
 
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -72,3 +73,19 @@ def previous_timestep(t, num_steps, T):
     if not isinstance(t, (int, np.integer)):
         raise TypeError(f"t must be an integer or an integer array, got {type(t).__name__}")
     return int(t) - T // num_steps
+
+
+def timestep_pairs(steps, T, spacing="leading", steps_offset=0):
+    """[(t, t_prev)] for sampling in `steps` steps out of T: t descending, t_prev the next t (-1 last).
+
+    The sub-sequence tau of DDIM sec. 4.2, chosen by inference_timesteps (steps=None: all T).
+    t_prev is the next timestep of the sequence, which equals diffusers' previous_timestep
+    (t - T // steps) for the "leading" and "trailing" spacings and is the right one for
+    "linspace" too.
+    """
+    if steps is None:
+        steps = T
+    if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer in [1, T={T}], got {steps!r}")
+    ts = [int(t) for t in inference_timesteps(int(steps), T, spacing=spacing, steps_offset=steps_offset)]
+    return list(zip(ts, ts[1:] + [-1]))

@@ -23,14 +23,13 @@ import numpy as np
 
 from ..nn import functional as F
 from ..nn.autograd import Tensor, no_grad
-from ..backend import array_module
+from ..backend import to_numpy
 
 
 def _host64(a, name):
     """`a` as a float64 NumPy array (copied from the GPU for CuPy), checked finite."""
     a = a.data if isinstance(a, Tensor) else a
-    a = a.get() if array_module(a) is not np else a
-    a = np.asarray(a, dtype=np.float64)
+    a = np.asarray(to_numpy(a), dtype=np.float64)
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} contains NaN or inf")
     return a
@@ -342,7 +341,7 @@ def train_classifier(dataset, steps=300, batch_size=64, lr=5e-3, holdout=0.2, se
 
 def class_accuracy(classifier, images, labels):
     """Fraction of `images` the classifier assigns to `labels` (the requested classes)."""
-    labels = np.asarray(labels.get() if array_module(labels) is not np else labels)
+    labels = to_numpy(labels)
     if labels.shape != (len(images),):
         raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
     return float(np.mean(classifier.predict(images) == labels))

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from ..backend import array_module
+from ..backend import array_module, to_numpy
 
 
 # ----------------------------------------------------------------------------------------------
@@ -48,7 +48,7 @@ def _param_list(params):
 
 def _to_numpy(a):
     """A NumPy copy of array `a` (from the GPU for a CuPy array)."""
-    return a.get() if array_module(a) is not np else np.array(a)
+    return np.array(to_numpy(a))  # np.array copies a host array too
 
 
 def _writable(p):
