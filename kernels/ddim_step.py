@@ -47,10 +47,10 @@ def _ddim_step_kernel(x_t, model_output, uncond, has_uncond, guidance_scale, noi
         abar_t, abar_prev, valid = alphas_cumprod_pair(alphas_cumprod, T, tb, tpb)
         sqrt_abar = f32_sqrt(abar_t)
         sqrt_one_minus_abar = f32_sqrt(1.0 - abar_t)
-        sigma = ddim_sigma(abar_t, abar_prev, eta)  # DDIM eq. 16
+        sigma_eta = ddim_sigma(abar_t, abar_prev, eta)  # DDIM eq. 16
         sqrt_abar_prev = f32_sqrt(abar_prev)
-        direction_coef = f32_sqrt(max(ddim_direction_variance(abar_prev, sigma), 0.0))
-        noise_coef = np.float32(sigma)
+        direction_coef = f32_sqrt(max(ddim_direction_variance(abar_prev, sigma_eta), 0.0))
+        noise_coef = np.float32(sigma_eta)
         if not valid:  # timesteps outside the schedule or t_prev >= t (device-side t only)
             sqrt_abar_prev = np.float32(math.nan)
         base = b * N

@@ -36,10 +36,10 @@ def ddim_sigma(abar_t, abar_prev, eta):
     return eta * posterior_variance(abar_t, abar_prev) ** 0.5
 
 
-def ddim_direction_variance(abar_prev, sigma):
+def ddim_direction_variance(abar_prev, sigma_eta):
     """1 - abar_prev - sigma_t^2: the squared coefficient of eps in DDIM eq. 12 ("the direction
     pointing to x_t"). >= 0 in exact arithmetic for 0 <= eta <= 1; callers floor it at 0."""
-    return 1 - abar_prev - sigma * sigma
+    return 1 - abar_prev - sigma_eta * sigma_eta
 
 
 def ddim_step(
@@ -62,11 +62,11 @@ def ddim_step(
     2. predicted x_0 and eps from the (guided) model output; eps is the unclipped one.
     3. if clip_sample: x_0 clipped to [-clip_sample_range, clip_sample_range].
     4. sigma_t(eta)                                                              DDIM eq. 16
-    5. x_prev = sqrt(abar_prev) x_0 + sqrt(1 - abar_prev - sigma^2) eps + sigma noise   DDIM eq. 12
+    5. x_prev = sqrt(abar_prev) x_0 + sqrt(1 - abar_prev - sigma_eta^2) eps + sigma_eta noise   DDIM eq. 12
 
     As diffusers (DDIMScheduler.step, use_clipped_model_output=False): eps is not recomputed
     from the clipped x_0; the noise term is added only when eta > 0. One deviation where
-    diffusers gives NaN: 1 - abar_prev - sigma^2, which is >= 0 in exact arithmetic for
+    diffusers gives NaN: 1 - abar_prev - sigma_eta^2, which is >= 0 in exact arithmetic for
     0 <= eta <= 1, is floored at 0 against rounding.
 
     x_t, model_output: (B, ...) same shape and dtype, no NaN/inf. t: int or int array (B,) in
@@ -92,13 +92,13 @@ def ddim_step(
     x0_pred = clipped(x0_pred, clip_sample, clip_sample_range)
 
     # 4. sigma_t(eta)  (DDIM eq. 16)
-    sigma = ddim_sigma(abar_t, abar_prev, eta)
+    sigma_eta = ddim_sigma(abar_t, abar_prev, eta)
 
     # 5. DDIM eq. 12
-    direction_coef = np.maximum(ddim_direction_variance(abar_prev, sigma), 0.0) ** 0.5
+    direction_coef = np.maximum(ddim_direction_variance(abar_prev, sigma_eta), 0.0) ** 0.5
     x_prev = per_sample(abar_prev**0.5, x_t) * x0_pred + per_sample(direction_coef, x_t) * eps_pred
     if eta > 0:
-        x_prev = x_prev + per_sample(sigma, x_t) * noise
+        x_prev = x_prev + per_sample(sigma_eta, x_t) * noise
     return x_prev
 
 
