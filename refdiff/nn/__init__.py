@@ -1,5 +1,8 @@
-"""refdiff.nn: layers with named parameters, the building blocks of the U-Net and the MLP.
+"""refdiff.nn: the from-scratch autograd, the functional ops, and layers with named parameters.
 
+    autograd.py   Tensor: reverse-mode autodiff, each op's forward and backward side by side
+    functional.py the ops of the networks (linear, conv2d, group_norm, attention, ...), with gradients
+    testing.py    check_gradients: autograd against central finite differences
     module.py     Module, ModuleList (parameters, state_dict / load_state_dict, train / eval, to)
     init.py       PyTorch's default initialisation from a seeded generator
     layers.py     Linear, Conv2d, GroupNorm, SiLU, Dropout, Embedding

@@ -1,1 +1,7 @@
-"""TODO"""
+"""refdiff.training: everything that fits a model to data.
+
+    trainer.py  Trainer: the training loop, EMA, checkpoints, exact resume
+    optim.py    SGD, Adam, AdamW, gradient clipping, warmup, EMA
+    data.py     built-in and file datasets (nothing downloads), batching
+    metrics.py  sample-quality metrics: energy distance, sliced Wasserstein, a judge classifier, Frechet distance
+"""
