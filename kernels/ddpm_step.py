@@ -109,3 +109,14 @@ def ddpm_step(x_t, model_output, t, schedule, noise, prediction_type="epsilon", 
         _launch.output_view(_launch.flat(x_prev)),
     )
     return x_prev
+
+
+# numba argument types of each launch above, one signature per @cuda.jit kernel (compiled once);
+# read by refdiff.kernels.testing, checked against real launches by tests/test_kernels_launch.py
+LAUNCH_SIGNATURES = {
+    "_ddpm_step_kernel": [
+        "float32[::1], float32[::1], float32[::1], boolean, float32, float32[::1], boolean, "
+        "int64[::1], int64, boolean, int64[::1], int64, int64, "
+        "float64[::1], int64, int64, int64, boolean, float32, int64, int64, float32[::1]",
+    ],
+}

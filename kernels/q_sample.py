@@ -92,3 +92,13 @@ def q_sample_with_target(x0, t, noise, schedule, prediction_type="epsilon"):
     """
     checks.check_prediction_type(prediction_type)
     return _launch_q_sample(x0, t, noise, schedule, PREDICTION_CODES[prediction_type])
+
+
+# numba argument types of each launch above, one signature per @cuda.jit kernel (compiled once);
+# read by refdiff.kernels.testing, checked against real launches by tests/test_kernels_launch.py
+LAUNCH_SIGNATURES = {
+    "_q_sample_kernel": [
+        "float32[::1], float32[::1], int64[::1], int64, boolean, float32[::1], float32[::1], "
+        "int64, int64, int64, int64, float32[::1], float32[::1]",
+    ],
+}

@@ -19,8 +19,10 @@ tolerance the test states and justifies from float32 rounding.
     test_my_kernel_matches_its_twin = kernel_agreement_test(
         "my_kernel", my_inputs(), tolerance=lambda call, ref: 4 * U * abs(call.args[0].astype("float64")))
 
-The kernel and its twin are looked up by name in refdiff.kernels.TWINS (register a new kernel
-there); assert_kernel_matches_twin does a single comparison, for hand-picked cases.
+The kernel and its twin are looked up by name in refdiff.kernels.TWINS, the one registry (a new
+kernel is one line there, its file and its test); so are the launch signatures that
+launch_signatures() collects from the kernel files and compile_ptx compiles.
+assert_kernel_matches_twin does a single comparison, for hand-picked cases.
 Tests run under the simulator in CI (keep arrays small there: SIMULATED tells) and on real
 CuPy arrays where a GPU is visible.
 """
@@ -37,7 +39,7 @@ try:
 except ImportError as e:  # pragma: no cover - the harness is a test tool
     raise ImportError("refdiff.kernels.testing needs hypothesis: pip install 'refdiff[test]'") from e
 
-from . import TWINS
+from . import TWINS, kernel_files, reference_twin
 from ._launch import SIMULATED
 
 U = 2.0**-24  # float32 unit roundoff: one correctly rounded operation errs by at most U |result|
@@ -70,9 +72,7 @@ def twin_of(kernel_name):
     """(kernel, twin) functions registered under `kernel_name` in refdiff.kernels.TWINS."""
     if kernel_name not in TWINS:
         raise KeyError(f"{kernel_name!r} is not registered in refdiff.kernels.TWINS: add 'name': 'module:function'")
-    module, function = TWINS[kernel_name].split(":")
-    kernel = getattr(importlib.import_module("refdiff.kernels"), kernel_name)
-    return kernel, getattr(importlib.import_module(module), function)
+    return getattr(importlib.import_module(__package__), kernel_name), reference_twin(kernel_name)
 
 
 # ---- moving arguments to each side ---------------------------------------------------------
@@ -249,29 +249,18 @@ def schedules(kinds=("linear", "cosine", "zero_terminal_snr"), lengths=(2, 10, 1
 # ---- launch signatures: one per kernel, compiled once ------------------------------------------
 
 
-def _signatures():
-    """kernel function name -> the numba argument types its launcher passes (one compilation each)."""
-    from numba import types
-
-    def arr(dtype):
-        return types.Array(dtype, 1, "C")
-
-    f32a, i64a, f64a = arr(types.float32), arr(types.int64), arr(types.float64)
-    i64, b, f32, f64 = types.int64, types.boolean, types.float32, types.float64
-    return {
-        "_q_sample_kernel": [(f32a, f32a, i64a, i64, b, f32a, f32a, i64, i64, i64, i64, f32a, f32a)],
-        "_ddpm_step_kernel": [(f32a, f32a, f32a, b, f32, f32a, b, i64a, i64, b, i64a, i64, i64, f64a, i64, i64, i64, b,
-                               f32, i64, i64, f32a)],
-        "_ddim_step_kernel": [(f32a, f32a, f32a, b, f32, f32a, b, f64, i64a, i64, b, i64a, i64, b, f64a, i64, i64, b,
-                               f32, i64, i64, f32a)],
-        # integer and real timesteps: two compilations
-        "_timestep_embedding_kernel": [(i64a, f64a, i64, b, f64, i64, i64, f32a), (f64a, f64a, i64, b, f64, i64, i64, f32a)],
-    }
-
-
 def launch_signatures():
-    """The argument types each kernel is launched with (see record_launch_signatures)."""
-    return _signatures()
+    """@cuda.jit kernel name -> the numba argument types its launcher passes (one tuple per
+    compilation), from the LAUNCH_SIGNATURES of every kernel file. See record_launch_signatures."""
+    return {kernel: [signature_types(signature) for signature in signatures]
+            for module in kernel_files() for kernel, signatures in module.LAUNCH_SIGNATURES.items()}
+
+
+def signature_types(signature):
+    """One signature of a LAUNCH_SIGNATURES table ("float32[::1], int64, ...") as a tuple of numba types."""
+    from numba.core.sigutils import normalize_signature  # numba's own reading of signature strings
+
+    return normalize_signature(signature)[0]
 
 
 class record_launch_signatures:
@@ -311,13 +300,11 @@ def compile_ptx(kernel_name, signature, cc=(9, 0)):
     """
     from numba import cuda
 
-    # the submodules (the package's attributes of these names are the launcher functions)
-    for module_name in ("q_sample", "ddpm_step", "ddim_step", "timestep_embedding"):
-        module = importlib.import_module(f"refdiff.kernels.{module_name}")
-        if hasattr(module, kernel_name):
+    for module in kernel_files():
+        if kernel_name in module.LAUNCH_SIGNATURES:
             ptx, _ = cuda.compile_ptx(getattr(module, kernel_name).py_func, signature, cc=cc)
             return ptx
-    raise KeyError(kernel_name)
+    raise KeyError(f"{kernel_name!r} is in no kernel file's LAUNCH_SIGNATURES")
 
 
 def float32_promotions(ptx):
@@ -328,7 +315,7 @@ def float32_promotions(ptx):
 
 def main():
     """python -m refdiff.kernels.testing: compile every kernel for its launch signatures (no GPU needed)."""
-    for name, signatures in _signatures().items():
+    for name, signatures in launch_signatures().items():
         for signature in signatures:
             ptx = compile_ptx(name, signature)
             print(f"{name}: {len(ptx)} chars of PTX for sm_90, {ptx.count('fma.rn.f32')} fused multiply-adds (f32), "

@@ -58,3 +58,13 @@ def timestep_embedding(t, dim, max_period=10000, flip_sin_to_cos=False, downscal
         _launch.device_view(t), freqs, half, bool(flip_sin_to_cos), scale, B, dim, _launch.output_view(_launch.flat(emb)),
     )
     return emb
+
+
+# numba argument types of each launch above, one signature per @cuda.jit kernel (compiled once);
+# read by refdiff.kernels.testing, checked against real launches by tests/test_kernels_launch.py
+LAUNCH_SIGNATURES = {
+    "_timestep_embedding_kernel": [  # integer and real timesteps: two compilations
+        "int64[::1], float64[::1], int64, boolean, float64, int64, int64, float32[::1]",
+        "float64[::1], float64[::1], int64, boolean, float64, int64, int64, float32[::1]",
+    ],
+}

@@ -1,9 +1,10 @@
 """Backends: where arrays live and which implementation of the fused ops runs.
 
-A backend holds an array module (`numpy` or `cupy`) and the four diffusion hot paths:
-`q_sample`, `q_sample_with_target`, `timestep_embedding`, `ddpm_step`, `ddim_step`.
-The "numpy" backend uses the reference functions; the "cuda" backend uses CuPy arrays and the
-fused kernels of `refdiff.kernels`, which have the same signatures.
+A backend holds an array module (`numpy` or `cupy`) and the fused ops: one per entry of the
+kernel registry `refdiff.kernels.TWINS` (q_sample, q_sample_with_target, timestep_embedding,
+ddpm_step, ddim_step), reached as attributes (`backend.q_sample(...)`). The "numpy" backend binds
+each name to its reference twin; the "cuda" backend uses CuPy arrays and binds each name to the
+fused kernel of `refdiff.kernels`, which has the same signature.
 
 This is plumbing, not math: the only module of the package (with kernels/) allowed to import
 CuPy or Numba, and it does so only when the "cuda" backend is asked for.
@@ -11,9 +12,11 @@ CuPy or Numba, and it does so only when the "cuda" backend is asked for.
 import os
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
+
+from .kernels import TWINS, reference_twin  # the registry of fused ops (NumPy only: no numba)
 
 
 def array_module(x) -> ModuleType:
@@ -54,13 +57,17 @@ def per_sample(values, x):
 
 @dataclass(frozen=True)
 class Backend:
+    """An array module and the fused ops, reached as attributes: backend.q_sample(...)."""
+
     name: str
     xp: ModuleType
-    q_sample: Callable
-    q_sample_with_target: Callable
-    timestep_embedding: Callable
-    ddpm_step: Callable
-    ddim_step: Callable
+    ops: Mapping[str, Callable]  # fused op name (a key of refdiff.kernels.TWINS) -> implementation
+
+    def __getattr__(self, name):  # only called for names that are not fields or methods
+        ops = self.__dict__.get("ops", {})
+        if name not in ops:
+            raise AttributeError(f"backend has no attribute or fused op {name!r}")
+        return ops[name]
 
     def asarray(self, a, dtype=None):
         """`a` as an array of this backend (a copy to the device for cuda)."""
@@ -79,9 +86,7 @@ class Backend:
 
 
 def _numpy_backend() -> Backend:
-    import refdiff  # the reference twins, under the same names as the kernels
-
-    return _backend_of("numpy", np, refdiff)
+    return Backend("numpy", np, {name: reference_twin(name) for name in TWINS})
 
 
 _BACKENDS = {}
@@ -138,33 +143,26 @@ def _cuda_backend() -> Backend:
             "simulator on NumPy arrays; unset it to run them on the GPU"
         )
     try:
-        from . import kernels
+        ops = _kernels()  # imports numba
     except ImportError as e:
         raise BackendUnavailable(
             f"backend 'cuda' needs numba-cuda for its kernels ({e}); install it with: pip install 'refdiff[cuda]'"
         ) from e
-    return _backend_of("cuda", cupy, kernels)
+    return Backend("cuda", cupy, ops)
 
 
-def _backend_of(name, xp, ops) -> Backend:
-    """A backend whose fused ops are the functions of those names in `ops` (refdiff or refdiff.kernels)."""
-    return Backend(
-        name=name,
-        xp=xp,
-        q_sample=ops.q_sample,
-        q_sample_with_target=ops.q_sample_with_target,
-        timestep_embedding=ops.timestep_embedding,
-        ddpm_step=ops.ddpm_step,
-        ddim_step=ops.ddim_step,
-    )
+def _kernels():
+    """Fused op name -> the kernel of refdiff.kernels registered under it, for every name in TWINS."""
+    from . import kernels
+
+    return {name: getattr(kernels, name) for name in TWINS}
 
 
 def _simulated_cuda_backend() -> Backend:
     """For tests on machines without a GPU: NumPy arrays and the fused kernels run by Numba's
     CUDA simulator (NUMBA_ENABLE_CUDASIM=1 must be set before numba is imported). Not public."""
-    from . import kernels
     from .kernels import _launch
 
     if not _launch.SIMULATED:
         raise BackendUnavailable("the simulated cuda backend needs NUMBA_ENABLE_CUDASIM=1 set before numba is imported")
-    return _backend_of("cuda-simulator", np, kernels)
+    return Backend("cuda-simulator", np, _kernels())

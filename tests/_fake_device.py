@@ -26,6 +26,7 @@ import types
 import numpy as np
 
 from refdiff.backend import Backend
+from refdiff.kernels import TWINS
 
 
 class HostTransfer(AssertionError):
@@ -271,5 +272,6 @@ def _not_provided(*args, **kwargs):
 
 
 def backend():
-    return Backend(name="fake-device", xp=xp, q_sample=_not_provided, q_sample_with_target=_not_provided,
-                   timestep_embedding=timestep_embedding, ddpm_step=_not_provided, ddim_step=_not_provided)
+    ops = {name: _not_provided for name in TWINS}
+    ops["timestep_embedding"] = timestep_embedding
+    return Backend(name="fake-device", xp=xp, ops=ops)

@@ -1,4 +1,5 @@
 """Backend selection: numpy always, cuda where CuPy sees a GPU, one clear error otherwise."""
+import subprocess
 import sys
 import types
 
@@ -65,6 +66,20 @@ def test_cuda_with_the_simulator_switched_on_says_so(fresh_backends, monkeypatch
     monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
     with pytest.raises(BackendUnavailable, match=r"NUMBA_ENABLE_CUDASIM=1"):
         get_backend("cuda")
+
+
+def test_cuda_without_numba_names_numba_cuda():
+    """numba is imported only when the kernels are bound: its absence still surfaces as BackendUnavailable."""
+    code = (
+        "import os, sys, types; os.environ.pop('NUMBA_ENABLE_CUDASIM', None); sys.modules['numba'] = None\n"
+        "cupy = types.ModuleType('cupy')\n"
+        "cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))\n"
+        "sys.modules['cupy'] = cupy\n"
+        "from refdiff.backend import BackendUnavailable, get_backend\n"
+        "try:\n    get_backend('cuda')\nexcept BackendUnavailable as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert "needs numba-cuda" in out and "pip install 'refdiff[cuda]'" in out
 
 
 def test_backend_unavailable_is_a_runtime_error():

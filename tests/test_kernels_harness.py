@@ -1,9 +1,13 @@
 """The kernel author's harness (refdiff.kernels.testing) catches what it is meant to catch."""
+import inspect
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given
 
-from refdiff import kernels
+from refdiff import backend, kernels
+from refdiff.backend import get_backend
 from refdiff.kernels import testing
 from refdiff.kernels.testing import U, Call, assert_kernel_matches_twin, batch_shapes
 
@@ -69,6 +73,40 @@ def test_an_unregistered_kernel_name_says_how_to_register():
         testing.twin_of("no_such_kernel")
 
 
+def _public_functions(module):
+    return {name for name, f in vars(module).items()
+            if inspect.isfunction(f) and f.__module__ == module.__name__ and not name.startswith("_")}
+
+
+def test_twins_is_the_one_registry_of_kernels():
+    """Every TWINS entry is exported by refdiff.kernels, is a fused op of both backends (its twin
+    for numpy, its kernel for cuda) and has launch signatures in its kernel file; nothing is
+    exported, registered or defined in a kernel file that TWINS lacks.
+
+    Catches: a kernel file whose launcher was never registered in TWINS (untested against a twin,
+    missing from the backends); a TWINS line that no kernel file defines (a typo, a renamed
+    launcher) or whose twin path does not import; a kernel file without LAUNCH_SIGNATURES, or
+    listing a kernel it does not define (so never compiled by `python -m refdiff.kernels.testing`);
+    exports or backend ops that drift from the table.
+    """
+    registered = set(kernels.TWINS)
+    cuda = backend._simulated_cuda_backend() if testing.SIMULATED else get_backend("cuda")
+    numpy = get_backend("numpy")
+    assert set(kernels.__all__) == registered | {"TWINS"}
+    assert set(numpy.ops) == set(cuda.ops) == registered
+    for name in registered:
+        kernel, ref = testing.twin_of(name)
+        assert getattr(numpy, name) is ref and getattr(cuda, name) is kernel is getattr(kernels, name)
+        signatures = sys.modules[kernel.__module__].LAUNCH_SIGNATURES
+        assert signatures, f"{kernel.__module__} lists no launch signatures"
+    defined = set()
+    for module in kernels.kernel_files():
+        defined |= _public_functions(module)
+        for jit_kernel, signatures in module.LAUNCH_SIGNATURES.items():
+            assert hasattr(getattr(module, jit_kernel), "py_func") and signatures, (module.__name__, jit_kernel)
+    assert defined == registered  # kernel files define the registered kernels and no other public function
+
+
 @given(batch_shapes(max_batch=3, max_sample_size=10))
 def test_batch_shapes_respect_their_bounds(shape):
     assert 1 <= shape[0] <= 3 and int(np.prod(shape[1:], dtype=np.int64)) <= 10
@@ -117,6 +155,21 @@ def signal_part_kernel(x0, t, schedule):
     _launch.launch(_signal_part_kernel, B, N, _launch.device_view(_launch.flat(x0)), t.array, t.scalar, t.per_sample,
                    tables.sqrt_alphas_cumprod, B, N, _launch.output_view(_launch.flat(out)))
     return out
+
+
+# the README's end of the example kernel file
+LAUNCH_SIGNATURES = {
+    "_signal_part_kernel": ["float32[::1], int64[::1], int64, boolean, float32[::1], int64, int64, float32[::1]"],
+}
+
+
+def test_the_readme_example_launches_with_its_launch_signatures():
+    schedule = testing._schedule("linear", 10)
+    with testing.record_launch_signatures() as seen:
+        signal_part_kernel(X, 3, schedule)
+        signal_part_kernel(X, np.array([9]), schedule)
+    expected = {name: {str(testing.signature_types(s)) for s in sigs} for name, sigs in LAUNCH_SIGNATURES.items()}
+    assert {name: set(map(str, sigs)) for name, sigs in seen.items()} == expected
 
 
 @pytest.fixture
