@@ -305,6 +305,31 @@ def model_timesteps(t, B, xp, name="timesteps t"):
     return _on(xp, t, B)
 
 
+def check_class_labels(y, n, num_classes, name="y"):
+    """Class labels a user asks for, as a host int64 array (n,), or None.
+
+    y: None (no labels: an unconditional request), a label, or an integer array of shape (n,)
+    (host or device) with values in 0..num_classes-1. The null label num_classes is refused
+    here: it is how the library itself asks the network for its unconditional output
+    (classifier-free guidance, label dropout), and a user asks for that with y=None. The
+    network's own input check, model_labels below, accepts it.
+    """
+    if y is None:
+        return None
+    if num_classes is None:
+        raise ValueError(f"{name} given but the model is unconditional (num_classes=None)")
+    y = np.asarray(y if isinstance(y, numbers.Integral) else to_numpy(y))
+    if y.ndim == 0:
+        y = np.full(n, int(y))
+    if y.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name} must be integer class labels, got dtype {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"{name} must be class labels in [0, {num_classes}), got range [{y.min()}, {y.max()}]")
+    return y.astype(np.int64)
+
+
 def model_labels(y, B, num_classes, xp, name="class labels y"):
     """Class labels given to a class-conditional network, as an int array of `xp` of shape (B,).
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from . import samplers as _samplers
 from .nn.autograd import Tensor, no_grad
-from .checks import check_prediction_type, value_checks_on
-from .backend import array_module, get_backend
+from .checks import check_class_labels, check_finite, check_prediction_type, value_checks_on
+from .backend import get_backend
 from .nn.functional import mse_loss
 from .gaussian.losses import loss_weight
 
@@ -112,23 +112,6 @@ class GaussianDiffusion:
     # ----------------------------------------------------------------------------------------
     # training
 
-    def _labels(self, y, n, what="y"):
-        """y as an int64 host array of shape (n,), checked against num_classes (None stays None)."""
-        if y is None:
-            return None
-        if self.num_classes is None:
-            raise ValueError(f"{what} given but the model is unconditional (num_classes=None)")
-        y = np.asarray(self.backend.to_numpy(y) if not isinstance(y, (int, np.integer)) else y)
-        if y.ndim == 0:
-            y = np.full(n, int(y))
-        if y.shape != (n,):
-            raise ValueError(f"{what} must have shape ({n},), got {y.shape}")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"{what} must be integer class labels, got dtype {y.dtype}")
-        if y.size and (y.min() < 0 or y.max() >= self.num_classes):
-            raise ValueError(f"{what} must be class labels in [0, {self.num_classes}), got range [{y.min()}, {y.max()}]")
-        return y.astype(np.int64)
-
     def loss(self, x0, y=None, cond_drop_prob=0.0, rng=None):
         """The training loss on a batch x0 (B, ...) with optional labels y (B,): a scalar Tensor.
 
@@ -142,13 +125,13 @@ class GaussianDiffusion:
         xp = self.backend.xp
         x0 = x0.data if isinstance(x0, Tensor) else x0
         dtype = np.float64 if getattr(x0, "dtype", None) == np.float64 else np.float32
-        if value_checks_on(x0) and not bool(array_module(x0).all(array_module(x0).isfinite(x0))):
-            raise ValueError("x0 contains NaN or infinite values")  # checked where reading it is free
+        if value_checks_on(x0):  # checked where reading it is free
+            check_finite(x0, "x0")
         x0 = self.backend.asarray(x0, dtype=dtype)  # (B, ...)
         if x0.ndim < 2:
             raise ValueError(f"x0 must have a batch axis and at least one data axis, got shape {x0.shape}")
         B = x0.shape[0]
-        y = self._labels(y, B)
+        y = check_class_labels(y, B, self.num_classes)
 
         t = rng.integers(0, self.T, size=B)  # (B,) int64, t ~ U{0..T-1}
         if y is not None and cond_drop_prob > 0:
@@ -223,7 +206,7 @@ class GaussianDiffusion:
         if guidance_scale != 1.0 and y is None:
             raise ValueError("guidance_scale != 1 needs class labels y (classifier-free guidance)")
         sampler_fn = _samplers.get_sampler(sampler)
-        y = self._labels(y, n)
+        y = check_class_labels(y, n, self.num_classes)
         shape = (int(n), *model_sample_shape(self.model))
         rng = self.backend.rng(seed)
         was_training = getattr(self.model, "training", False)
