@@ -61,6 +61,19 @@ def clipped(x0, clip, clip_range):
 
 
 @cuda.jit(device=True, inline=True)
+def predicted_x0_eps(x_t, model_output, uncond, has_uncond, guidance_scale, i, sqrt_abar, sqrt_one_minus_abar,
+                     prediction, clip, clip_range):
+    """(x_t[i], x_0, eps) of element i: steps 2-3 that both reverse steps share (refdiff.samplers.ddpm,
+    .ddim): the guided output where uncond is given, x_0 and eps read by the prediction type, x_0
+    clipped (eps stays unclipped, as diffusers)."""
+    out = model_output[i]
+    if has_uncond:
+        out = guided_output(out, uncond[i], guidance_scale)
+    x0, eps = x0_eps_from_output(x_t[i], out, sqrt_abar, sqrt_one_minus_abar, prediction)
+    return x_t[i], clipped(x0, clip, clip_range), eps
+
+
+@cuda.jit(device=True, inline=True)
 def sample_timesteps(b, t, t_scalar, t_per_sample, t_prev, t_prev_scalar, t_prev_mode):
     """(t_b, t_prev_b) of sample b. t_prev_mode: 0 t - 1 (the default), 1 scalar, 2 per sample."""
     tb = t[b] if t_per_sample else t_scalar

@@ -207,11 +207,20 @@ def device_timesteps(t, dtype):
     return t if SIMULATED else _xp().asarray(t)
 
 
-def check_t_prev_below_t_where_known(t, t_prev):
-    """refdiff.checks.check_t_prev_below_t on the host, where both TimestepArgs' values are known
-    there; for device-side timesteps the kernel writes NaN for a sample with t_prev >= t."""
-    if t.host is not None and t_prev.host is not None:
-        check_t_prev_below_t(t.host, t_prev.host)
+def t_prev_arg(t_prev, t, T, batch):
+    """(TimestepArg, mode) of a reverse step's target timestep, as both step kernels take it.
+
+    mode 0: t_prev is None, the kernel uses t - 1; mode 1: one value for the batch (passed by
+    value); mode 2: one per sample. t_prev < t is checked here where both are known on the host
+    (refdiff.checks.check_t_prev_below_t); for device-side timesteps the kernel writes NaN for a
+    sample with t_prev >= t.
+    """
+    if t_prev is None:
+        return TimestepArg(t.array, 0, False, None), 0
+    arg = timestep_arg(t_prev, T, batch, name="t_prev", allow_negative=True)
+    if t.host is not None and arg.host is not None:
+        check_t_prev_below_t(t.host, arg.host)
+    return arg, 2 if arg.per_sample else 1
 
 
 def any_positive(t):

@@ -2,14 +2,15 @@
 
 Twin: refdiff.samplers.ddim.ddim_step (diffusers DDIMScheduler.step numbers, use_clipped_model_output=False).
 
-Per sample, once, in float64 (then rounded to float32, as the reference rounds them):
+Per sample, once, in float64 (then rounded to float32, as the reference rounds them), with the
+reference's own functions compiled for the device (kernels/_device.py):
     abar_t, abar_prev = abar[t_prev] (1 where t_prev < 0: set_alpha_to_one)
-    sigma_eta = eta sqrt((1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev))   DDIM eq. 16
-    c_dir     = sqrt(max(1 - abar_prev - sigma_eta^2, 0))    "direction pointing to x_t"
-Per element, in float32:
+    sigma_eta      = ddim_sigma(abar_t, abar_prev, eta)                     DDIM eq. 16
+    direction_coef = sqrt(max(1 - abar_prev - sigma_eta^2, 0))              "direction pointing to x_t"
+Per element, in float32 (kernels/_device.py predicted_x0_eps):
     out  = uncond + s (cond - uncond)                  if model_output_uncond is given
     (x_0, eps) from out (epsilon / sample / v_prediction); x_0 clipped if clip_sample, eps not
-    x_prev = sqrt(abar_prev) x_0 + c_dir eps (+ sigma_eta noise when eta > 0)      DDIM eq. 12
+    x_prev = sqrt(abar_prev) x_0 + direction_coef eps (+ sigma_eta noise when eta > 0)      DDIM eq. 12
 
 Napkin math, per element of float32: reads x_t and model_output (8 B; + 4 B with
 model_output_uncond, + 4 B noise when eta > 0), writes x_prev (4 B): 12 B for deterministic
@@ -24,23 +25,13 @@ from refdiff import checks
 from refdiff.gaussian.parameterization import PREDICTION_CODES
 
 from . import _launch
-from ._device import (
-    alphas_cumprod_pair,
-    clipped,
-    ddim_direction_variance,
-    ddim_sigma,
-    f32_sqrt,
-    guided_output,
-    sample_timesteps,
-    x0_eps_from_output,
-)
+from ._device import alphas_cumprod_pair, ddim_direction_variance, ddim_sigma, f32_sqrt, predicted_x0_eps, sample_timesteps
 
 
 @cuda.jit
 def _ddim_step_kernel(x_t, model_output, uncond, has_uncond, guidance_scale, noise, has_noise, eta,
-                      t, t_scalar, t_per_sample, t_prev, t_prev_scalar, t_prev_per_sample,
+                      t, t_scalar, t_per_sample, t_prev, t_prev_scalar, t_prev_mode,
                       alphas_cumprod, T, prediction, clip, clip_range, B, N, x_prev):
-    t_prev_mode = 2 if t_prev_per_sample else 1
     for b in range(cuda.blockIdx.y, B, cuda.gridDim.y):
         # per-sample coefficients, float64 -> float32 once
         tb, tpb = sample_timesteps(b, t, t_scalar, t_per_sample, t_prev, t_prev_scalar, t_prev_mode)
@@ -55,12 +46,8 @@ def _ddim_step_kernel(x_t, model_output, uncond, has_uncond, guidance_scale, noi
             sqrt_abar_prev = np.float32(math.nan)
         base = b * N
         for j in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, N, cuda.gridDim.x * cuda.blockDim.x):
-            x_t_j = x_t[base + j]
-            out_j = model_output[base + j]
-            if has_uncond:
-                out_j = guided_output(out_j, uncond[base + j], guidance_scale)
-            x0_j, eps_j = x0_eps_from_output(x_t_j, out_j, sqrt_abar, sqrt_one_minus_abar, prediction)
-            x0_j = clipped(x0_j, clip, clip_range)
+            _, x0_j, eps_j = predicted_x0_eps(x_t, model_output, uncond, has_uncond, guidance_scale, base + j,
+                                              sqrt_abar, sqrt_one_minus_abar, prediction, clip, clip_range)
             x_prev_j = sqrt_abar_prev * x0_j + direction_coef * eps_j  # DDIM eq. 12
             if has_noise:
                 x_prev_j = x_prev_j + noise_coef * noise[base + j]
@@ -84,8 +71,7 @@ def ddim_step(x_t, model_output, t, t_prev, schedule, eta=0.0, noise=None, predi
     tables = _launch.schedule_tables(schedule)
     B, N = _launch.batch_and_size(x_t)
     t_arg = _launch.timestep_arg(t, tables.T, B)
-    t_prev_arg = _launch.timestep_arg(t_prev, tables.T, B, name="t_prev", allow_negative=True)
-    _launch.check_t_prev_below_t_where_known(t_arg, t_prev_arg)
+    t_prev_arg, t_prev_mode = _launch.t_prev_arg(t_prev, t_arg, tables.T, B)
     checks.check_noise_given(noise, eta > 0, "when eta > 0")
 
     x_prev = _launch.empty_like(x_t)
@@ -96,7 +82,7 @@ def ddim_step(x_t, model_output, t, t_prev, schedule, eta=0.0, noise=None, predi
         _ddim_step_kernel, B, N,
         view(_launch.flat(x_t)), view(_launch.flat(model_output)), uncond_view, has_uncond,
         np.float32(guidance_scale), noise_view, has_noise, eta,
-        t_arg.array, t_arg.scalar, t_arg.per_sample, t_prev_arg.array, t_prev_arg.scalar, t_prev_arg.per_sample,
+        t_arg.array, t_arg.scalar, t_arg.per_sample, t_prev_arg.array, t_prev_arg.scalar, t_prev_mode,
         tables.alphas_cumprod, tables.T, PREDICTION_CODES[prediction_type],
         clip_sample, np.float32(clip_sample_range), B, N, _launch.output_view(_launch.flat(x_prev)),
     )
@@ -108,7 +94,7 @@ def ddim_step(x_t, model_output, t, t_prev, schedule, eta=0.0, noise=None, predi
 LAUNCH_SIGNATURES = {
     "_ddim_step_kernel": [
         "float32[::1], float32[::1], float32[::1], boolean, float32, float32[::1], boolean, float64, "
-        "int64[::1], int64, boolean, int64[::1], int64, boolean, "
+        "int64[::1], int64, boolean, int64[::1], int64, int64, "
         "float64[::1], int64, int64, boolean, float32, int64, int64, float32[::1]",
     ],
 }

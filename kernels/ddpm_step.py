@@ -2,14 +2,14 @@
 
 Twin: refdiff.samplers.ddpm.ddpm_step (diffusers DDPMScheduler.step numbers; see its docstring).
 
-Per sample, once, in float64 (then rounded to float32, as the reference rounds them):
-    abar_t, abar_prev = abar[t_prev] (1 where t_prev < 0);  alpha_t = abar_t / abar_prev;  beta_t = 1 - alpha_t
-    coef_x0  = sqrt(abar_prev) beta_t / (1 - abar_t)              DDPM eq. 7
-    coef_xt  = sqrt(alpha_t) (1 - abar_prev) / (1 - abar_t)       DDPM eq. 7
-    variance = max((1 - abar_prev) / (1 - abar_t) beta_t, 1e-20)  "fixed_small" (beta tilde)
-             = beta_t                                             "fixed_large"
+Per sample, once, in float64 (then rounded to float32, as the reference rounds them), with the
+reference's own functions compiled for the device (kernels/_device.py):
+    abar_t, abar_prev = abar[t_prev] (1 where t_prev < 0)
+    coef_x0, coef_xt  = posterior_mean_coefficients(abar_t, abar_prev)      DDPM eq. 7
+    variance = max(posterior_variance(abar_t, abar_prev), 1e-20)            "fixed_small" (beta tilde)
+             = beta_t = 1 - abar_t / abar_prev                              "fixed_large"
     std      = sqrt(variance) where t > 0, else 0
-Per element, in float32:
+Per element, in float32 (kernels/_device.py predicted_x0_eps):
     out  = uncond + s (cond - uncond)                  if model_output_uncond is given
     x_0  = from out (epsilon / sample / v_prediction), clipped if clip_sample
     x_prev = coef_x0 x_0 + coef_xt x_t + std noise     DDPM Algorithm 2, line 4
@@ -29,13 +29,11 @@ from refdiff.gaussian.parameterization import PREDICTION_CODES
 from . import _launch
 from ._device import (
     alphas_cumprod_pair,
-    clipped,
     f32_sqrt,
-    guided_output,
     posterior_mean_coefficients,
     posterior_variance,
+    predicted_x0_eps,
     sample_timesteps,
-    x0_eps_from_output,
 )
 
 
@@ -60,12 +58,8 @@ def _ddpm_step_kernel(x_t, model_output, uncond, has_uncond, guidance_scale, noi
             coef_x0 = np.float32(math.nan)
         base = b * N
         for j in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, N, cuda.gridDim.x * cuda.blockDim.x):
-            x_t_j = x_t[base + j]
-            out_j = model_output[base + j]
-            if has_uncond:
-                out_j = guided_output(out_j, uncond[base + j], guidance_scale)
-            x0_j, _ = x0_eps_from_output(x_t_j, out_j, sqrt_abar, sqrt_one_minus_abar, prediction)
-            x0_j = clipped(x0_j, clip, clip_range)
+            x_t_j, x0_j, _ = predicted_x0_eps(x_t, model_output, uncond, has_uncond, guidance_scale, base + j,
+                                              sqrt_abar, sqrt_one_minus_abar, prediction, clip, clip_range)
             mean_j = coef_x0 * x0_j + coef_xt * x_t_j  # posterior mean, DDPM eq. 7
             if has_noise:
                 mean_j = mean_j + std * noise[base + j]
@@ -87,12 +81,7 @@ def ddpm_step(x_t, model_output, t, schedule, noise, prediction_type="epsilon", 
     tables = _launch.schedule_tables(schedule)
     B, N = _launch.batch_and_size(x_t)
     t_arg = _launch.timestep_arg(t, tables.T, B)
-    if t_prev is None:
-        t_prev_arg, t_prev_mode = _launch.TimestepArg(t_arg.array, 0, False, None), 0
-    else:
-        t_prev_arg = _launch.timestep_arg(t_prev, tables.T, B, name="t_prev", allow_negative=True)
-        t_prev_mode = 2 if t_prev_arg.per_sample else 1
-        _launch.check_t_prev_below_t_where_known(t_arg, t_prev_arg)
+    t_prev_arg, t_prev_mode = _launch.t_prev_arg(t_prev, t_arg, tables.T, B)
     checks.check_noise_given(noise, _launch.any_positive(t_arg), "where t > 0 (noise may be None only if t == 0 for every sample)")
 
     x_prev = _launch.empty_like(x_t)
