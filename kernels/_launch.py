@@ -31,6 +31,7 @@ import numpy as np
 from numba import config as _numba_config
 from numba import cuda
 
+from refdiff.backend import to_numpy
 from refdiff.checks import DEVICE_CHECKS, check_finite, check_same_shape, check_t_prev_below_t, check_timestep_range
 from refdiff.gaussian.parameterization import PREDICTION_CODES
 
@@ -187,7 +188,7 @@ def timestep_arg(t, T, batch, name="t", allow_negative=False):
             raise TypeError(f"{name} must be a NumPy array under the CUDA simulator, got a CuPy array")
         host = None
         if DEBUG_CHECKS:
-            host = t.get().astype(np.int64)
+            host = to_numpy(t).astype(np.int64)
             check_timestep_range(host, T, name, allow_negative)
         return TimestepArg(device_view(t.astype(np.int64, copy=False)), 0, True, host)
     t = np.ascontiguousarray(t, dtype=np.int64)

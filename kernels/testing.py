@@ -39,6 +39,8 @@ try:
 except ImportError as e:  # pragma: no cover - the harness is a test tool
     raise ImportError("refdiff.kernels.testing needs hypothesis: pip install 'refdiff[test]'") from e
 
+from refdiff.backend import to_numpy
+
 from . import TWINS, kernel_files, reference_twin
 from ._launch import SIMULATED
 
@@ -95,7 +97,7 @@ def _to_float64(a):
 
 
 def _to_host(a):
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+    return to_numpy(a)
 
 
 def _as_tuple(out):

@@ -5,7 +5,7 @@ tests/_fake_device.py stands for CuPy (array_module recognises it) and raises Ho
 every host <-> device transfer inside `no_host_transfers()`. A CUDA-graph capture of a whole
 sampling or training step (issue 6) needs exactly that: no host synchronisation and no copy of
 a Python value to the device. The rule these tests check is written once, in the docstring of
-refdiff/_validate.py: value checks (ranges, NaN) run on host data always and on device arrays
+refdiff/checks.py: value checks (ranges, NaN) run on host data always and on device arrays
 only with REFDIFF_KERNEL_CHECKS=1.
 """
 import os
@@ -17,7 +17,7 @@ import pytest
 
 import _fake_device as fake
 from _fake_device import HostTransfer, no_host_transfers
-from refdiff import checks as _validate, nn
+from refdiff import checks, nn
 from refdiff.training import optim
 from refdiff.nn import functional as F
 from refdiff.nn.autograd import Tensor, no_grad
@@ -203,8 +203,8 @@ def test_out_of_range_host_embedding_indices_are_refused():
 def test_device_timesteps_and_labels_are_not_read_by_the_checks(device):
     t_bad, y_bad = fake.to_device(np.array([np.nan, 1.0])), fake.to_device(np.array([0, 9]))
     with no_host_transfers():
-        assert _validate.model_timesteps(t_bad, 2, fake.xp) is t_bad
-        assert _validate.model_labels(y_bad, 2, 3, fake.xp) is y_bad
+        assert checks.model_timesteps(t_bad, 2, fake.xp) is t_bad
+        assert checks.model_labels(y_bad, 2, 3, fake.xp) is y_bad
 
 
 def test_device_timesteps_need_a_device_model(device):
@@ -216,7 +216,7 @@ def test_device_timesteps_need_a_device_model(device):
 
 
 def test_kernel_checks_switch_checks_device_timesteps_labels_and_indices(device, monkeypatch):
-    monkeypatch.setattr(_validate, "DEVICE_CHECKS", True)
+    monkeypatch.setattr(checks, "DEVICE_CHECKS", True)
     model = unet().to(device)
     x = fake.to_device(normal((2, 1, 8, 8)))
     with pytest.raises(ValueError, match="timesteps t contains NaN"):

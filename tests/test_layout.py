@@ -9,6 +9,7 @@ breaks depending on which module a user imports first).
 """
 import ast
 import os
+import re
 
 import pytest
 
@@ -118,3 +119,17 @@ def test_every_folder_of_the_layout_lists_its_modules_in_its_docstring(folder):
     doc = ast.get_docstring(ast.parse(open(os.path.join(path, "__init__.py")).read())) or ""
     missing = [f for f in sorted(os.listdir(path)) if f.endswith(".py") and f != "__init__.py" and f not in doc]
     assert not missing, f"refdiff/{folder}/__init__.py does not mention {missing}"
+
+
+def test_the_readme_map_names_every_folder_and_top_level_module():
+    """The README's "where each idea lives" table follows the folders: a new folder or top-level
+    module that the map does not name fails here, and so does a map entry left behind by a move."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    table = readme[readme.index("Where each idea lives"):readme.index("Numerics follow diffusers'")]
+    package = os.path.join(ROOT, "refdiff")
+    folders = {f"refdiff/{f}/" for f in os.listdir(package) if os.path.isfile(os.path.join(package, f, "__init__.py"))}
+    modules = {f for f in os.listdir(package) if f.endswith(".py") and f != "__init__.py"}
+    assert not [f for f in folders if f"`{f}`" not in table], "README map misses a folder"
+    assert not [m for m in modules if f"`{m}`" not in table and f"`refdiff/{m}`" not in table], "README map misses a module"
+    named = set(re.findall(r"`refdiff/(\w+)/`", table))
+    assert {f"refdiff/{n}/" for n in named} <= folders, "README map names a folder that does not exist"
