@@ -32,7 +32,15 @@ from numba import config as _numba_config
 from numba import cuda
 
 from refdiff.backend import to_numpy
-from refdiff.checks import DEVICE_CHECKS, check_finite, check_same_shape, check_t_prev_below_t, check_timestep_range
+from refdiff.checks import (
+    DEVICE_CHECKS,
+    check_finite,
+    check_integer_timesteps,
+    check_per_sample_shape,
+    check_same_shape,
+    check_t_prev_below_t,
+    check_timestep_range,
+)
 from refdiff.gaussian.parameterization import PREDICTION_CODES
 
 SIMULATED = bool(_numba_config.ENABLE_CUDASIM)
@@ -169,20 +177,14 @@ def timestep_arg(t, T, batch, name="t", allow_negative=False):
     A CuPy array is checked for dtype and shape only (its values are on the device: the kernel
     writes NaN for a sample whose timestep is out of range), unless REFDIFF_KERNEL_CHECKS=1.
     """
-    if isinstance(t, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an integer or an integer array, got a bool")
+    check_integer_timesteps(t, name)
     if isinstance(t, numbers.Integral):
         t = int(t)
         check_timestep_range(np.asarray([t]), T, name, allow_negative)
         return TimestepArg(_placeholder(np.int64), t, False, np.full(batch, t, dtype=np.int64))
-    if not (hasattr(t, "dtype") and hasattr(t, "shape")):
-        raise TypeError(f"{name} must be an integer or an integer array, got {type(t).__name__}")
-    if not np.issubdtype(np.dtype(t.dtype), np.integer):
-        raise TypeError(f"{name} must be an integer or an integer array, got dtype {t.dtype}")
     if t.ndim == 0:
         return timestep_arg(int(t), T, batch, name, allow_negative)
-    if tuple(t.shape) != (batch,):
-        raise ValueError(f"{name} must be an integer or have shape ({batch},) (one per sample), got shape {tuple(t.shape)}")
+    check_per_sample_shape(t, batch, name)
     if _is_device_array(t):
         if SIMULATED:
             raise TypeError(f"{name} must be a NumPy array under the CUDA simulator, got a CuPy array")

@@ -36,6 +36,9 @@ VARIANCE_TYPES = ("fixed_small", "fixed_large")
 DEVICE_CHECKS = os.environ.get("REFDIFF_KERNEL_CHECKS", "0") == "1"
 
 
+# ---- arrays ----------------------------------------------------------------------------------
+
+
 def value_checks_on(a):
     """True when the values of `a` are to be checked: host data always, a device array only with
     REFDIFF_KERNEL_CHECKS=1 (reading device values synchronises the host with the GPU)."""
@@ -91,6 +94,33 @@ def check_finite(x, name):
     return x
 
 
+# ---- numbers and options ---------------------------------------------------------------------
+
+
+def check_positive_int(n, name, minimum=1):
+    """`n` as a python int >= minimum (bools and floats refused)."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(n).__name__}")
+    if n < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {n}")
+    return int(n)
+
+
+def check_real(value, name):
+    """`value` as a finite python float (bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    return float(value)
+
+
+def check_positive_real(value, name):
+    """`value` as a finite python float > 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not (
+            math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def check_choice(value, choices, name):
     """Raise unless `value` is one of `choices`."""
     if not isinstance(value, str) or value not in choices:
@@ -108,11 +138,115 @@ def check_variance_type(variance_type):
     return check_choice(variance_type, VARIANCE_TYPES, "variance_type")
 
 
-def check_real(value, name):
-    """`value` as a finite python float (bools refused)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    return float(value)
+# ---- timesteps -------------------------------------------------------------------------------
+
+
+def check_integer_timesteps(t, name="t"):
+    """Raise unless `t` is an integer or an integer array (host or device); bools refused."""
+    if isinstance(t, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer or an integer array, got a bool")
+    if hasattr(t, "dtype") and hasattr(t, "shape"):
+        if not np.issubdtype(np.dtype(t.dtype), np.integer):
+            raise TypeError(f"{name} must be an integer or an integer array, got dtype {t.dtype}")
+    elif not isinstance(t, numbers.Integral):
+        raise TypeError(f"{name} must be an integer or an integer array, got {type(t).__name__}")
+    return t
+
+
+def check_per_sample_shape(t, batch, name="t"):
+    """Raise unless the timestep array `t` has shape (batch,): one timestep per sample."""
+    if tuple(t.shape) != (batch,):
+        raise ValueError(f"{name} must be an integer or have shape ({batch},) (one per sample), got shape {tuple(t.shape)}")
+
+
+def check_timestep_range(t, T, name="t", allow_negative=False):
+    """Every entry of the host int array `t` in 0..T-1 (or < T with `allow_negative`)."""
+    upper = t >= T
+    lower = np.zeros_like(upper) if allow_negative else t < 0
+    if upper.any() or lower.any():
+        bad = t[upper | lower][0]
+        valid = f"< {T}" if allow_negative else f"in 0..{T - 1}"
+        raise ValueError(f"{name} must be {valid} (the schedule has T={T} steps), got {bad}")
+
+
+def check_timesteps(t, T, batch=None, name="t", allow_negative=False):
+    """Integer timesteps as a host int64 array of shape (B,), each in 0..T-1.
+
+    t: a python int or 0-d integer array (the same step for the whole batch, broadcast to
+    `batch`) or an integer array of shape (batch,). Floats are refused even when integral:
+    the schedule is indexed, not interpolated. With `allow_negative`, any negative value is
+    allowed too (a previous timestep < 0 stands for "before the first step", abar = 1).
+    With batch=None, t must be 1-D and defines the batch.
+    """
+    check_integer_timesteps(t, name)
+    t_arr = np.asarray(int(t), dtype=np.int64) if isinstance(t, numbers.Integral) else to_numpy(t).astype(np.int64)
+
+    if batch is None:
+        if t_arr.ndim != 1:
+            raise ValueError(f"{name} must have shape (B,), got {t_arr.shape}")
+    elif t_arr.ndim == 0:
+        t_arr = np.full((batch,), int(t_arr), dtype=np.int64)
+    else:
+        check_per_sample_shape(t_arr, batch, name)
+
+    check_timestep_range(t_arr, T, name, allow_negative)
+    return t_arr
+
+
+def check_num_steps(num_steps, T, name="num_steps"):
+    """The number of sampling steps as an int in 1..T (a sampler visits distinct timesteps of the
+    T-step training schedule)."""
+    num_steps = check_positive_int(num_steps, name)
+    if num_steps > T:
+        raise ValueError(f"{name} must be an integer in [1, T={T}]: {name}={num_steps} exceeds the T={T} steps "
+                         f"of the training schedule")
+    return num_steps
+
+
+def check_t_prev_below_t(t, t_prev):
+    """Every t_prev < t (a reverse step goes back in time); t, t_prev host int arrays (B,)."""
+    bad = t_prev >= t
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"t_prev must be smaller than t (a reverse step), got t={t[i]}, t_prev={t_prev[i]} at sample {i}"
+        )
+
+
+# ---- a reverse step (the reference steps and the fused kernels) ------------------------------
+
+
+def check_step_arrays(x_t, model_output, noise, model_output_uncond):
+    """The arrays of a reverse step: x_t a float array (B, ...); model_output, and noise and
+    model_output_uncond where given, of its shape and dtype; none holds NaN or inf."""
+    x_t = check_finite(check_float_array(x_t, "x_t"), "x_t")
+    model_output = check_finite(check_like(x_t, model_output, "x_t", "model_output"), "model_output")
+    if noise is not None:
+        noise = check_finite(check_like(x_t, noise, "x_t", "noise"), "noise")
+    if model_output_uncond is not None:
+        model_output_uncond = check_finite(
+            check_like(x_t, model_output_uncond, "x_t", "model_output_uncond"), "model_output_uncond"
+        )
+    return x_t, model_output, noise, model_output_uncond
+
+
+def check_step_options(prediction_type, clip_sample, clip_sample_range, guidance_scale, model_output_uncond):
+    """(clip_sample, clip_sample_range, guidance_scale) of a reverse step, checked; the
+    prediction type too. Shared by the reference steps and the fused kernels."""
+    check_prediction_type(prediction_type)
+    clip_sample, clip_sample_range = check_clip(clip_sample, clip_sample_range)
+    return clip_sample, clip_sample_range, check_guidance_scale(guidance_scale, model_output_uncond)
+
+
+def check_step_timesteps(t, t_prev, T, batch):
+    """(t, t_prev) of a reverse step as host int64 arrays (B,): t in 0..T-1, t_prev < t
+    (negative allowed: before the first step); t_prev None means t - 1."""
+    t = check_timesteps(t, T, batch)
+    if t_prev is None:
+        return t, t - 1
+    t_prev = check_timesteps(t_prev, T, batch, name="t_prev", allow_negative=True)
+    check_t_prev_below_t(t, t_prev)
+    return t, t_prev
 
 
 def check_clip(clip_sample, clip_sample_range):
@@ -156,112 +290,14 @@ def check_noise_given(noise, needed, when):
         raise ValueError(f"noise is needed {when}")
 
 
-def check_positive_int(n, name, minimum=1):
-    """`n` as a python int >= minimum (bools and floats refused)."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(n).__name__}")
-    if n < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {n}")
-    return int(n)
-
-
-def check_timesteps(t, T, batch=None, name="t", allow_negative=False):
-    """Integer timesteps as a host int64 array of shape (B,), each in 0..T-1.
-
-    t: a python int or 0-d integer array (the same step for the whole batch, broadcast to
-    `batch`) or an integer array of shape (batch,). Floats are refused even when integral:
-    the schedule is indexed, not interpolated. With `allow_negative`, any negative value is
-    allowed too (a previous timestep < 0 stands for "before the first step", abar = 1).
-    With batch=None, t must be 1-D and defines the batch.
-    """
-    if isinstance(t, bool) or isinstance(t, np.bool_):
-        raise TypeError(f"{name} must be an integer or an integer array, got a bool")
-    if isinstance(t, numbers.Integral):
-        t_arr = np.asarray(int(t), dtype=np.int64)
-    elif hasattr(t, "dtype") and hasattr(t, "shape"):
-        t_arr = to_numpy(t)
-        if not np.issubdtype(t_arr.dtype, np.integer):
-            raise TypeError(f"{name} must be an integer or an integer array, got dtype {t_arr.dtype}")
-        t_arr = t_arr.astype(np.int64)
-    else:
-        raise TypeError(f"{name} must be an integer or an integer array, got {type(t).__name__}")
-
-    if batch is None:
-        if t_arr.ndim != 1:
-            raise ValueError(f"{name} must have shape (B,), got {t_arr.shape}")
-    elif t_arr.ndim == 0:
-        t_arr = np.full((batch,), int(t_arr), dtype=np.int64)
-    elif t_arr.shape != (batch,):
-        raise ValueError(
-            f"{name} must be an integer or have shape ({batch},) (one per sample), got shape {t_arr.shape}"
-        )
-
-    check_timestep_range(t_arr, T, name, allow_negative)
-    return t_arr
-
-
-def check_step_arrays(x_t, model_output, noise, model_output_uncond):
-    """The arrays of a reverse step: x_t a float array (B, ...); model_output, and noise and
-    model_output_uncond where given, of its shape and dtype; none holds NaN or inf."""
-    x_t = check_finite(check_float_array(x_t, "x_t"), "x_t")
-    model_output = check_finite(check_like(x_t, model_output, "x_t", "model_output"), "model_output")
-    if noise is not None:
-        noise = check_finite(check_like(x_t, noise, "x_t", "noise"), "noise")
-    if model_output_uncond is not None:
-        model_output_uncond = check_finite(
-            check_like(x_t, model_output_uncond, "x_t", "model_output_uncond"), "model_output_uncond"
-        )
-    return x_t, model_output, noise, model_output_uncond
-
-
-def check_step_options(prediction_type, clip_sample, clip_sample_range, guidance_scale, model_output_uncond):
-    """(clip_sample, clip_sample_range, guidance_scale) of a reverse step, checked; the
-    prediction type too. Shared by the reference steps and the fused kernels."""
-    check_prediction_type(prediction_type)
-    clip_sample, clip_sample_range = check_clip(clip_sample, clip_sample_range)
-    return clip_sample, clip_sample_range, check_guidance_scale(guidance_scale, model_output_uncond)
-
-
-def check_step_timesteps(t, t_prev, T, batch):
-    """(t, t_prev) of a reverse step as host int64 arrays (B,): t in 0..T-1, t_prev < t
-    (negative allowed: before the first step); t_prev None means t - 1."""
-    t = check_timesteps(t, T, batch)
-    if t_prev is None:
-        return t, t - 1
-    t_prev = check_timesteps(t_prev, T, batch, name="t_prev", allow_negative=True)
-    check_t_prev_below_t(t, t_prev)
-    return t, t_prev
-
-
-def check_t_prev_below_t(t, t_prev):
-    """Every t_prev < t (a reverse step goes back in time); t, t_prev host int arrays (B,)."""
-    bad = t_prev >= t
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"t_prev must be smaller than t (a reverse step), got t={t[i]}, t_prev={t_prev[i]} at sample {i}"
-        )
-
-
-def check_timestep_range(t, T, name="t", allow_negative=False):
-    """Every entry of the host int array `t` in 0..T-1 (or < T with `allow_negative`)."""
-    upper = t >= T
-    lower = np.zeros_like(upper) if allow_negative else t < 0
-    if upper.any() or lower.any():
-        bad = t[upper | lower][0]
-        valid = f"< {T}" if allow_negative else f"in 0..{T - 1}"
-        raise ValueError(f"{name} must be {valid} (the schedule has T={T} steps), got {bad}")
-
-
-# ---- the sinusoidal timestep embedding ---------------------------------------------------------
+# ---- the sinusoidal timestep embedding -------------------------------------------------------
 
 
 def check_embedding_options(dim, max_period, downscale_freq_shift, scale):
     """(dim, scale) of timestep_embedding checked: dim >= 1, max_period > 0, the frequency
     denominator dim // 2 - downscale_freq_shift not 0, scale finite."""
     dim = check_positive_int(dim, "dim")
-    if not (isinstance(max_period, numbers.Real) and max_period > 0 and math.isfinite(max_period)):
-        raise ValueError(f"max_period must be a finite number > 0, got {max_period!r}")
+    check_positive_real(max_period, "max_period")
     half_dim = dim // 2
     if half_dim > 0 and half_dim == downscale_freq_shift:
         raise ValueError(

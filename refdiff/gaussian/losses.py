@@ -12,7 +12,7 @@ loss), as diffusers' training scripts apply it with compute_snr.
 """
 import numpy as np
 
-from ..checks import check_choice, check_prediction_type, check_timesteps
+from ..checks import check_choice, check_positive_real, check_prediction_type, check_timesteps
 
 WEIGHTINGS = ("none", "min_snr")
 
@@ -44,6 +44,4 @@ def loss_weight(t, schedule, weighting="none", gamma=5.0, prediction_type="epsil
     t = check_timesteps(t, schedule.T)
     if weighting == "none":
         return np.ones(t.shape, dtype=np.float64)
-    if not (isinstance(gamma, (int, float, np.floating, np.integer)) and np.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
-    return min_snr_weight(schedule.snr[t], float(gamma), prediction_type)
+    return min_snr_weight(schedule.snr[t], check_positive_real(gamma, "gamma"), prediction_type)

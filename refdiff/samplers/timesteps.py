@@ -12,8 +12,7 @@ Timesteps are integers 0..T-1 (index t = the paper's step t+1).
 """
 import numpy as np
 
-from ..backend import to_numpy
-from ..checks import check_choice, check_positive_int
+from ..checks import check_choice, check_integer_timesteps, check_num_steps, check_positive_int
 
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -26,12 +25,9 @@ def inference_timesteps(num_steps, T, spacing="leading", steps_offset=0):
     As diffusers, steps_offset is ignored by "trailing" and "linspace" (their ends are already
     fixed at T - 1). Raises if num_steps > T or a timestep would fall outside 0..T-1.
     """
-    T = check_positive_int(T, "T")
-    num_steps = check_positive_int(num_steps, "num_steps")
+    num_steps = check_num_steps(num_steps, check_positive_int(T, "T"))
     steps_offset = check_positive_int(steps_offset, "steps_offset", minimum=0)
     check_choice(spacing, SPACINGS, "spacing")
-    if num_steps > T:
-        raise ValueError(f"num_steps={num_steps} exceeds the T={T} steps of the training schedule")
 
     if spacing == "leading":
         step_ratio = T // num_steps
@@ -60,18 +56,10 @@ def previous_timestep(t, num_steps, T):
     "leading" spacing this is the next entry of inference_timesteps; for the other spacings
     diffusers' DDIMScheduler uses it all the same. t: int or int array; returns the same kind.
     """
-    T = check_positive_int(T, "T")
-    num_steps = check_positive_int(num_steps, "num_steps")
-    if num_steps > T:
-        raise ValueError(f"num_steps={num_steps} exceeds the T={T} steps of the training schedule")
-    if isinstance(t, (bool, np.bool_)):
-        raise TypeError("t must be an integer or an integer array, got a bool")
+    num_steps = check_num_steps(num_steps, check_positive_int(T, "T"))
+    check_integer_timesteps(t)
     if hasattr(t, "dtype"):
-        if not np.issubdtype(to_numpy(t).dtype, np.integer):
-            raise TypeError(f"t must be an integer or an integer array, got dtype {t.dtype}")
         return t - T // num_steps
-    if not isinstance(t, (int, np.integer)):
-        raise TypeError(f"t must be an integer or an integer array, got {type(t).__name__}")
     return int(t) - T // num_steps
 
 
@@ -83,9 +71,6 @@ def timestep_pairs(steps, T, spacing="leading", steps_offset=0):
     (t - T // steps) for the "leading" and "trailing" spacings and is the right one for
     "linspace" too.
     """
-    if steps is None:
-        steps = T
-    if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
-        raise ValueError(f"steps must be an integer in [1, T={T}], got {steps!r}")
-    ts = [int(t) for t in inference_timesteps(int(steps), T, spacing=spacing, steps_offset=steps_offset)]
+    steps = T if steps is None else check_num_steps(steps, T, "steps")
+    ts = [int(t) for t in inference_timesteps(steps, T, spacing=spacing, steps_offset=steps_offset)]
     return list(zip(ts, ts[1:] + [-1]))
