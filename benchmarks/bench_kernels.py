@@ -4,12 +4,14 @@ For each kernel of refdiff.kernels and each size:
   fused      the kernel: median time (CUDA events, after warm-up), bytes it must read + write
              (the napkin math in its file header), achieved GB/s, and that over the
              device-to-device copy bandwidth measured in this run (target >= 0.85 at >= 64 MB);
-  composed   the same math as plain CuPy array ops (per-sample coefficients precomputed on the
-             device, outside the timing: a generous baseline), and the speed-up of fused over it;
-  torch      the same composed math in PyTorch eager on the same memory (optional: needs torch);
+  composed   the same math as unfused CuPy array ops: the library's arithmetic-only formula
+             functions called on whole arrays, with the per-sample coefficients computed by the
+             library's functions in float64 on the host and put on the device outside the timing
+             (a generous baseline), and the speed-up of fused over it;
+  torch      the same composed lines in PyTorch eager on the same memory (optional: needs torch);
   host       the host time of one fused launch (no GPU wait): launch-bound while it exceeds the
              fused GPU time.
-Before timing, the fused result is checked against the composed one.
+Before timing, the fused result is checked against the composed ones (CuPy, and torch where run).
 
 Sizes: small 16x3x32x32 (launch-bound), large 256x4x64x64 (16 MiB per array), xlarge
 1024x4x64x64 (64 MiB per array).
@@ -29,63 +31,110 @@ import gpu_bench_common as common  # noqa: E402
 common.enable_simulator_for_smoke(sys.argv)
 
 import numpy as np  # noqa: E402
+from refdiff.backend import to_numpy  # noqa: E402
+from refdiff.gaussian.guidance import guided_output  # noqa: E402
+from refdiff.gaussian.parameterization import (  # noqa: E402
+    PREDICTION_CODES,
+    v_from_x0_eps_formula,
+    x0_eps_from_output_formula,
+)
+
+EPSILON = PREDICTION_CODES["epsilon"]
 
 SIZES = {"small": (16, 3, 32, 32), "large": (256, 4, 64, 64), "xlarge": (1024, 4, 64, 64)}
 SMOKE_SIZES = {"tiny": (3, 2, 5, 7)}
 T = 1000
+STRIDE = 20  # the DDIM cases step from t to t - STRIDE (50 steps of 1000); t_prev may be < 0
+GUIDANCE_SCALE = 3.0
 EMBEDDING_DIM = 256
 
 
 class Inputs:
-    """Arrays of one size on the device (or NumPy in a smoke run), and their per-sample coefficients."""
+    """Arrays of one size on the device (or NumPy in a smoke run), and their per-sample coefficients.
+
+    The coefficients are computed by the library's functions in float64 on the host, once per
+    sample, and rounded once to float32 (refdiff.backend.per_sample, shape (B, 1, 1, 1)), outside
+    the timing: a generous baseline. The fused kernels compute the same functions per sample.
+    """
 
     def __init__(self, xp, shape, seed=0):
         import refdiff as rd
+        from refdiff.backend import per_sample
+        from refdiff.gaussian.embedding import timestep_frequencies
+        from refdiff.gaussian.posterior import posterior_mean_coefficients
+        from refdiff.samplers.ddpm import ddpm_variance
 
         rng = np.random.default_rng(seed)
-        B = shape[0]
         self.xp, self.shape, self.n = xp, shape, int(np.prod(shape))
-        self.schedule = s = rd.NoiseSchedule.linear(T=T)
+        self.schedule = schedule = rd.NoiseSchedule.linear(T=T)
         draw = lambda: xp.asarray(rng.standard_normal(shape).astype(np.float32))  # noqa: E731
-        self.x0, self.noise, self.x_t, self.out, self.uncond = draw(), draw(), draw(), draw(), draw()
-        t = rng.integers(1, T, B)
-        self.t_host = t
+        self.x0, self.noise, self.x_t = draw(), draw(), draw()
+        self.model_output, self.model_output_uncond = draw(), draw()
+        t = rng.integers(1, T, shape[0])  # (B,)
         self.t = xp.asarray(t)
-        self.t_prev = xp.asarray(t - 20)  # a DDIM stride of 20 (50 steps of 1000); may be < 0
-        abar = s.alphas_cumprod[t]
-        abar_prev = np.where(t - 20 >= 0, s.alphas_cumprod[np.maximum(t - 20, 0)], 1.0)
-        abar_prev1 = s.alphas_cumprod_prev[t]
-        beta = 1 - abar / abar_prev1
+        self.t_prev = xp.asarray(t - STRIDE)
+        on_device = lambda values: per_sample(values, self.x_t)  # noqa: E731  (B,) float64 -> (B, 1, 1, 1) float32
 
-        def coef(v):  # (B, 1, 1, 1) float32 on the device
-            return xp.asarray(np.asarray(v, dtype=np.float32).reshape((B,) + (1,) * (len(shape) - 1)))
+        # q(x_t | x_0) and x_0 from eps: sqrt(abar_t), sqrt(1 - abar_t)   (DDPM eqs. 4, 15)
+        self.sqrt_abar = on_device(schedule.sqrt_alphas_cumprod[t])
+        self.sqrt_one_minus_abar = on_device(schedule.sqrt_one_minus_alphas_cumprod[t])
+        abar_t = schedule.alphas_cumprod[t]
 
-        self.alpha, self.sigma = coef(np.sqrt(abar)), coef(np.sqrt(1 - abar))
-        self.ddpm_c0 = coef(np.sqrt(abar_prev1) * beta / (1 - abar))
-        self.ddpm_c1 = coef(np.sqrt(1 - beta) * (1 - abar_prev1) / (1 - abar))
-        self.ddpm_std = coef(np.sqrt(np.maximum((1 - abar_prev1) / (1 - abar) * beta, 1e-20)))
-        sig_eta = np.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))  # eta = 1
-        self.ddim_c0 = coef(np.sqrt(abar_prev))
-        self.ddim_dir = coef(np.sqrt(np.maximum(1 - abar_prev - sig_eta**2, 0)))
-        self.ddim_dir0 = coef(np.sqrt(1 - abar_prev))  # eta = 0
-        self.ddim_noise = coef(sig_eta)
-        from refdiff.gaussian.embedding import timestep_frequencies
+        # DDPM step t -> t - 1: posterior mean coefficients and "fixed_small" std   (DDPM eq. 7)
+        abar_prev = schedule.alphas_cumprod_at(t - 1)
+        coef_x0, coef_xt = posterior_mean_coefficients(abar_t, abar_prev)
+        self.ddpm_coef_x0, self.ddpm_coef_xt = on_device(coef_x0), on_device(coef_xt)
+        self.ddpm_std = on_device(ddpm_variance(abar_t, abar_prev, "fixed_small") ** 0.5)
+
+        # DDIM step t -> t - STRIDE, eta = 0 and eta = 1   (DDIM eqs. 12, 16)
+        abar_prev = schedule.alphas_cumprod_at(t - STRIDE)
+        sqrt_abar_prev, direction_coef, _ = common.ddim_coefficients(abar_t, abar_prev, eta=0.0)
+        self.ddim_sqrt_abar_prev, self.ddim_direction_coef_eta0 = on_device(sqrt_abar_prev), on_device(direction_coef)
+        _, direction_coef, sigma_eta = common.ddim_coefficients(abar_t, abar_prev, eta=1.0)
+        self.ddim_direction_coef_eta1, self.ddim_sigma_eta1 = on_device(direction_coef), on_device(sigma_eta)
 
         self.freqs = xp.asarray(timestep_frequencies(EMBEDDING_DIM // 2, 10000, 1))
         self.t_float = xp.asarray(t.astype(np.float64))
 
 
 # ---- the cases: (name, bytes moved, fused call, composed call on (xp-like module, inputs)) ----
-# The composed versions are the same formulas as plain array ops; `m` is cupy, numpy or a torch
-# shim with clip / sin / cos / cat. `a` holds the arrays (CuPy, or torch views of them).
+# The composed versions are unfused compositions of array ops: the library's arithmetic-only
+# formula functions (refdiff.gaussian.parameterization, refdiff.gaussian.guidance) called on
+# whole arrays, so CuPy and PyTorch run the very lines the kernels compile. `m` is cupy, numpy or
+# a torch shim with clip / sin / cos / concatenate; `a` holds the arrays (CuPy, or torch views).
 
 
-def _x0_eps(m, a):
-    return m.clip((a.x_t - a.sigma * a.out) / a.alpha, -1.0, 1.0)
+def _x_t(a):
+    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise   (DDPM eq. 4; written inline in the library too)."""
+    return a.sqrt_abar * a.x0 + a.sqrt_one_minus_abar * a.noise
 
 
-def _guided(a, s=3.0):
-    return a.uncond + s * (a.out - a.uncond)
+def _x0_eps(m, a, model_output):
+    """(x_0 clipped to [-1, 1], eps) from an eps prediction   (DDPM eq. 15; diffusers' clip_sample)."""
+    x0_pred, eps_pred = x0_eps_from_output_formula(a.x_t, model_output, a.sqrt_abar, a.sqrt_one_minus_abar, EPSILON)
+    return m.clip(x0_pred, -1.0, 1.0), eps_pred
+
+
+def _guided(a):
+    return guided_output(a.model_output, a.model_output_uncond, GUIDANCE_SCALE)  # Ho & Salimans 2022, eq. 6
+
+
+def _ddpm(m, a, model_output):
+    """mean + std noise, mean = coef_x0 x_0 + coef_xt x_t   (DDPM eq. 7, Algorithm 2)."""
+    x0_pred, _ = _x0_eps(m, a, model_output)
+    return a.ddpm_coef_x0 * x0_pred + a.ddpm_coef_xt * a.x_t + a.ddpm_std * a.noise
+
+
+def _ddim(m, a, model_output, direction_coef, sigma_eta=None):
+    """sqrt(abar_prev) x_0 + direction_coef eps (+ sigma_eta noise)   (DDIM eq. 12)."""
+    x0_pred, eps_pred = _x0_eps(m, a, model_output)
+    x_prev = a.ddim_sqrt_abar_prev * x0_pred + direction_coef * eps_pred
+    return x_prev if sigma_eta is None else x_prev + sigma_eta * a.noise
+
+
+def _embedding(m, a):
+    angles = a.t_float[:, None] * a.freqs[None, :]
+    return m.concatenate([m.sin(angles), m.cos(angles)], axis=1).astype(m.float32)
 
 
 def cases(K):
@@ -93,44 +142,28 @@ def cases(K):
     return [
         ("q_sample", lambda a: 12 * a.n,
          lambda a: K.q_sample(a.x0, a.t, a.noise, a.schedule),
-         lambda m, a: a.alpha * a.x0 + a.sigma * a.noise),
+         lambda m, a: _x_t(a)),
         ("q_sample_with_target v", lambda a: 16 * a.n,
          lambda a: K.q_sample_with_target(a.x0, a.t, a.noise, a.schedule, "v_prediction"),
-         lambda m, a: (a.alpha * a.x0 + a.sigma * a.noise, a.alpha * a.noise - a.sigma * a.x0)),
+         lambda m, a: (_x_t(a), v_from_x0_eps_formula(a.x0, a.noise, a.sqrt_abar, a.sqrt_one_minus_abar))),
         ("ddpm_step eps clip", lambda a: 16 * a.n,
-         lambda a: K.ddpm_step(a.x_t, a.out, a.t, a.schedule, a.noise),
-         lambda m, a: a.ddpm_c0 * _x0_eps(m, a) + a.ddpm_c1 * a.x_t + a.ddpm_std * a.noise),
+         lambda a: K.ddpm_step(a.x_t, a.model_output, a.t, a.schedule, a.noise),
+         lambda m, a: _ddpm(m, a, a.model_output)),
         ("ddpm_step guided s=3", lambda a: 20 * a.n,
-         lambda a: K.ddpm_step(a.x_t, a.out, a.t, a.schedule, a.noise, model_output_uncond=a.uncond, guidance_scale=3.0),
-         lambda m, a: _ddpm_guided(m, a)),
+         lambda a: K.ddpm_step(a.x_t, a.model_output, a.t, a.schedule, a.noise,
+                               model_output_uncond=a.model_output_uncond, guidance_scale=GUIDANCE_SCALE),
+         lambda m, a: _ddpm(m, a, _guided(a))),
         ("ddim_step eta=0", lambda a: 12 * a.n,
-         lambda a: K.ddim_step(a.x_t, a.out, a.t, a.t_prev, a.schedule),
-         lambda m, a: a.ddim_c0 * _x0_eps(m, a) + a.ddim_dir0 * a.out),
+         lambda a: K.ddim_step(a.x_t, a.model_output, a.t, a.t_prev, a.schedule),
+         lambda m, a: _ddim(m, a, a.model_output, a.ddim_direction_coef_eta0)),
         ("ddim_step eta=1 guided", lambda a: 20 * a.n,
-         lambda a: K.ddim_step(a.x_t, a.out, a.t, a.t_prev, a.schedule, eta=1.0, noise=a.noise,
-                               model_output_uncond=a.uncond, guidance_scale=3.0),
-         lambda m, a: _ddim_guided(m, a)),
+         lambda a: K.ddim_step(a.x_t, a.model_output, a.t, a.t_prev, a.schedule, eta=1.0, noise=a.noise,
+                               model_output_uncond=a.model_output_uncond, guidance_scale=GUIDANCE_SCALE),
+         lambda m, a: _ddim(m, a, _guided(a), a.ddim_direction_coef_eta1, a.ddim_sigma_eta1)),
         ("timestep_embedding d=256", lambda a: a.shape[0] * (EMBEDDING_DIM * 4 + 8),
          lambda a: K.timestep_embedding(a.t, EMBEDDING_DIM),
          lambda m, a: _embedding(m, a)),
     ]
-
-
-def _ddpm_guided(m, a):
-    g = _guided(a)
-    x0 = m.clip((a.x_t - a.sigma * g) / a.alpha, -1.0, 1.0)
-    return a.ddpm_c0 * x0 + a.ddpm_c1 * a.x_t + a.ddpm_std * a.noise
-
-
-def _ddim_guided(m, a):
-    g = _guided(a)
-    x0 = m.clip((a.x_t - a.sigma * g) / a.alpha, -1.0, 1.0)
-    return a.ddim_c0 * x0 + a.ddim_dir * g + a.ddim_noise * a.noise
-
-
-def _embedding(m, a):
-    angles = a.t_float[:, None] * a.freqs[None, :]
-    return m.concatenate([m.sin(angles), m.cos(angles)], axis=1).astype(m.float32)
 
 
 class _TorchModule:
@@ -174,9 +207,10 @@ def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def _host(a):
-    a = _first(a)
-    return a.get() if hasattr(a, "get") else (a.cpu().numpy() if hasattr(a, "cpu") else np.asarray(a))
+def _max_error(got, ref):
+    """max |got - ref| / (1 + max |ref|): float32 rounding of a few ops stays well below 1e-5."""
+    ref = ref.astype(np.float64)
+    return float(np.abs(got.astype(np.float64) - ref).max()) / (1.0 + float(np.abs(ref).max()))
 
 
 def run(smoke=False, sizes=None, torch_baseline=True, results=common.RESULTS, command=None):
@@ -210,11 +244,11 @@ def run(smoke=False, sizes=None, torch_baseline=True, results=common.RESULTS, co
         a = Inputs(xp, shape)
         ta = _TorchInputs(a, torch) if torch is not None else None
         for name, nbytes, fused, composed in cases(K):
-            ref = _host(composed(xp, a))
-            got = _host(fused(a))
-            err = float(np.abs(got.astype(np.float64) - ref).max())
-            scale = 1.0 + float(np.abs(ref).max())
-            check = "ok" if err <= 1e-5 * scale else f"FAIL {err:.2g}"  # float32 rounding of a few ops, << 1e-5
+            got = to_numpy(_first(fused(a)))
+            err = _max_error(got, to_numpy(_first(composed(xp, a))))
+            if torch is not None:  # the torch baseline runs the same lines: it must agree as well
+                err = max(err, _max_error(got, _first(composed(m_torch, ta)).cpu().numpy()))
+            check = "ok" if err <= 1e-5 else f"FAIL {err:.2g}"
             t_fused = timer(lambda: fused(a))
             t_comp = timer(lambda: composed(xp, a))
             t_torch = timer(lambda: composed(m_torch, ta)) if torch is not None else None
@@ -226,7 +260,8 @@ def run(smoke=False, sizes=None, torch_baseline=True, results=common.RESULTS, co
                          common.fmt_us(t_torch), common.fmt_ratio(t_torch, t_fused), common.fmt_us(t_host)])
     header = ["kernel", "size", "MiB moved", "check", "fused us", "GB/s", "of copy BW",
               "CuPy composed us", "fused speed-up", "torch eager us", "vs torch", "host us/launch"]
-    notes = []
+    notes = ["check: fused against the composed CuPy result (and the torch one where run), "
+             "max abs diff <= 1e-5 (1 + max abs)"]
     notes.append(f"kernel argument mode REFDIFF_KERNEL_ARG_MODE={K._launch.ARG_MODE} (numba: as_cuda_array; direct: CuPy arrays as they are)")
     if copy_bw is not None:
         notes.append(f"device-to-device copy bandwidth (256 MiB, read + write): {copy_bw / 1e9:.0f} GB/s")
@@ -241,17 +276,11 @@ def run(smoke=False, sizes=None, torch_baseline=True, results=common.RESULTS, co
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="no GPU: run the CPU-side logic under the simulator")
     parser.add_argument("--sizes", nargs="*", choices=sorted(SIZES), help="subset of the sizes")
-    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager baseline")
-    parser.add_argument("--results", default=None, help="append to this file instead of benchmarks/RESULTS.md")
-    args = parser.parse_args(argv)
-    if not args.smoke:
-        common.exit_without_gpu("bench_kernels.py")
+    args, results, command = common.parse_arguments(parser, "bench_kernels.py", argv,
+                                                    "no GPU: run the CPU-side logic under the simulator")
     sizes = {k: SIZES[k] for k in args.sizes} if args.sizes else None
-    results = args.results if args.results else (None if args.smoke else common.RESULTS)
-    command = "python benchmarks/bench_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    rows = run(smoke=args.smoke, sizes=sizes, torch_baseline=not args.no_torch, results=results, command=command.strip())
+    rows = run(smoke=args.smoke, sizes=sizes, torch_baseline=not args.no_torch, results=results, command=command)
     return 1 if any(r[3] != "ok" for r in rows) else 0
 
 

@@ -3,9 +3,10 @@ refdiff's cuda backend (eager, and CUDA-graph captured) against PyTorch eager (d
 
 The U-Net: 32x32x3, base 64, channel_mults (1, 2, 2, 2), attention at 16x16, 2 residual blocks
 per level (issue 6). Both frameworks get identical weights: refdiff writes a diffusers folder
-(refdiff.models.diffusers_io.save_unet2d) and diffusers loads it; the first forward of both is compared
-before timing. A step = forward at timestep t + DDIM update (eta = 0) to t - 20; images per
-second = batch / median step time (CUDA events, after warm-up).
+(refdiff.models.diffusers_io.save_unet2d) and diffusers loads it; the first forward of both, and
+one whole step, are compared before timing. A step = forward at timestep t + DDIM update (eta = 0)
+to t - 20 (in PyTorch: tensor ops running the library's formula functions); images per second =
+batch / median step time (CUDA events, after warm-up).
 
 The graphed variant captures one whole refdiff step on a non-blocking CuPy stream
 (Stream.begin_capture / end_capture, then graph.launch). Where the step cannot be captured
@@ -93,6 +94,22 @@ def refdiff_side(model, smoke):
     return rd.get_backend("cuda"), cupy, common.GpuTimer(warmup=3, reps=10)
 
 
+def unet_pair(smoke, torch_baseline, training):
+    """The benchmarks' U-Net with randomized weights, on refdiff's side and as its diffusers twin,
+    both in training or eval mode. Returns (config, model, (backend, array module, timer),
+    (torch, twin, device)); torch and twin are None where the PyTorch baseline cannot run."""
+    from refdiff.models.unet import UNet
+
+    config = SMOKE_CONFIG if smoke else CONFIG
+    model = randomized(UNet(**config))
+    torch, tmodel, device = torch_twin(model, smoke, torch_baseline)
+    if tmodel is not None:
+        tmodel.train(training)
+    refdiff = refdiff_side(model, smoke)
+    model.train(training)
+    return config, model, refdiff, (torch, tmodel, device)
+
+
 def refdiff_step(model, be, schedule, x, t):
     """One DDIM step (eta = 0) from t to t - STRIDE; returns x_prev."""
     import refdiff as rd
@@ -104,19 +121,28 @@ def refdiff_step(model, be, schedule, x, t):
 
 
 def torch_step(model, coefs, x, t_tensor):
-    """The same step in PyTorch eager: diffusers forward + the DDIM update as tensor ops."""
+    """The same step in PyTorch eager: diffusers forward + the DDIM update as tensor ops, by the
+    library's arithmetic-only formula functions (the lines refdiff's fused kernel compiles)."""
     import torch
 
-    alpha, sigma, c_x0, c_dir = coefs
+    from refdiff.gaussian.parameterization import PREDICTION_CODES, x0_eps_from_output_formula
+
+    sqrt_abar, sqrt_one_minus_abar, sqrt_abar_prev, direction_coef = coefs
     with torch.no_grad():
-        out = model(x, t_tensor).sample
-        x0 = torch.clamp((x - sigma * out) / alpha, -1.0, 1.0)
-        return c_x0 * x0 + c_dir * out
+        model_output = model(x, t_tensor).sample
+        x0_pred, eps_pred = x0_eps_from_output_formula(x, model_output, sqrt_abar, sqrt_one_minus_abar,
+                                                       PREDICTION_CODES["epsilon"])  # DDPM eq. 15
+        x0_pred = torch.clamp(x0_pred, -1.0, 1.0)
+        return sqrt_abar_prev * x0_pred + direction_coef * eps_pred  # DDIM eq. 12, eta = 0
 
 
-def ddim_coefficients(schedule, t):
-    abar, abar_prev = schedule.alphas_cumprod[t], schedule.alphas_cumprod[t - STRIDE]
-    return (float(np.sqrt(abar)), float(np.sqrt(1 - abar)), float(np.sqrt(abar_prev)), float(np.sqrt(1 - abar_prev)))
+def ddim_step_coefficients(schedule, t, t_prev):
+    """(sqrt_abar, sqrt_one_minus_abar, sqrt_abar_prev, direction_coef) of a DDIM step t -> t_prev
+    with eta = 0, as Python floats (computed in float64 from the library's tables and functions)."""
+    abar_t, abar_prev = schedule.alphas_cumprod_at(np.array([t, t_prev]))
+    sqrt_abar_prev, direction_coef, _ = common.ddim_coefficients(abar_t, abar_prev, eta=0.0)
+    return (float(schedule.sqrt_alphas_cumprod[t]), float(schedule.sqrt_one_minus_alphas_cumprod[t]),
+            float(sqrt_abar_prev), float(direction_coef))
 
 
 def try_graph(step, timer):
@@ -141,16 +167,12 @@ def try_graph(step, timer):
 
 def run(smoke=False, batches=BATCHES, torch_baseline=True, results=common.RESULTS, command=None):
     import refdiff as rd
-    from refdiff.models.unet import UNet
+    from refdiff.backend import to_numpy
 
     schedule = rd.NoiseSchedule.linear(T=T)
-    config = SMOKE_CONFIG if smoke else CONFIG
-    model = randomized(UNet(**config))
-    torch, tmodel, device = torch_twin(model, smoke, torch_baseline)
-    if tmodel is not None:
-        tmodel.eval()
-    be, xp, timer = refdiff_side(model, smoke)
-    model.eval()
+    config, model, (be, xp, timer), (torch, tmodel, device) = unet_pair(smoke, torch_baseline, training=False)
+    coefs = ddim_step_coefficients(schedule, T_STEP, T_STEP - STRIDE)
+    relative = lambda mine, ref: f"{float(np.abs(mine - ref).max() / np.abs(ref).max()):.1e}"  # noqa: E731
 
     rows, notes = [], []
     side = config["sample_size"]
@@ -166,19 +188,20 @@ def run(smoke=False, batches=BATCHES, torch_baseline=True, results=common.RESULT
         if tmodel is not None:
             tx = torch.from_dlpack(x)
             tt = torch.full((batch,), T_STEP, device=device, dtype=torch.long)
-            coefs = ddim_coefficients(schedule, T_STEP)
             with torch.no_grad():
                 ref = tmodel(tx, tt).sample.cpu().numpy()
             with rd.no_grad():
-                mine = common_host(model(x, np.full(batch, T_STEP)).data)
-            agree = f"{float(np.abs(mine - ref).max() / np.abs(ref).max()):.1e}"
+                mine = to_numpy(model(x, np.full(batch, T_STEP)).data)
+            step_ref = torch_step(tmodel, coefs, tx, tt).cpu().numpy()
+            agree = f"{relative(mine, ref)}, {relative(to_numpy(step()), step_ref)}"
             t_torch = timer(lambda: torch_step(tmodel, coefs, tx, tt))
         ips = lambda s: "-" if s is None else f"{batch / s:.0f}"  # noqa: E731
         rows.append([batch, common.fmt_us(t_eager), ips(t_eager), common.fmt_us(t_graph), ips(t_graph),
                      common.fmt_us(t_torch), ips(t_torch), common.fmt_ratio(t_eager, t_torch),
                      common.fmt_ratio(t_graph, t_torch), agree])
     header = ["batch", "refdiff eager us/step", "img/s", "refdiff graphed us/step", "img/s", "torch eager us/step",
-              "img/s", "eager / torch time", "graphed / torch time", "U-Net output: max abs diff / max abs"]
+              "img/s", "eager / torch time", "graphed / torch time",
+              "vs torch, max abs diff / max abs: U-Net output, step"]
     notes.insert(0, f"U-Net {config}; DDIM step t={T_STEP} -> {T_STEP - STRIDE}, eta=0")
     if smoke:
         notes.append("smoke run: NumPy + simulator kernels on the CPU, host timer; the times mean nothing")
@@ -189,23 +212,13 @@ def run(smoke=False, batches=BATCHES, torch_baseline=True, results=common.RESULT
     return rows
 
 
-def common_host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="no GPU: tiny U-Net on NumPy with simulator kernels")
     parser.add_argument("--batches", nargs="*", type=int, default=None)
-    parser.add_argument("--no-torch", action="store_true")
-    parser.add_argument("--results", default=None, help="append to this file instead of benchmarks/RESULTS.md")
-    args = parser.parse_args(argv)
-    if not args.smoke:
-        common.exit_without_gpu("bench_sampling_gpu.py")
+    args, results, command = common.parse_arguments(parser, "bench_sampling_gpu.py", argv,
+                                                    "no GPU: tiny U-Net on NumPy with simulator kernels")
     batches = tuple(args.batches) if args.batches else ((2,) if args.smoke else BATCHES)
-    results = args.results if args.results else (None if args.smoke else common.RESULTS)
-    command = "python benchmarks/bench_sampling_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    run(smoke=args.smoke, batches=batches, torch_baseline=not args.no_torch, results=results, command=command.strip())
+    run(smoke=args.smoke, batches=batches, torch_baseline=not args.no_torch, results=results, command=command)
     return 0
 
 

@@ -21,7 +21,7 @@ import gpu_bench_common as common  # noqa: E402
 common.enable_simulator_for_smoke(sys.argv)
 
 import numpy as np  # noqa: E402
-from bench_sampling_gpu import CONFIG, SMOKE_CONFIG, randomized, refdiff_side, torch_twin  # noqa: E402
+from bench_sampling_gpu import unet_pair  # noqa: E402
 
 T, LR = 1000, 1e-4
 
@@ -38,8 +38,10 @@ def refdiff_train_step(model, be, opt, schedule, x0, t_host, t_dev, noise):
 
 
 def torch_train_step(model, opt, sqrt_abar, sqrt_one_minus_abar, x0, t, noise):
+    """The same step in PyTorch eager; sqrt_abar, sqrt_one_minus_abar: (B, 1, 1, 1) float32 tensors."""
     import torch
 
+    # DDPM eq. 4 as tensor ops (refdiff.gaussian.forward.q_sample writes it inline: no formula function to call)
     x_t = sqrt_abar * x0 + sqrt_one_minus_abar * noise
     loss = torch.nn.functional.mse_loss(model(x_t, t).sample, noise)
     opt.zero_grad(set_to_none=True)
@@ -50,17 +52,11 @@ def torch_train_step(model, opt, sqrt_abar, sqrt_one_minus_abar, x0, t, noise):
 
 def run(smoke=False, batch=64, torch_baseline=True, results=common.RESULTS, command=None):
     import refdiff as rd
+    from refdiff.backend import per_sample
     from refdiff.training.optim import AdamW
-    from refdiff.models.unet import UNet
 
     schedule = rd.NoiseSchedule.linear(T=T)
-    config = SMOKE_CONFIG if smoke else CONFIG
-    model = randomized(UNet(**config))
-    torch, tmodel, device = torch_twin(model, smoke, torch_baseline)
-    if tmodel is not None:
-        tmodel.train()
-    be, xp, timer = refdiff_side(model, smoke)
-    model.train()
+    config, model, (be, xp, timer), (torch, tmodel, device) = unet_pair(smoke, torch_baseline, training=True)
     opt = AdamW(model.parameters(), lr=LR, weight_decay=1e-2)
 
     side = config["sample_size"]
@@ -77,14 +73,14 @@ def run(smoke=False, batch=64, torch_baseline=True, results=common.RESULTS, comm
     t_torch = None
     if tmodel is not None:
         topt = torch.optim.AdamW(tmodel.parameters(), lr=LR, weight_decay=1e-2)
-        shape = (batch, 1, 1, 1)
-        sa = torch.tensor(schedule.sqrt_alphas_cumprod[t_host], dtype=torch.float32, device=device).reshape(shape)
-        s1 = torch.tensor(schedule.sqrt_one_minus_alphas_cumprod[t_host], dtype=torch.float32, device=device).reshape(shape)
+        # (B, 1, 1, 1) float32 from the float64 tables, as the fused kernel reads them
+        sqrt_abar = torch.from_dlpack(per_sample(schedule.sqrt_alphas_cumprod[t_host], x0))
+        sqrt_one_minus_abar = torch.from_dlpack(per_sample(schedule.sqrt_one_minus_alphas_cumprod[t_host], x0))
         tx0, tnoise = torch.from_dlpack(xp.asarray(x0_host)), torch.from_dlpack(xp.asarray(noise_host))
         tt = torch.as_tensor(t_host, device=device)
-        tfirst = torch_train_step(tmodel, topt, sa, s1, tx0, tt, tnoise)
+        tfirst = torch_train_step(tmodel, topt, sqrt_abar, sqrt_one_minus_abar, tx0, tt, tnoise)
         notes.append(f"torch first loss {float(tfirst.item()):.6f} (same weights and inputs: should match refdiff's)")
-        t_torch = timer(lambda: torch_train_step(tmodel, topt, sa, s1, tx0, tt, tnoise))
+        t_torch = timer(lambda: torch_train_step(tmodel, topt, sqrt_abar, sqrt_one_minus_abar, tx0, tt, tnoise))
     elif not smoke:
         notes.append("PyTorch baseline skipped (torch with CUDA and diffusers not importable)")
     if smoke:
@@ -100,17 +96,11 @@ def run(smoke=False, batch=64, torch_baseline=True, results=common.RESULTS, comm
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="no GPU: tiny U-Net on NumPy with simulator kernels")
     parser.add_argument("--batch", type=int, default=None)
-    parser.add_argument("--no-torch", action="store_true")
-    parser.add_argument("--results", default=None, help="append to this file instead of benchmarks/RESULTS.md")
-    args = parser.parse_args(argv)
-    if not args.smoke:
-        common.exit_without_gpu("bench_train_gpu.py")
+    args, results, command = common.parse_arguments(parser, "bench_train_gpu.py", argv,
+                                                    "no GPU: tiny U-Net on NumPy with simulator kernels")
     batch = args.batch or (2 if args.smoke else 64)
-    results = args.results if args.results else (None if args.smoke else common.RESULTS)
-    command = "python benchmarks/bench_train_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    run(smoke=args.smoke, batch=batch, torch_baseline=not args.no_torch, results=results, command=command.strip())
+    run(smoke=args.smoke, batch=batch, torch_baseline=not args.no_torch, results=results, command=command)
     return 0
 
 

@@ -35,9 +35,9 @@ def inputs():
     rng = np.random.default_rng(0)
     x0 = rng.uniform(-1, 1, (BATCH, 3, SIZE, SIZE)).astype(np.float32)
     t = rng.integers(0, T, BATCH)
-    eps = rng.standard_normal(x0.shape).astype(np.float32)
-    x_t = rd.q_sample(x0, t, eps, rd.NoiseSchedule.linear(T=T)).astype(np.float32)
-    return x_t, t, eps
+    noise = rng.standard_normal(x0.shape).astype(np.float32)  # the eps of x_t: the eps-prediction target
+    x_t = rd.q_sample(x0, t, noise, rd.NoiseSchedule.linear(T=T)).astype(np.float32)
+    return x_t, t, noise
 
 
 def peak_rss_mib():
@@ -55,10 +55,10 @@ def run_refdiff(args, folder):
 
     model = rd.UNet.from_diffusers(folder)
     opt = AdamW(model.parameters(), lr=1e-4, weight_decay=1e-2)
-    x_t, t, eps = inputs()
+    x_t, t, noise = inputs()
 
     def step():
-        loss = F.mse_loss(model(x_t, t), eps)
+        loss = F.mse_loss(model(x_t, t), noise)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -99,10 +99,10 @@ def run_torch(args, folder):
     torch.set_num_threads(args.threads)
     model = UNet2DModel.from_pretrained(folder).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-2)
-    x_t, t, eps = (torch.from_numpy(a) for a in inputs())
+    x_t, t, noise = (torch.from_numpy(a) for a in inputs())
 
     def step():
-        loss = torch.nn.functional.mse_loss(model(x_t, t).sample, eps)
+        loss = torch.nn.functional.mse_loss(model(x_t, t).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,4 +1,5 @@
-"""Shared plumbing of the GPU benchmarks: GPU check, CUDA-event timing, copy bandwidth, RESULTS.md.
+"""Shared plumbing of the GPU benchmarks: command line, GPU check, CUDA-event timing, copy
+bandwidth, RESULTS.md, and the DDIM coefficients their composed baselines use.
 
 Used by bench_kernels.py, bench_sampling_gpu.py and bench_train_gpu.py (run as scripts from the
 repository root: `python benchmarks/bench_kernels.py`). Timing is CUDA events on CuPy's current
@@ -35,6 +36,41 @@ def enable_simulator_for_smoke(argv):
     """--smoke runs the kernels under Numba's CUDA simulator: switch it on before numba is imported."""
     if "--smoke" in argv:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+
+def parse_arguments(parser, script, argv, smoke_help):
+    """Add --smoke, --no-torch and --results to `parser` and parse argv; exit with code 2 where no
+    GPU is visible (unless --smoke). Returns (args, the RESULTS.md to append to or None, the command)."""
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager baseline")
+    parser.add_argument("--results", default=None, help="append to this file instead of benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    if not args.smoke:
+        exit_without_gpu(script)
+    results = args.results if args.results else (None if args.smoke else RESULTS)
+    command = f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    return args, results, command.strip()
+
+
+# ---- coefficients of the composed baselines --------------------------------------------------
+
+
+def ddim_coefficients(abar_t, abar_prev, eta):
+    """(sqrt_abar_prev, direction_coef, sigma_eta) of the DDIM update, float64 on the host:
+
+        x_prev = sqrt_abar_prev x_0 + direction_coef eps + sigma_eta noise          DDIM eq. 12
+        sigma_eta = ddim_sigma(abar_t, abar_prev, eta)                               DDIM eq. 16
+        direction_coef = sqrt(max(ddim_direction_variance(abar_prev, sigma_eta), 0))
+
+    from the library's functions, floored at 0 as refdiff.samplers.ddim.ddim_step does.
+    """
+    import numpy as np
+
+    from refdiff.samplers.ddim import ddim_direction_variance, ddim_sigma
+
+    sigma_eta = ddim_sigma(abar_t, abar_prev, eta)
+    direction_coef = np.maximum(ddim_direction_variance(abar_prev, sigma_eta), 0.0) ** 0.5
+    return abar_prev**0.5, direction_coef, sigma_eta
 
 
 # ---- timing --------------------------------------------------------------------------------

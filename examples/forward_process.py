@@ -29,16 +29,16 @@ def main(argv=None):
     schedules = {"linear": rd.NoiseSchedule.linear(T), "cosine": rd.NoiseSchedule.cosine(T)}
     data = load_dataset("digits", image_size=16)
     x0 = data.x[[int(np.flatnonzero(data.y == d)[0]) for d in (3, 7)]]  # a 3 and a 7: (2, 1, 16, 16)
-    eps = np.random.default_rng(args.seed).standard_normal(x0.shape, dtype=np.float32)  # same noise in every row
+    noise = np.random.default_rng(args.seed).standard_normal(x0.shape, dtype=np.float32)[:1]  # same noise in every row
 
     rows = []
     for name, schedule in schedules.items():
         for x in x0:
             batch = np.repeat(x[None], len(ts), axis=0)  # (len(ts), 1, 16, 16)
-            noise = np.repeat(eps[:1], len(ts), axis=0)
-            rows.append(rd.q_sample(batch, np.array(ts), noise, schedule))
-        abar = schedule.alphas_cumprod[ts]
-        print(f"{name:7s} abar_t at t = {ts}: " + " ".join(f"{a:.3f}" for a in abar))
+            noise_batch = np.repeat(noise, len(ts), axis=0)  # (len(ts), 1, 16, 16)
+            rows.append(rd.q_sample(batch, np.array(ts), noise_batch, schedule))
+        abar_t = schedule.alphas_cumprod[ts]
+        print(f"{name:7s} abar_t at t = {ts}: " + " ".join(f"{a:.3f}" for a in abar_t))
     grid = image_grid(np.concatenate(rows), nrow=len(ts), scale=4)
     path = _with_labels(grid, list(schedules), ts, os.path.join(args.out, "forward_process.png"))
     print(f"wrote {path}")

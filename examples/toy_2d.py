@@ -83,8 +83,8 @@ def _score_field(diffusion, t, size=21):
     u = np.linspace(-1.2, 1.2, size, dtype=np.float32)
     grid = np.stack(np.meshgrid(u, u), axis=-1).reshape(-1, 2)  # (size^2, 2)
     with no_grad():
-        eps = diffusion.model(grid, np.full(len(grid), t)).numpy()
-    return grid, score_from_eps(eps, np.full(len(grid), t), diffusion.schedule)
+        eps_pred = diffusion.model(grid, np.full(len(grid), t)).numpy()
+    return grid, score_from_eps(eps_pred, np.full(len(grid), t), diffusion.schedule)
 
 
 if __name__ == "__main__":
