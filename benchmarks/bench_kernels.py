@@ -37,6 +37,7 @@ from refdiff.gaussian.parameterization import (  # noqa: E402
     PREDICTION_CODES,
     v_from_x0_eps_formula,
     x0_eps_from_output_formula,
+    x_t_formula,
 )
 
 EPSILON = PREDICTION_CODES["epsilon"]
@@ -105,8 +106,8 @@ class Inputs:
 
 
 def _x_t(a):
-    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise   (DDPM eq. 4; written inline in the library too)."""
-    return a.sqrt_abar * a.x0 + a.sqrt_one_minus_abar * a.noise
+    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise   (DDPM eq. 4)."""
+    return x_t_formula(a.x0, a.noise, a.sqrt_abar, a.sqrt_one_minus_abar)
 
 
 def _x0_eps(m, a, model_output):

@@ -41,8 +41,9 @@ def torch_train_step(model, opt, sqrt_abar, sqrt_one_minus_abar, x0, t, noise):
     """The same step in PyTorch eager; sqrt_abar, sqrt_one_minus_abar: (B, 1, 1, 1) float32 tensors."""
     import torch
 
-    # DDPM eq. 4 as tensor ops (refdiff.gaussian.forward.q_sample writes it inline: no formula function to call)
-    x_t = sqrt_abar * x0 + sqrt_one_minus_abar * noise
+    from refdiff.gaussian.parameterization import x_t_formula
+
+    x_t = x_t_formula(x0, noise, sqrt_abar, sqrt_one_minus_abar)  # DDPM eq. 4, as tensor ops
     loss = torch.nn.functional.mse_loss(model(x_t, t).sample, noise)
     opt.zero_grad(set_to_none=True)
     loss.backward()

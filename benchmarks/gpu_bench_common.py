@@ -60,16 +60,14 @@ def ddim_coefficients(abar_t, abar_prev, eta):
 
         x_prev = sqrt_abar_prev x_0 + direction_coef eps + sigma_eta noise          DDIM eq. 12
         sigma_eta = ddim_sigma(abar_t, abar_prev, eta)                               DDIM eq. 16
-        direction_coef = sqrt(max(ddim_direction_variance(abar_prev, sigma_eta), 0))
+        direction_coef = sqrt(ddim_direction_variance(abar_prev, sigma_eta))
 
-    from the library's functions, floored at 0 as refdiff.samplers.ddim.ddim_step does.
+    from the library's functions, as refdiff.samplers.ddim.ddim_step computes them.
     """
-    import numpy as np
-
     from refdiff.samplers.ddim import ddim_direction_variance, ddim_sigma
 
     sigma_eta = ddim_sigma(abar_t, abar_prev, eta)
-    direction_coef = np.maximum(ddim_direction_variance(abar_prev, sigma_eta), 0.0) ** 0.5
+    direction_coef = ddim_direction_variance(abar_prev, sigma_eta) ** 0.5
     return abar_prev**0.5, direction_coef, sigma_eta
 
 

@@ -1,4 +1,4 @@
-"""Device functions of the reverse-step kernels: the reference's own formulas, compiled for the GPU.
+"""Device functions of the kernels: the reference's own formulas, compiled for the GPU.
 
 The per-element and per-sample formulas are not written again here. They live once, in the
 reference, as small functions that use arithmetic only (so they run on NumPy arrays there), and
@@ -6,6 +6,8 @@ reference, as small functions that use arithmetic only (so they run on NumPy arr
 
     guided_output                refdiff.gaussian.guidance              Ho & Salimans 2022, eq. 6
     x0_eps_from_output           refdiff.gaussian.parameterization      DDPM eqs. 4, 15; Salimans & Ho 2022
+    x_t_formula                  refdiff.gaussian.parameterization      DDPM eq. 4
+    v_from_x0_eps_formula        refdiff.gaussian.parameterization      Salimans & Ho 2022, sec. 4
     posterior_mean_coefficients  refdiff.gaussian.posterior             DDPM eq. 7
     posterior_variance           refdiff.gaussian.posterior             DDPM eq. 7
     ddim_sigma                   refdiff.samplers.ddim                  DDIM eq. 16
@@ -45,6 +47,8 @@ guided_output = device_twin(guidance.guided_output)
 _conversions = {name: device_twin(getattr(parameterization, name)) for name in (
     "x0_from_eps_formula", "eps_from_x0_formula", "x0_from_v_formula", "eps_from_v_formula")}
 x0_eps_from_output = device_twin(parameterization.x0_eps_from_output_formula, **_conversions)
+x_t_formula = device_twin(parameterization.x_t_formula)
+v_from_x0_eps_formula = device_twin(parameterization.v_from_x0_eps_formula)
 
 posterior_mean_coefficients = device_twin(posterior.posterior_mean_coefficients)
 posterior_variance = device_twin(posterior.posterior_variance)

@@ -6,7 +6,7 @@ Per sample, once, in float64 (then rounded to float32, as the reference rounds t
 reference's own functions compiled for the device (kernels/_device.py):
     abar_t, abar_prev = abar[t_prev] (1 where t_prev < 0: set_alpha_to_one)
     sigma_eta      = ddim_sigma(abar_t, abar_prev, eta)                     DDIM eq. 16
-    direction_coef = sqrt(max(1 - abar_prev - sigma_eta^2, 0))              "direction pointing to x_t"
+    direction_coef = sqrt(ddim_direction_variance(abar_prev, sigma_eta))    "direction pointing to x_t"
 Per element, in float32 (kernels/_device.py predicted_x0_eps):
     out  = uncond + s (cond - uncond)                  if model_output_uncond is given
     (x_0, eps) from out (epsilon / sample / v_prediction); x_0 clipped if clip_sample, eps not
@@ -40,7 +40,7 @@ def _ddim_step_kernel(x_t, model_output, uncond, has_uncond, guidance_scale, noi
         sqrt_one_minus_abar = f32_sqrt(1.0 - abar_t)
         sigma_eta = ddim_sigma(abar_t, abar_prev, eta)  # DDIM eq. 16
         sqrt_abar_prev = f32_sqrt(abar_prev)
-        direction_coef = f32_sqrt(max(ddim_direction_variance(abar_prev, sigma_eta), 0.0))
+        direction_coef = f32_sqrt(ddim_direction_variance(abar_prev, sigma_eta))
         noise_coef = np.float32(sigma_eta)
         if not valid:  # timesteps outside the schedule or t_prev >= t (device-side t only)
             sqrt_abar_prev = np.float32(math.nan)

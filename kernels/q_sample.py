@@ -26,6 +26,7 @@ from refdiff import checks
 from refdiff.gaussian.parameterization import PREDICTION_CODES
 
 from . import _launch
+from ._device import v_from_x0_eps_formula, x_t_formula
 
 
 
@@ -45,13 +46,13 @@ def _q_sample_kernel(x0, noise, t, t_scalar, t_per_sample, sqrt_alphas_cumprod, 
         for j in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, N, cuda.gridDim.x * cuda.blockDim.x):
             x0_j = x0[base + j]
             eps_j = noise[base + j]
-            x_t[base + j] = sqrt_abar * x0_j + sqrt_one_minus_abar * eps_j  # DDPM eq. 4
+            x_t[base + j] = x_t_formula(x0_j, eps_j, sqrt_abar, sqrt_one_minus_abar)  # DDPM eq. 4
             if target_code == 0:
                 target[base + j] = eps_j
             elif target_code == 1:
                 target[base + j] = x0_j
             elif target_code == 2:
-                target[base + j] = sqrt_abar * eps_j - sqrt_one_minus_abar * x0_j  # v
+                target[base + j] = v_from_x0_eps_formula(x0_j, eps_j, sqrt_abar, sqrt_one_minus_abar)  # v
 
 
 def _launch_q_sample(x0, t, noise, schedule, target_code):

@@ -9,7 +9,7 @@ the float64 schedule, rounded once to the array's dtype and broadcast over (B, 1
 """
 from ..backend import per_sample
 from ..checks import check_finite, check_float_array, check_like, check_timesteps
-from .parameterization import training_target
+from .parameterization import training_target, x_t_formula
 
 
 def q_sample(x0, t, noise, schedule):
@@ -25,7 +25,7 @@ def q_sample(x0, t, noise, schedule):
     t = check_timesteps(t, schedule.T, x0.shape[0])
     sqrt_abar = per_sample(schedule.sqrt_alphas_cumprod[t], x0)
     sqrt_one_minus_abar = per_sample(schedule.sqrt_one_minus_alphas_cumprod[t], x0)
-    return sqrt_abar * x0 + sqrt_one_minus_abar * noise
+    return x_t_formula(x0, noise, sqrt_abar, sqrt_one_minus_abar)  # DDPM eq. 4
 
 
 def q_step(x_prev, t, noise, schedule):

@@ -9,6 +9,7 @@ VDM and DPM-Solver call them alpha_t and sigma_t, see docs/NOTATION.md):
     v     = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0           Salimans & Ho 2022, sec. 4 / appendix D
     x_0   = sqrt(abar_t) x_t - sqrt(1 - abar_t) v             Salimans & Ho 2022, appendix D
     eps   = sqrt(abar_t) v + sqrt(1 - abar_t) x_t             (same, solved for eps)
+    x_t   = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps           DDPM eq. 4 (drawn by refdiff.gaussian.forward)
     score = grad log q(x_t | x_0) = -eps / sqrt(1 - abar_t)   Dhariwal & Nichol 2021, sec. 4.2
 
 Arrays have shape (B, ...), float32 or float64, and keep their dtype; t is an int or an int
@@ -24,6 +25,11 @@ from ..checks import check_float_array, check_like, check_prediction_type, check
 # ---- the formulas, on per-sample coefficients sqrt_abar = sqrt(abar_t), sqrt_one_minus_abar = sqrt(1 - abar_t)
 # Arithmetic only: the same lines run on arrays here and, compiled by numba, on float32 scalars
 # inside the fused kernels (kernels/_device.py).
+
+
+def x_t_formula(x0, eps, sqrt_abar, sqrt_one_minus_abar):
+    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps   (DDPM eq. 4)."""
+    return sqrt_abar * x0 + sqrt_one_minus_abar * eps
 
 
 def x0_from_eps_formula(x_t, eps, sqrt_abar, sqrt_one_minus_abar):

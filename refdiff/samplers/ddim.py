@@ -37,9 +37,15 @@ def ddim_sigma(abar_t, abar_prev, eta):
 
 
 def ddim_direction_variance(abar_prev, sigma_eta):
-    """1 - abar_prev - sigma_t^2: the squared coefficient of eps in DDIM eq. 12 ("the direction
-    pointing to x_t"). >= 0 in exact arithmetic for 0 <= eta <= 1; callers floor it at 0."""
-    return 1 - abar_prev - sigma_eta * sigma_eta
+    """1 - abar_prev - sigma_t^2, floored at 0: the squared coefficient of eps in DDIM eq. 12
+    ("the direction pointing to x_t").
+
+    >= 0 in exact arithmetic for 0 <= eta <= 1; rounding can make it a tiny negative number, where
+    diffusers' square root gives NaN. The floor is written (v + |v|) / 2, exact in floating
+    point, so that the same line runs on arrays and, compiled, in the kernels.
+    """
+    v = 1 - abar_prev - sigma_eta * sigma_eta
+    return (v + abs(v)) / 2
 
 
 def ddim_step(
@@ -67,7 +73,7 @@ def ddim_step(
     As diffusers (DDIMScheduler.step, use_clipped_model_output=False): eps is not recomputed
     from the clipped x_0; the noise term is added only when eta > 0. One deviation where
     diffusers gives NaN: 1 - abar_prev - sigma_eta^2, which is >= 0 in exact arithmetic for
-    0 <= eta <= 1, is floored at 0 against rounding.
+    0 <= eta <= 1, is floored at 0 against rounding (ddim_direction_variance).
 
     x_t, model_output: (B, ...) same shape and dtype, no NaN/inf. t: int or int array (B,) in
     0..T-1; t_prev: int or int array (B,), each < t, negative allowed (see
@@ -95,7 +101,7 @@ def ddim_step(
     sigma_eta = ddim_sigma(abar_t, abar_prev, eta)
 
     # 5. DDIM eq. 12
-    direction_coef = np.maximum(ddim_direction_variance(abar_prev, sigma_eta), 0.0) ** 0.5
+    direction_coef = ddim_direction_variance(abar_prev, sigma_eta) ** 0.5
     x_prev = per_sample(abar_prev**0.5, x_t) * x0_pred + per_sample(direction_coef, x_t) * eps_pred
     if eta > 0:
         x_prev = x_prev + per_sample(sigma_eta, x_t) * noise
