@@ -46,9 +46,11 @@ def value_checks_on(a):
 
 
 def check_float_array(x, name):
-    """`x` as an array of dtype float32 or float64 with at least one axis (the batch axis).
+    """`x` as an array of dtype float32 or float64 with at least one axis (the batch axis), with
+    no NaN or inf where value_checks_on(x).
 
-    Python lists and scalars are refused: the dtype of the result would be a guess.
+    Python lists and scalars are refused: the dtype of the result would be a guess. Integer,
+    bool, complex and object arrays are refused too (no silent conversion).
     """
     if not hasattr(x, "dtype") or not hasattr(x, "shape"):
         raise TypeError(f"{name} must be a float32 or float64 array, got {type(x).__name__}")
@@ -56,6 +58,8 @@ def check_float_array(x, name):
         raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
     if x.ndim < 1:
         raise ValueError(f"{name} must have shape (B, ...) with a batch axis, got a 0-d array")
+    if value_checks_on(x):
+        check_finite(x, name)
     return x
 
 
@@ -106,6 +110,55 @@ def check_positive_int(n, name, minimum=1):
     return int(n)
 
 
+def check_optional_positive_int(n, name, minimum=1):
+    """None, or `n` as a python int >= minimum (check_positive_int). For options where None means
+    "derive it"; 0 is refused rather than taken for None."""
+    return None if n is None else check_positive_int(n, name, minimum)
+
+
+def check_seed(seed, name="seed"):
+    """A seed as a python int >= 0 (bools, floats and None refused)."""
+    return check_positive_int(seed, name, minimum=0)
+
+
+def check_positive_ints(values, name, minimum=1):
+    """A non-empty sequence of ints >= minimum, as a tuple (each entry checked, named by index)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of integers, got {type(values).__name__}")
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"{name} must not be empty")
+    return tuple(check_positive_int(v, f"{name}[{i}]", minimum) for i, v in enumerate(values))
+
+
+def check_int_sequence(values, name, minimum=1):
+    """A possibly empty sequence of ints >= minimum, as a tuple."""
+    return check_positive_ints(values, name, minimum) if values is not None and len(tuple(values)) else ()
+
+
+def check_bool(value, name):
+    """`value` as a python bool (True/False or a NumPy bool; 0, 1 and strings refused)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_probability(value, name, open_high=False):
+    """`value` as a float in [0, 1] ([0, 1) with open_high)."""
+    value = check_real(value, name)
+    if not (0.0 <= value < 1.0 if open_high else 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must lie in [0, 1{')' if open_high else ']'}, got {value}")
+    return value
+
+
+def check_nonnegative_real(value, name):
+    """`value` as a finite python float >= 0."""
+    value = check_real(value, name)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
 def check_real(value, name):
     """`value` as a finite python float (bools refused)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
@@ -126,6 +179,13 @@ def check_choice(value, choices, name):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def check_choice_int(value, choices, name):
+    """Raise unless `value` is an integer (not a bool) among `choices`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return int(value)
 
 
 def check_prediction_type(prediction_type):
@@ -219,14 +279,12 @@ def check_t_prev_below_t(t, t_prev):
 def check_step_arrays(x_t, model_output, noise, model_output_uncond):
     """The arrays of a reverse step: x_t a float array (B, ...); model_output, and noise and
     model_output_uncond where given, of its shape and dtype; none holds NaN or inf."""
-    x_t = check_finite(check_float_array(x_t, "x_t"), "x_t")
-    model_output = check_finite(check_like(x_t, model_output, "x_t", "model_output"), "model_output")
+    x_t = check_float_array(x_t, "x_t")  # finite where value_checks_on, like the others
+    model_output = check_like(x_t, model_output, "x_t", "model_output")
     if noise is not None:
-        noise = check_finite(check_like(x_t, noise, "x_t", "noise"), "noise")
+        noise = check_like(x_t, noise, "x_t", "noise")
     if model_output_uncond is not None:
-        model_output_uncond = check_finite(
-            check_like(x_t, model_output_uncond, "x_t", "model_output_uncond"), "model_output_uncond"
-        )
+        model_output_uncond = check_like(x_t, model_output_uncond, "x_t", "model_output_uncond")
     return x_t, model_output, noise, model_output_uncond
 
 
@@ -298,6 +356,7 @@ def check_embedding_options(dim, max_period, downscale_freq_shift, scale):
     denominator dim // 2 - downscale_freq_shift not 0, scale finite."""
     dim = check_positive_int(dim, "dim")
     check_positive_real(max_period, "max_period")
+    check_real(downscale_freq_shift, "downscale_freq_shift")
     half_dim = dim // 2
     if half_dim > 0 and half_dim == downscale_freq_shift:
         raise ValueError(
@@ -354,6 +413,8 @@ def check_class_labels(y, n, num_classes, name="y"):
         return None
     if num_classes is None:
         raise ValueError(f"{name} given but the model is unconditional (num_classes=None)")
+    if isinstance(y, (bool, np.bool_)):
+        raise TypeError(f"{name} must be integer class labels, got a bool")
     y = np.asarray(y if isinstance(y, numbers.Integral) else to_numpy(y))
     if y.ndim == 0:
         y = np.full(n, int(y))

@@ -6,7 +6,9 @@
     refdiff sample runs/digits --n 64 --sampler ddim --steps 50 --guidance-scale 3 --out digits.png
     refdiff demo                                                    # ~1-2 minutes on a laptop CPU
 
-Bad arguments give an argparse error (exit status 2) that names the problem.
+Every user error (a bad option, an unreadable or empty data file, a corrupt checkpoint, an
+output path that cannot be written) ends with one line that says what to fix, and exit status 2;
+never a traceback. Errors in refdiff itself still show their traceback.
 
 Plumbing: argument parsing and printing; the work is done by refdiff.training.trainer, refdiff.diffusion
 and refdiff.io.images.
@@ -59,6 +61,7 @@ _nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive finite number")
 _nonnegative_float = _number(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
 _probability = _number(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+_decay = _number(float, lambda v: 0 <= v < 1, "a decay in [0, 1) (1 would never update the EMA weights)")
 
 
 def _int_tuple(text):
@@ -99,7 +102,7 @@ def build_parser():
     p.add_argument("--weight-decay", type=_nonnegative_float, default=0.0)
     p.add_argument("--warmup-steps", type=_nonnegative_int, default=100)
     p.add_argument("--grad-clip", type=_nonnegative_float, default=1.0, help="max gradient norm (0: off)")
-    p.add_argument("--ema-decay", type=_probability, default=0.999)
+    p.add_argument("--ema-decay", type=_decay, default=0.999, help="EMA decay in [0, 1)")
     p.add_argument("--cond-drop-prob", type=_probability, default=0.1, help="label dropout for classifier-free guidance")
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--n", type=_positive_int, default=None, help="number of data points to generate/load")
@@ -116,7 +119,10 @@ def build_parser():
     p.add_argument("--sample-every", type=_nonnegative_int, default=0, help="write a sample picture every N steps (0: at the end only)")
     p.add_argument("--sample-n", type=_positive_int, default=64, help="samples in each picture")
     p.add_argument("--sample-steps", type=_positive_int, default=50, help="DDIM steps for the pictures")
-    p.add_argument("--checkpoint-every", type=_nonnegative_int, default=0, help="checkpoint every N steps (0: at the end only)")
+    p.add_argument("--checkpoint-every", type=_nonnegative_int, default=1000,
+                   help="checkpoint every N steps (0: no step trigger); always at the end")
+    p.add_argument("--checkpoint-minutes", type=_nonnegative_float, default=10.0,
+                   help="also checkpoint when this many minutes passed since the last one (0: off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     # ---- sample ----
@@ -169,8 +175,8 @@ def _load_data(spec, n=None, seed=0, image_size=None):
 
     try:
         return load_dataset(spec, n=n, seed=seed, image_size=image_size)
-    except (ValueError, FileNotFoundError, OSError, KeyError) as e:
-        raise CLIError(f"--data {spec}: {e}") from None
+    except (ValueError, FileNotFoundError, OSError, KeyError, ImportError) as e:
+        raise CLIError(f"--data {spec}: {_one_line(e)}") from None
 
 
 def _make_model(args, dataset):
@@ -190,8 +196,11 @@ def _make_model(args, dataset):
             raise CLIError(f"--model mlp needs points (N, D); dataset {args.data!r} has shape {x.shape}")
         from .models.mlp import MLPDenoiser
 
-        return MLPDenoiser(dim=int(x.shape[1]), hidden=args.hidden, num_blocks=args.num_blocks,
-                           num_classes=num_classes, backend=args.backend, seed=args.seed)
+        try:
+            return MLPDenoiser(dim=int(x.shape[1]), hidden=args.hidden, num_blocks=args.num_blocks,
+                               num_classes=num_classes, backend=args.backend, seed=args.seed)
+        except (ValueError, TypeError) as e:
+            raise CLIError(f"bad MLP options: {e}") from None
     if x.ndim != 4:
         raise CLIError(f"--model unet needs images (N, C, H, W); dataset {args.data!r} has shape {x.shape}")
     from .models.unet import UNet
@@ -215,7 +224,7 @@ def _make_model(args, dataset):
             backend=args.backend,
             seed=args.seed,
         )
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise CLIError(f"bad U-Net options: {e}") from None
 
 
@@ -234,9 +243,13 @@ def cmd_train(args):
     if args.resume:
         if latest_checkpoint(ckpt_dir) is None:
             raise CLIError(f"--resume: no checkpoint in {ckpt_dir}")
-        trainer = Trainer.resume(args.out, backend=args.backend, progress=not args.no_progress,
-                                 sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
-                                 sample_n=args.sample_n, sample_steps=args.sample_steps)
+        try:
+            trainer = Trainer.resume(args.out, backend=args.backend, progress=not args.no_progress,
+                                     sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
+                                     checkpoint_minutes=args.checkpoint_minutes,
+                                     sample_n=args.sample_n, sample_steps=args.sample_steps)
+        except (ValueError, OSError, KeyError, ImportError) as e:  # CheckpointError is a ValueError
+            raise CLIError(f"--resume {args.out}: {_one_line(e)}") from None
         print(f"resuming {args.out} at step {trainer.step}")
     else:
         if args.data is None:
@@ -250,31 +263,38 @@ def cmd_train(args):
                                       loss_weighting=args.loss_weighting)
         data_info = {"spec": args.data, "n": args.n, "seed": args.seed, "image_size": args.image_size,
                      "kind": getattr(dataset, "kind", None), "num_classes": getattr(dataset, "num_classes", None)}
-        trainer = Trainer(
-            diffusion,
-            dataset,
-            out_dir=args.out,
-            data_info=data_info,
-            progress=not args.no_progress,
-            batch_size=args.batch_size or (64 if is_images else 256),
-            lr=args.lr or (1e-3 if is_images else 2e-3),
-            weight_decay=args.weight_decay,
-            warmup_steps=args.warmup_steps,
-            grad_clip=args.grad_clip,
-            ema_decay=args.ema_decay,
-            seed=args.seed,
-            cond_drop_prob=args.cond_drop_prob,
-            sample_every=args.sample_every,
-            sample_n=args.sample_n,
-            sample_steps=args.sample_steps,
-            checkpoint_every=args.checkpoint_every,
-        )
+        try:
+            trainer = Trainer(
+                diffusion,
+                dataset,
+                out_dir=args.out,
+                data_info=data_info,
+                progress=not args.no_progress,
+                batch_size=args.batch_size or (64 if is_images else 256),
+                lr=args.lr or (1e-3 if is_images else 2e-3),
+                weight_decay=args.weight_decay,
+                warmup_steps=args.warmup_steps,
+                grad_clip=args.grad_clip,
+                ema_decay=args.ema_decay,
+                seed=args.seed,
+                cond_drop_prob=args.cond_drop_prob,
+                sample_every=args.sample_every,
+                sample_n=args.sample_n,
+                sample_steps=args.sample_steps,
+                checkpoint_every=args.checkpoint_every,
+                checkpoint_minutes=args.checkpoint_minutes,
+            )
+        except (ValueError, TypeError) as e:
+            raise CLIError(_one_line(e)) from None
     remaining = args.steps - trainer.step
     if remaining <= 0:
         print(f"{args.out} is already at step {trainer.step} >= --steps {args.steps}: nothing to do")
         return 0
     t0 = time.perf_counter()
-    losses = trainer.train(remaining)
+    try:
+        losses = trainer.train(remaining)
+    except FloatingPointError as e:  # diverged: the last checkpoint is kept
+        raise CLIError(f"{e}; the latest checkpoint in {ckpt_dir} is kept (try a lower --lr)") from None
     seconds = time.perf_counter() - t0
     picture = trainer.save_samples()
     with open(os.path.join(args.out, "losses.json"), "w") as f:
@@ -402,15 +422,49 @@ def _check_backend(name):
         raise CLIError(f"--backend {name} is not available here: {e}") from None
 
 
+def _one_line(error):
+    """An exception's message on one line (KeyError's repr quotes removed)."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split())
+
+
+def _check_out(args):
+    """--out must be creatable: no part of its path may be a regular file, and for train and demo
+    (a directory) --out itself must not be one."""
+    out = getattr(args, "out", None)
+    if not out:
+        return
+    path = os.path.abspath(out)
+    is_dir_option = args.command in ("train", "demo")
+    if is_dir_option and os.path.exists(path) and not os.path.isdir(path):
+        raise CLIError(f"--out {out}: is a file, not a directory: choose a directory")
+    if not is_dir_option and os.path.isdir(path):
+        raise CLIError(f"--out {out}: is a directory: give a file name ending in .png or .npz")
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):
+        parent, child = os.path.dirname(parent), parent
+        if parent == child:
+            break
+    if parent and os.path.exists(parent) and not os.path.isdir(parent):
+        raise CLIError(f"--out {out}: {parent} is a file, so nothing can be created below it")
+
+
 def main(argv=None):
-    """Entry point of the `refdiff` console script; returns the exit status."""
+    """Entry point of the `refdiff` console script; returns the exit status.
+
+    User errors (CLIError, and the library's checkpoint errors, which name the file and the
+    problem) exit with status 2 and one line on stderr.
+    """
+    from .io.checkpoint import CheckpointError, CheckpointWriteError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_out(args)
         _check_backend(getattr(args, "backend", None))
         return COMMANDS[args.command](args)
-    except CLIError as e:
-        parser.exit(2, f"refdiff {args.command}: error: {e}\n")
+    except (CLIError, CheckpointError, CheckpointWriteError) as e:
+        parser.exit(2, f"refdiff {args.command}: error: {_one_line(e)}\n")
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ import numpy as np
 
 from . import samplers as _samplers
 from .nn.autograd import Tensor, no_grad
-from .checks import check_class_labels, check_finite, check_prediction_type, value_checks_on
+from .checks import (check_choice, check_class_labels, check_clip, check_finite, check_positive_real,
+                     check_prediction_type, check_variance_type, value_checks_on)
 from .backend import get_backend
 from .nn.functional import mse_loss
-from .gaussian.losses import loss_weight
+from .gaussian.losses import WEIGHTINGS, loss_weight
 
 
 def model_backend(model):
@@ -82,6 +83,12 @@ class GaussianDiffusion:
         variance_type="fixed_small",
     ):
         check_prediction_type(prediction_type)
+        check_choice(loss_weighting, WEIGHTINGS, "loss_weighting")
+        min_snr_gamma = check_positive_real(min_snr_gamma, "min_snr_gamma")
+        clip_sample, clip_sample_range = check_clip(clip_sample, clip_sample_range)
+        check_variance_type(variance_type)
+        if not hasattr(schedule, "alphas_cumprod") or not hasattr(schedule, "T"):
+            raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         self.model = model
         self.schedule = schedule
         self.prediction_type = prediction_type

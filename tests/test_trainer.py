@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import refdiff as rd
+from refdiff.io import checkpoint as ckpt
 from refdiff.io.checkpoint import CheckpointError
 from refdiff.training.data import Dataset, load_dataset
 from refdiff.training.trainer import Trainer, load_diffusion
@@ -88,7 +89,7 @@ def test_weights_of_the_wrong_shape_are_reported(tmp_path):
     path = tmp_path / "checkpoints" / "step_00000002.json"
     meta = json.loads(path.read_text())
     meta["model"]["config"]["hidden"] = 16  # the JSON now disagrees with the arrays
-    path.write_text(json.dumps(meta))
+    ckpt.rewrite_meta(str(path), meta)  # an edit with its hash recorded: the structure checks must catch it
     with pytest.raises(CheckpointError, match=r"step_00000002\.json: checkpoint does not match the model: shape mismatch"):
         load_diffusion(str(tmp_path / "checkpoints"))
 
@@ -99,7 +100,7 @@ def test_a_checkpoint_may_only_name_refdiff_model_classes(tmp_path):
     path = tmp_path / "checkpoints" / "step_00000001.json"
     meta = json.loads(path.read_text())
     meta["model"]["class"] = "os.system"
-    path.write_text(json.dumps(meta))
+    ckpt.rewrite_meta(str(path), meta)  # an edit with its hash recorded: the class check must catch it
     with pytest.raises(CheckpointError, match="names no known model"):
         load_diffusion(str(path))
 

@@ -4,13 +4,23 @@ A checkpoint of step N in a directory is two files:
 
     step_00000N.safetensors   every array (model weights, EMA weights, optimizer moments, ...)
     step_00000N.json          the rest (configs, step, seed, scalars of the optimizer and EMA
-                              states, the loss history) and the size and SHA-256 of the arrays file
+                              states, the loss history) and the manifest
+The manifest is two records of the JSON file that make the whole checkpoint verifiable:
+"arrays" (the arrays file's name, size and SHA-256) and "json_sha256" (the SHA-256 of the JSON
+file's own content: every other key, serialised canonically, see json_digest). A bit flip or an
+edit anywhere in either file is refused with CheckpointError. To change a checkpoint's JSON on
+purpose (say, a data path after moving the data), use rewrite_meta(), which records the new hash.
 
 Writing is atomic: each file is written to a temporary file in the same directory, flushed and
 fsync'ed, then renamed over its final name with os.replace (atomic on POSIX and Windows). The
 arrays file goes first and the JSON file last: the JSON file is the commit mark, so a save that
 is interrupted anywhere leaves either no new JSON file (the previous checkpoint stays the
-latest) or a complete checkpoint. Older checkpoints are removed only after a save succeeded.
+latest) or a complete checkpoint. Older checkpoints are removed only after a save succeeded,
+each JSON file before its arrays file, so that a listed checkpoint (one with a JSON file) always
+has its arrays. What a killed save or prune can leave behind (temporary files, an arrays file
+without its JSON) is removed by remove_incomplete(), which the trainer calls when a run starts or
+resumes. A save that fails (a full disk, a directory that became read-only) raises
+CheckpointWriteError naming the path and the checkpoint that was kept.
 
 Reading never unpickles (safetensors holds raw arrays, JSON holds plain data), so loading a file
 never runs code. A truncated, corrupt or mismatched file raises CheckpointError naming the file
@@ -26,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 
 import numpy as np
@@ -33,12 +44,22 @@ import numpy as np
 from ..backend import to_numpy
 
 FORMAT = "refdiff-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the JSON's own hash in the manifest ("json_sha256"); version 1 files are still read
+READABLE_VERSIONS = (1, 2)
+MANIFEST_KEYS = ("arrays", "json_sha256")
 _NAME = re.compile(r"^step_(\d+)\.json$")
+_ARRAYS_NAME = re.compile(r"^step_(\d+)\.safetensors$")
+_TEMP_PREFIX, _TEMP_SUFFIX = ".tmp-", ".part"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupt, or does not match what is loaded into."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (directory not writable, disk full); the message names the
+    path and says which checkpoint was kept."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +149,7 @@ def atomic_write_bytes(path, data):
     fsync, os.replace, fsync the directory. On any error the temp file is removed.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -170,37 +191,123 @@ def latest_checkpoint(directory):
     return found[-1][1] if found else None
 
 
+def json_digest(record):
+    """SHA-256 (hex) of a checkpoint JSON record without its manifest keys, serialised canonically
+    (sorted keys, no spaces, ASCII): the same for any formatting of the same content.
+
+    The manifest records are left out because each is checked against what it describes: the
+    arrays record against the arrays file, json_sha256 against this digest.
+    """
+    body = {k: v for k, v in record.items() if k not in MANIFEST_KEYS}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True, ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _describe_kept(directory, step):
+    """Which checkpoint a failed save of `step` leaves as the latest, in words."""
+    kept = [(s, p) for s, p in list_checkpoints(directory) if s != step]
+    if not kept:
+        return "no earlier checkpoint exists in this directory"
+    s, p = kept[-1]
+    return f"kept: the checkpoint of step {s} ({p}), which a resumed run continues from"
+
+
 def save_checkpoint(directory, step, arrays, meta, keep=2):
     """Write the checkpoint of `step`: `arrays` ({key: array}) and `meta` (JSON-able dict).
 
-    Returns the JSON path. Keeps the newest `keep` checkpoints (None or 0: keep all).
+    Returns the JSON path. Keeps the newest `keep` checkpoints (None or 0: keep all), removing each
+    older checkpoint's JSON file before its arrays file. A failed write raises CheckpointWriteError
+    naming the path and the checkpoint that was kept; the partial files are removed.
     """
     from safetensors.numpy import save
 
-    os.makedirs(directory, exist_ok=True)
     arrays_path, json_path = checkpoint_paths(directory, step)
+    json_existed = os.path.exists(json_path)
     host = {k: _to_host(v) for k, v in arrays.items()}
     blob = save(host)
-    atomic_write_bytes(arrays_path, blob)  # 1. the arrays
     record = {
         "format": FORMAT,
         "version": VERSION,
         "step": int(step),
-        "arrays": {
-            "file": os.path.basename(arrays_path),
-            "bytes": len(blob),
-            "sha256": hashlib.sha256(blob).hexdigest(),
-        },
         **meta,
     }
+    record["arrays"] = {"file": os.path.basename(arrays_path), "bytes": len(blob),
+                        "sha256": hashlib.sha256(blob).hexdigest()}
+    record["json_sha256"] = json_digest(record)
     text = json.dumps(record, indent=1, allow_nan=True)
-    atomic_write_bytes(json_path, text.encode("utf-8"))  # 2. the commit mark
+    target = arrays_path
+    try:
+        os.makedirs(directory, exist_ok=True)
+        atomic_write_bytes(arrays_path, blob)  # 1. the arrays
+        target = json_path
+        atomic_write_bytes(json_path, text.encode("utf-8"))  # 2. the commit mark
+    except OSError as e:
+        if target == json_path and not json_existed:  # the arrays landed, their JSON did not
+            _remove_quietly(arrays_path)
+        raise CheckpointWriteError(
+            f"{target}: cannot write the checkpoint of step {int(step)} ({e.strerror or e}); "
+            f"{_describe_kept(directory, int(step))}") from e
     if keep:
         for old_step, old_json in list_checkpoints(directory)[:-keep]:
-            for p in checkpoint_paths(directory, old_step):
-                if os.path.exists(p):
-                    os.remove(p)
+            old_arrays, _ = checkpoint_paths(directory, old_step)
+            _remove_quietly(old_json)  # first the commit mark: the checkpoint is no longer listed
+            _remove_quietly(old_arrays)
     return json_path
+
+
+def rewrite_meta(json_path, meta):
+    """Replace the JSON file of a checkpoint with `meta` (a dict read from it and edited on
+    purpose), recording its new hash; the arrays record must be left as it was."""
+    record = dict(meta)
+    record["json_sha256"] = json_digest(record)
+    atomic_write_bytes(json_path, json.dumps(record, indent=1, allow_nan=True).encode("utf-8"))
+    return json_path
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def remove_incomplete(directory):
+    """Remove what an interrupted save or prune leaves in a checkpoint directory: temporary files
+    (.tmp-*.part) and arrays files whose JSON file is missing. Returns the removed paths."""
+    if not os.path.isdir(directory):
+        return []
+    names = set(os.listdir(directory))
+    removed = []
+    for name in sorted(names):
+        m = _ARRAYS_NAME.match(name)
+        orphan = m is not None and f"step_{m.group(1)}.json" not in names
+        if orphan or (name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX)):
+            path = os.path.join(directory, name)
+            _remove_quietly(path)
+            removed.append(path)
+    if removed:
+        _fsync_dir(directory)
+    return removed
+
+
+def check_writable(directory, need_bytes):
+    """Raise CheckpointWriteError unless checkpoints can be written to `directory`: it can be
+    created, a file can be written in it, and at least `need_bytes` are free on its disk."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise CheckpointWriteError(
+            f"{directory}: cannot write checkpoints there ({e.strerror or e}); choose another "
+            f"output directory") from None
+    free = shutil.disk_usage(directory).free
+    if free < need_bytes:
+        raise CheckpointWriteError(
+            f"{directory}: {free / 2**20:.1f} MiB free, a checkpoint of this run needs about "
+            f"{need_bytes / 2**20:.1f} MiB: free some space or choose another output directory")
+    return directory
 
 
 def resolve_checkpoint(path):
@@ -221,8 +328,11 @@ def load_checkpoint(path):
     """Read a checkpoint: returns (arrays, meta) with arrays a {key: numpy array} dict.
 
     `path` is a checkpoint directory (the latest one is read), or a step_*.json or step_*.safetensors
-    file. Checks the JSON (parses, format, version), the arrays file (exists, size, SHA-256), then
-    parses the arrays with safetensors. Any failure raises CheckpointError naming the file.
+    file. Checks the JSON (parses, format, version, its own hash, the structure of the manifest and
+    the step), the arrays file (exists, size, SHA-256), parses the arrays with safetensors, and
+    checks that every array the JSON names is there. Any failure raises CheckpointError naming the
+    file and the problem. What the content means (configs, states) is checked by the reader of the
+    content (refdiff.training.trainer).
     """
     from safetensors.numpy import load
 
@@ -233,16 +343,20 @@ def load_checkpoint(path):
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{json_path}: corrupt checkpoint JSON ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{json_path}: cannot read the checkpoint JSON ({e.strerror or e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{json_path}: not a refdiff checkpoint (no \"format\": \"{FORMAT}\")")
-    if meta.get("version") != VERSION:
+    version = meta.get("version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{json_path}: checkpoint version {meta.get('version')!r}, this refdiff reads version {VERSION}"
+            f"{json_path}: checkpoint version {version!r}, this refdiff reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
-    info = meta.get("arrays")
-    if not isinstance(info, dict) or not {"file", "bytes", "sha256"} <= set(info):
-        raise CheckpointError(f"{json_path}: corrupt checkpoint JSON (no valid \"arrays\" record)")
-    arrays_path = os.path.join(os.path.dirname(json_path), os.path.basename(str(info["file"])))
+    _check_json_hash(meta, json_path, version)
+    info = _check_arrays_record(meta.get("arrays"), json_path)
+    _check_step(meta.get("step"), json_path)
+    arrays_path = os.path.join(os.path.dirname(json_path), info["file"])
     if not os.path.exists(arrays_path):
         raise CheckpointError(f"{arrays_path}: arrays file of checkpoint {json_path} not found")
     with open(arrays_path, "rb") as f:
@@ -257,7 +371,69 @@ def load_checkpoint(path):
         arrays = load(blob)
     except Exception as e:  # safetensors raises its own SafetensorError
         raise CheckpointError(f"{arrays_path}: not a valid safetensors file ({e})") from None
+    _check_tensor_references(meta, arrays, json_path)
     return arrays, meta
+
+
+def _check_json_hash(meta, json_path, version):
+    """The JSON content against the manifest's json_sha256 (version 2; version 1 has none)."""
+    recorded = meta.get("json_sha256")
+    if version == 1:
+        if recorded is not None:  # a version-2 file whose version was changed
+            raise CheckpointError(f"{json_path}: corrupt checkpoint JSON (version 1 with a json_sha256 record)")
+        return
+    if not isinstance(recorded, str) or not _SHA256.match(recorded):
+        raise CheckpointError(f"{json_path}: corrupt checkpoint JSON (no valid \"json_sha256\" record)")
+    if json_digest(meta) != recorded:
+        raise CheckpointError(
+            f"{json_path}: corrupt or edited checkpoint JSON: its content differs from the SHA-256 recorded "
+            f"in its manifest (to edit a checkpoint on purpose, use refdiff.io.checkpoint.rewrite_meta)")
+
+
+def _check_arrays_record(info, json_path):
+    """The manifest's arrays record: {"file": the step's .safetensors name, "bytes": int >= 0,
+    "sha256": 64 hex digits}."""
+    def bad(what):
+        return CheckpointError(f"{json_path}: corrupt checkpoint JSON (the \"arrays\" record: {what})")
+
+    if not isinstance(info, dict) or not {"file", "bytes", "sha256"} <= set(info):
+        raise CheckpointError(f"{json_path}: corrupt checkpoint JSON (no valid \"arrays\" record)")
+    name = info["file"]
+    if not isinstance(name, str) or os.path.basename(name) != name or not _ARRAYS_NAME.match(name):
+        raise bad(f"file must be a step_*.safetensors name in the same directory, got {name!r}")
+    size = info["bytes"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise bad(f"bytes must be an integer >= 0, got {size!r}")
+    if not isinstance(info["sha256"], str) or not _SHA256.match(info["sha256"]):
+        raise bad(f"sha256 must be 64 hex digits, got {info['sha256']!r}")
+    return info
+
+
+def _check_step(step, json_path):
+    """The step is an integer >= 0, the one in the file name (step_<step>.json)."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{json_path}: corrupt checkpoint JSON (step must be an integer >= 0, got {step!r})")
+    m = _NAME.match(os.path.basename(json_path))
+    if m and int(m.group(1)) != step:
+        raise CheckpointError(f"{json_path}: corrupt checkpoint JSON (step {step} in a file named for step {int(m.group(1))})")
+
+
+def _check_tensor_references(meta, arrays, json_path):
+    """Every {"__tensor__": key} of the JSON names a string key of an array of the arrays file."""
+    stack = [meta]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            if "__tensor__" in x:
+                key = x["__tensor__"]
+                if set(x) != {"__tensor__"} or not isinstance(key, str):
+                    raise CheckpointError(f"{json_path}: corrupt checkpoint JSON (a malformed tensor reference {x!r})")
+                if key not in arrays:
+                    raise CheckpointError(f"{json_path}: array {key!r} named in the JSON file is missing from the arrays file")
+                continue
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
 
 
 def load_matching(target, source, where):

@@ -55,6 +55,9 @@ def unet_kwargs_from_diffusers_config(config):
         if c[key] not in allowed:
             problems.append(f"{key}={c[key]!r} (supported: {', '.join(repr(a) for a in allowed)})")
 
+    _check_values(c, problems)
+    if problems and any("must" in p for p in problems):  # wrong types or ranges: nothing below is safe
+        raise ValueError("unsupported diffusers UNet2DModel config: " + "; ".join(problems))
     require("time_embedding_type", ["positional"])
     require("mid_block_type", ["UNetMidBlock2D"])
     require("downsample_type", ["conv"])
@@ -117,6 +120,40 @@ def unet_kwargs_from_diffusers_config(config):
         attn_norm_groups=None if c["attn_norm_num_groups"] is None else int(c["attn_norm_num_groups"]),
         center_input_sample=bool(c["center_input_sample"]),
     )
+
+
+def _check_values(c, problems):
+    """Types and ranges of the config's values, with diffusers' key names: sizes are positive
+    integers (not floats, bools or 0), flags are booleans, the reals finite. Appends to `problems`."""
+    from ..checks import (check_bool, check_optional_positive_int, check_positive_int, check_positive_ints,
+                          check_positive_real, check_probability, check_real)
+
+    def collect(check, *args):
+        try:
+            check(*args)
+        except (TypeError, ValueError) as e:
+            problems.append(str(e))
+
+    for key in ("in_channels", "out_channels", "layers_per_block"):
+        collect(check_positive_int, c[key], key)
+    for key in ("time_embedding_dim", "attention_head_dim", "attn_norm_num_groups", "norm_num_groups"):
+        collect(check_optional_positive_int, c[key], key)
+    collect(check_optional_positive_int, c["num_class_embeds"], "num_class_embeds")
+    collect(check_positive_ints, c["block_out_channels"], "block_out_channels")
+    sample_size = c["sample_size"]
+    if isinstance(sample_size, (list, tuple)):
+        collect(check_positive_ints, sample_size, "sample_size")
+    else:
+        collect(check_optional_positive_int, sample_size, "sample_size")
+    for key in ("flip_sin_to_cos", "center_input_sample", "add_attention"):
+        collect(check_bool, c[key], key)
+    collect(check_probability, c["dropout"], "dropout", True)
+    collect(check_positive_real, c["norm_eps"], "norm_eps")
+    collect(check_positive_real, c["mid_block_scale_factor"], "mid_block_scale_factor")
+    collect(check_real, c["freq_shift"], "freq_shift")
+    for key in ("down_block_types", "up_block_types"):
+        if isinstance(c[key], (str, bytes)) or not isinstance(c[key], (list, tuple)):
+            problems.append(f"{key} must be a list of block type names, got {c[key]!r}")
 
 
 def diffusers_config_from_unet_kwargs(config):
@@ -215,7 +252,12 @@ def load_unet2d(path, backend="numpy"):
     from .unet import UNet
 
     folder = resolve_folder(path)
-    kwargs = unet_kwargs_from_diffusers_config(read_config(folder))
+    try:
+        kwargs = unet_kwargs_from_diffusers_config(read_config(folder))
+    except ValueError as e:
+        if str(e).startswith(folder):
+            raise
+        raise ValueError(f"{os.path.join(folder, CONFIG_NAME)}: {e}") from None
     model = UNet(**kwargs)
     model.load_state_dict(rename_deprecated_attention_keys(read_weights(folder)), strict=True)
     if get_backend_name(backend) != "numpy":

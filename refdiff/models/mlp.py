@@ -11,7 +11,7 @@ for classifier-free guidance (Ho & Salimans 2022).
 """
 import numpy as np
 
-from ..checks import model_labels, model_timesteps
+from ..checks import check_positive_int, check_seed, model_labels, model_timesteps
 from ..nn.autograd import Tensor
 from ..backend import array_module, get_backend
 from ..nn import Embedding, Linear, Module, ModuleList
@@ -44,14 +44,12 @@ class MLPDenoiser(Module):
 
     def __init__(self, dim=2, hidden=128, num_blocks=3, time_dim=64, num_classes=None, backend="numpy", seed=0):
         super().__init__()
-        for name, value, low in (("dim", dim, 1), ("hidden", hidden, 1), ("num_blocks", num_blocks, 0),
-                                 ("time_dim", time_dim, 2)):
-            if int(value) != value or value < low:
-                raise ValueError(f"MLPDenoiser: {name} must be an int >= {low}, got {value!r}")
-        if num_classes is not None and (int(num_classes) != num_classes or num_classes < 1):
-            raise ValueError(f"MLPDenoiser: num_classes must be None or an int >= 1, got {num_classes!r}")
-        self.config = dict(dim=int(dim), hidden=int(hidden), num_blocks=int(num_blocks), time_dim=int(time_dim),
-                           num_classes=None if num_classes is None else int(num_classes), seed=int(seed))
+        dim, hidden = _size(dim, "dim", 1), _size(hidden, "hidden", 1)
+        num_blocks, time_dim = _size(num_blocks, "num_blocks", 0), _size(time_dim, "time_dim", 2)
+        num_classes = None if num_classes is None else _size(num_classes, "num_classes", 1)
+        seed = check_seed(seed)
+        self.config = dict(dim=dim, hidden=hidden, num_blocks=num_blocks, time_dim=time_dim,
+                           num_classes=num_classes, seed=seed)
         rng = np.random.default_rng(seed)
         self.in_proj = Linear(dim, hidden, rng=rng)
         self.time_embedding = TimestepEmbedding(time_dim, hidden, rng=rng)
@@ -91,3 +89,12 @@ class MLPDenoiser(Module):
 def _unwrap(a):
     """The array of a Tensor; anything else as it is."""
     return a.data if isinstance(a, Tensor) else a
+
+
+def _size(value, name, minimum):
+    """A size argument (refdiff.checks.check_positive_int: floats, bools, None refused), the
+    range error naming the MLP."""
+    try:
+        return check_positive_int(value, name, minimum)
+    except ValueError:
+        raise ValueError(f"MLPDenoiser: {name} must be an int >= {minimum}, got {value!r}") from None

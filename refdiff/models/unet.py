@@ -18,7 +18,9 @@ Shapes (B = batch, C = base_channels, L = len(channel_mults)):
 """
 import numpy as np
 
-from ..checks import model_labels, model_timesteps
+from ..checks import (check_bool, check_choice, check_choice_int, check_int_sequence, check_optional_positive_int,
+                      check_positive_int, check_positive_ints, check_positive_real, check_probability, check_real,
+                      check_seed, model_labels, model_timesteps)
 from ..nn.autograd import Tensor
 from ..backend import array_module, get_backend
 from ..nn import Conv2d, Embedding, GroupNorm, Module, ModuleList, SiLU
@@ -68,26 +70,45 @@ class UNet(Module):
                  downsample_padding=1, resnet_time_scale_shift="default", mid_block_scale_factor=1.0,
                  mid_attention=True, attn_norm_groups=None, center_input_sample=False, backend="numpy", seed=0):
         super().__init__()
-        out_channels = in_channels if out_channels is None else out_channels
-        channel_mults = tuple(int(m) for m in channel_mults)
-        attention_resolutions = tuple(int(r) for r in attention_resolutions)
+        # every argument checked (refdiff.checks), named in the error: sizes are positive ints
+        # (0, negative, float, None and bool refused), flags bools, the reals finite
+        in_channels = check_positive_int(in_channels, "in_channels")
+        out_channels = in_channels if out_channels is None else check_positive_int(out_channels, "out_channels")
+        base_channels = check_positive_int(base_channels, "base_channels")
+        channel_mults = check_positive_ints(channel_mults, "channel_mults")
+        num_res_blocks = check_positive_int(num_res_blocks, "num_res_blocks")
+        attention_resolutions = check_int_sequence(attention_resolutions, "attention_resolutions")
+        sample_size = check_positive_int(sample_size, "sample_size")
+        dropout = check_probability(dropout, "dropout", open_high=True)
+        num_classes = check_optional_positive_int(num_classes, "num_classes")
+        norm_groups = check_positive_int(norm_groups, "norm_groups")
+        attention_head_dim = check_optional_positive_int(attention_head_dim, "attention_head_dim")
+        norm_eps = check_positive_real(norm_eps, "norm_eps")
+        flip_sin_to_cos = check_bool(flip_sin_to_cos, "flip_sin_to_cos")
+        freq_shift = check_real(freq_shift, "freq_shift")
+        time_embedding_dim = check_optional_positive_int(time_embedding_dim, "time_embedding_dim")
+        downsample_padding = check_choice_int(downsample_padding, (0, 1), "downsample_padding")
+        check_choice(resnet_time_scale_shift, TIME_EMBEDDING_NORMS, "resnet_time_scale_shift")
+        mid_block_scale_factor = check_positive_real(mid_block_scale_factor, "mid_block_scale_factor")
+        mid_attention = check_bool(mid_attention, "mid_attention")
+        attn_norm_groups = check_optional_positive_int(attn_norm_groups, "attn_norm_groups")
+        center_input_sample = check_bool(center_input_sample, "center_input_sample")
+        seed = check_seed(seed)
         self.config = dict(
-            in_channels=int(in_channels), out_channels=int(out_channels), base_channels=int(base_channels),
-            channel_mults=list(channel_mults), num_res_blocks=int(num_res_blocks),
-            attention_resolutions=list(attention_resolutions), sample_size=int(sample_size), dropout=float(dropout),
-            num_classes=None if num_classes is None else int(num_classes), norm_groups=int(norm_groups),
-            attention_head_dim=None if attention_head_dim is None else int(attention_head_dim),
-            norm_eps=float(norm_eps), flip_sin_to_cos=bool(flip_sin_to_cos), freq_shift=float(freq_shift),
-            time_embedding_dim=None if time_embedding_dim is None else int(time_embedding_dim),
-            downsample_padding=int(downsample_padding), resnet_time_scale_shift=str(resnet_time_scale_shift),
-            mid_block_scale_factor=float(mid_block_scale_factor), mid_attention=bool(mid_attention),
-            attn_norm_groups=None if attn_norm_groups is None else int(attn_norm_groups),
-            center_input_sample=bool(center_input_sample), seed=int(seed),
+            in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
+            channel_mults=list(channel_mults), num_res_blocks=num_res_blocks,
+            attention_resolutions=list(attention_resolutions), sample_size=sample_size, dropout=dropout,
+            num_classes=num_classes, norm_groups=norm_groups, attention_head_dim=attention_head_dim,
+            norm_eps=norm_eps, flip_sin_to_cos=flip_sin_to_cos, freq_shift=freq_shift,
+            time_embedding_dim=time_embedding_dim, downsample_padding=downsample_padding,
+            resnet_time_scale_shift=resnet_time_scale_shift, mid_block_scale_factor=mid_block_scale_factor,
+            mid_attention=mid_attention, attn_norm_groups=attn_norm_groups,
+            center_input_sample=center_input_sample, seed=seed,
         )
         sides = _check_architecture(self.config)  # feature-map side of each level
         self.levels = len(channel_mults)
         block_channels = [base_channels * m for m in channel_mults]
-        temb_dim = time_embedding_dim or 4 * base_channels
+        temb_dim = 4 * base_channels if time_embedding_dim is None else time_embedding_dim
         rng = np.random.default_rng(seed)
         common = dict(groups=norm_groups, eps=norm_eps, dropout=dropout, time_embedding_norm=resnet_time_scale_shift,
                       head_dim=attention_head_dim)

@@ -7,6 +7,7 @@ al. 2020, appendix B) uses it, one head, at the 16x16 level, as a residual block
 Parameter names follow diffusers' Attention (group_norm, to_q, to_k, to_v, to_out.0).
 """
 from . import functional as F
+from ..checks import check_positive_int, check_positive_real
 from .init import as_rng
 from .layers import Dropout, GroupNorm, Linear
 from .module import Module, ModuleList
@@ -23,11 +24,12 @@ class Attention(Module):
     def __init__(self, channels, head_dim=None, norm_groups=32, eps=1e-5, rescale_output_factor=1.0, rng=None):
         super().__init__()
         rng = as_rng(rng)
-        head_dim = channels if head_dim is None else int(head_dim)
-        if head_dim < 1 or channels % head_dim != 0:
+        channels = check_positive_int(channels, "Attention: channels")
+        head_dim = channels if head_dim is None else check_positive_int(head_dim, "Attention: head_dim")
+        if channels % head_dim != 0:
             raise ValueError(f"Attention: channels={channels} is not divisible by head_dim={head_dim}")
         self.channels, self.head_dim, self.heads = int(channels), head_dim, channels // head_dim
-        self.rescale_output_factor = float(rescale_output_factor)
+        self.rescale_output_factor = check_positive_real(rescale_output_factor, "Attention: rescale_output_factor")
         self.group_norm = GroupNorm(norm_groups, channels, eps=eps) if norm_groups is not None else None
         self.to_q = Linear(channels, channels, rng=rng)
         self.to_k = Linear(channels, channels, rng=rng)

@@ -4,7 +4,8 @@ Each one holds its parameters (names and shapes as in PyTorch, so diffusers chec
 and calls the matching op of refdiff.nn.functional, where forward and backward are written.
 """
 from . import functional as F
-from ..checks import check_index_range, value_checks_on
+from ..checks import (check_bool, check_index_range, check_positive_int, check_positive_real, check_probability,
+                      check_seed, value_checks_on)
 from .autograd import Tensor
 from ..backend import array_module
 from . import init
@@ -17,7 +18,9 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, rng=None):
         super().__init__()
         rng = init.as_rng(rng)
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = check_positive_int(in_features, "Linear: in_features")
+        self.out_features = check_positive_int(out_features, "Linear: out_features")
+        check_bool(bias, "Linear: bias")
         self.weight = Tensor(init.fan_in_uniform(rng, (out_features, in_features), in_features), requires_grad=True)
         if bias:
             self.bias = Tensor(init.fan_in_uniform(rng, (out_features,), in_features), requires_grad=True)
@@ -39,8 +42,12 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, rng=None):
         super().__init__()
         rng = init.as_rng(rng)
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size, self.stride, self.padding = int(kernel_size), int(stride), int(padding)
+        self.in_channels = in_channels = check_positive_int(in_channels, "Conv2d: in_channels")
+        self.out_channels = out_channels = check_positive_int(out_channels, "Conv2d: out_channels")
+        self.kernel_size = kernel_size = check_positive_int(kernel_size, "Conv2d: kernel_size")
+        self.stride = check_positive_int(stride, "Conv2d: stride")
+        self.padding = check_positive_int(padding, "Conv2d: padding", minimum=0)
+        check_bool(bias, "Conv2d: bias")
         fan_in = in_channels * kernel_size * kernel_size
         shape = (out_channels, in_channels, kernel_size, kernel_size)
         self.weight = Tensor(init.fan_in_uniform(rng, shape, fan_in), requires_grad=True)
@@ -69,7 +76,10 @@ class GroupNorm(Module):
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True):
         super().__init__()
-        if num_groups < 1 or num_channels % num_groups != 0:
+        num_groups = check_positive_int(num_groups, "GroupNorm: num_groups")
+        num_channels = check_positive_int(num_channels, "GroupNorm: num_channels")
+        check_positive_real(eps, "GroupNorm: eps")
+        if num_channels % num_groups != 0:
             raise ValueError(f"GroupNorm: num_channels={num_channels} is not divisible by num_groups={num_groups}")
         self.num_groups, self.num_channels, self.eps = int(num_groups), int(num_channels), float(eps)
         if affine:
@@ -103,9 +113,8 @@ class Dropout(Module):
 
     def __init__(self, p=0.0, seed=0):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout probability must be in [0, 1), got {p}")
-        self.p, self.seed = float(p), int(seed)
+        self.p = check_probability(p, "Dropout probability p", open_high=True)
+        self.seed = check_seed(seed)
         self._rng = None
 
     def forward(self, x):
@@ -128,7 +137,8 @@ class Embedding(Module):
     def __init__(self, num_embeddings, embedding_dim, rng=None):
         super().__init__()
         rng = init.as_rng(rng)
-        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.num_embeddings = check_positive_int(num_embeddings, "Embedding: num_embeddings")
+        self.embedding_dim = check_positive_int(embedding_dim, "Embedding: embedding_dim")
         self.weight = Tensor(init.normal(rng, (num_embeddings, embedding_dim)), requires_grad=True)
 
     def forward(self, indices):

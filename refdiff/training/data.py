@@ -27,7 +27,10 @@ File formats
                          in PATH: no labels; images in subfolders: one class per subfolder, in
                          sorted name order. Centre-cropped to a square and resized to image_size.
     Integer image data are taken as 0..255; float data in [0, 1] as intensities; float data
-    with negative values must already lie in [-1, 1] and are kept.
+    with negative values must already lie in [-1, 1] and are kept. Bool, complex, string and
+    object arrays are refused. A file that holds no samples (N = 0, or an axis of size 0) is
+    refused. Points are kept as they are; the Trainer refuses points beyond the range the
+    sampler clips x0 to ([-1, 1] by default; see Trainer), so rescale them into [-1, 1] first.
 """
 import gzip
 import os
@@ -59,6 +62,9 @@ class Dataset:
     class_names: tuple = field(default=())
 
     def __post_init__(self):
+        kind = np.asarray(self.x).dtype
+        if not (np.issubdtype(kind, np.floating) or np.issubdtype(kind, np.integer)) or kind == np.bool_:
+            raise TypeError(f"dataset {self.name!r}: x must be a real (float or integer) array, got dtype {kind}")
         self.x = np.ascontiguousarray(self.x, dtype=np.float32)
         if self.kind not in ("points", "images"):
             raise ValueError(f"kind must be 'points' or 'images', got {self.kind!r}")
@@ -71,6 +77,8 @@ class Dataset:
             raise ValueError(f"image data must lie in [-1, 1], got [{self.x.min()}, {self.x.max()}]")
         if self.y is not None:
             y = np.asarray(self.y)
+            if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+                raise TypeError(f"dataset {self.name!r}: labels must be integers, got dtype {y.dtype}")
             if y.shape != (len(self.x),):
                 raise ValueError(f"labels must have shape ({len(self.x)},), got {y.shape}")
             if y.size and not np.issubdtype(y.dtype, np.integer):
@@ -493,9 +501,10 @@ def _images_to_unit_range(x, path, signed_ok=False):
 # the entry point and batching
 
 
-def _check_n(n):
-    if int(n) != n or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n}")
+def _check_n(n, name="n"):
+    """A count as a python int >= 1; floats (even 2.0), bools and None are refused."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{name} must be a positive integer, got {n!r}")
     return int(n)
 
 
@@ -521,6 +530,8 @@ def load_dataset(spec, n=None, seed=0, image_size=None):
     if not isinstance(spec, str):
         raise TypeError(f"dataset spec must be a string, got {type(spec).__name__}")
     kind, sep, path = spec.partition(":")
+    if image_size is not None:
+        image_size = _check_n(image_size, "image_size")
     if sep and kind in FILE_KINDS:
         if not path:
             raise ValueError(f"dataset spec {spec!r} has no path after '{kind}:'")
@@ -531,6 +542,8 @@ def load_dataset(spec, n=None, seed=0, image_size=None):
             ds = load_npz(path, image_size)
         else:
             ds = load_folder(path, image_size)
+        if ds.x.size == 0:
+            raise ValueError(f"{path}: holds no samples (data of shape {ds.x.shape})")
         return _take(ds, n, seed)
     if spec in TOYS:
         if image_size is not None:

@@ -17,7 +17,15 @@ drew, and on the NumPy backend reproduces its losses bit for bit.
 A checkpoint (refdiff.io.checkpoint) holds the model weights, the EMA weights, the optimizer state
 and the schedule's betas in a safetensors file, and the configs (model, diffusion, training,
 data), the step and the loss history in a JSON file. load_diffusion() rebuilds a model for
-sampling from one; Trainer.resume() continues a run.
+sampling from one; Trainer.resume() continues a run. Both read it through read_checkpoint(),
+which checks the files' integrity and then the structure of what they hold (check_run_meta)
+before anything is built from it.
+
+Losing little to a crash: checkpoints are written every checkpoint_every steps and at least
+every checkpoint_minutes minutes (both on by default), and at the end of train(). Before the
+first step, train() removes what a killed save left in the checkpoint directory and checks that
+the directory is writable and has room for a checkpoint. A save that fails raises
+CheckpointWriteError naming the path and the checkpoint that was kept; the run resumes from it.
 """
 import contextlib
 import dataclasses
@@ -28,6 +36,8 @@ import time
 
 import numpy as np
 
+from ..checks import (check_bool, check_nonnegative_real, check_positive_int, check_positive_real,
+                      check_probability, check_seed)
 from ..io import checkpoint as ckpt
 from ..io.checkpoint import CheckpointError
 from .data import batch_indices
@@ -55,22 +65,52 @@ class TrainConfig:
     sample_every: int = 0  # write a sample picture every this many steps (0: never)
     sample_n: int = 64
     sample_steps: int = 50  # DDIM steps for the periodic pictures
-    checkpoint_every: int = 0  # 0: only at the end of train()
+    checkpoint_every: int = 1000  # steps between checkpoints (0: no step-count trigger)
+    checkpoint_minutes: float = 10.0  # also checkpoint when this much time passed since the last one (0: off)
     keep_checkpoints: int = 2
 
     def __post_init__(self):
-        self.adam_betas = tuple(self.adam_betas)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not 0.0 <= self.cond_drop_prob <= 1.0:
-            raise ValueError(f"cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
+        self.batch_size = check_positive_int(self.batch_size, "batch_size")
+        self.lr = check_positive_real(self.lr, "lr")
+        self.weight_decay = check_nonnegative_real(self.weight_decay, "weight_decay")
+        if isinstance(self.adam_betas, (str, bytes)) or not hasattr(self.adam_betas, "__len__") or len(self.adam_betas) != 2:
+            raise ValueError(f"adam_betas must be a pair (beta1, beta2), got {self.adam_betas!r}")
+        self.adam_betas = tuple(check_probability(b, f"adam_betas[{i}]", open_high=True)
+                                for i, b in enumerate(self.adam_betas))
+        self.grad_clip = check_nonnegative_real(self.grad_clip, "grad_clip")
+        self.ema_decay = check_probability(self.ema_decay, "ema_decay", open_high=True)
+        self.ema_warmup = check_bool(self.ema_warmup, "ema_warmup")
+        self.seed = check_seed(self.seed)
+        self.cond_drop_prob = check_probability(self.cond_drop_prob, "cond_drop_prob")
         for name in ("warmup_steps", "sample_every", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            setattr(self, name, check_positive_int(getattr(self, name), name, minimum=0))
+        self.sample_n = check_positive_int(self.sample_n, "sample_n")
+        self.sample_steps = check_positive_int(self.sample_steps, "sample_steps")
+        self.checkpoint_minutes = check_nonnegative_real(self.checkpoint_minutes, "checkpoint_minutes")
+
+
+# How far data may stray past the range the sampler clips x0 to (the noise of the built-in 2-D
+# toys reaches a few percent past [-1, 1]; data at 1.1 or beyond is on another scale).
+DATA_RANGE_SLACK = 1.1
+
+
+def check_data_range(x, diffusion):
+    """Refuse float training data the sampler could not reproduce: with clip_sample (the default)
+    samples are clipped to [-clip_sample_range, clip_sample_range], so data far outside that range
+    (beyond DATA_RANGE_SLACK times it) would come back clipped without a word."""
+    if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
+        raise TypeError(f"dataset.x must be a float array, got dtype {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("dataset.x contains NaN or inf")
+    if not getattr(diffusion, "clip_sample", False):
+        return
+    limit = float(diffusion.clip_sample_range)
+    lo, hi = float(x.min()), float(x.max())
+    if max(-lo, hi) > DATA_RANGE_SLACK * limit:
+        raise ValueError(
+            f"the data lie in [{lo:.4g}, {hi:.4g}] but samples are clipped to [-{limit:g}, {limit:g}] "
+            f"(clip_sample): rescale the data into [-{limit:g}, {limit:g}] (e.g. divide by {max(-lo, hi):.4g}), "
+            f"or use GaussianDiffusion(..., clip_sample=False)")
 
 
 def step_rng(seed, stream, index):
@@ -102,6 +142,7 @@ class Trainer:
         self.x = np.asarray(dataset.x)
         if self.x.ndim < 2 or len(self.x) == 0:
             raise ValueError(f"dataset.x must be a non-empty batch of samples, got shape {self.x.shape}")
+        check_data_range(self.x, diffusion)
         self.num_classes = model_num_classes(self.model)
         self.y = None
         if self.num_classes is not None:
@@ -145,10 +186,16 @@ class Trainer:
         return value
 
     def train(self, steps):
-        """Run `steps` more optimisation steps; returns their losses. Checkpoints at the end if out_dir."""
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
+        """Run `steps` more optimisation steps; returns their losses.
+
+        With out_dir: first prepare_output() (clean up after a killed save, check that checkpoints
+        can be written); then checkpoint every checkpoint_every steps, at least every
+        checkpoint_minutes minutes, and at the end.
+        """
+        steps = check_positive_int(steps, "steps", minimum=0)
         cfg = self.config
+        if self.out_dir and steps:
+            self.prepare_output()
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -156,6 +203,8 @@ class Trainer:
             bar = tqdm(total=steps, desc="training", unit="step", dynamic_ncols=True)
         start = len(self.losses)
         t0 = time.perf_counter()
+        last_save = time.monotonic()
+        saved_step = None
         for i in range(steps):
             self.train_step()
             if bar is not None:
@@ -164,14 +213,34 @@ class Trainer:
                 bar.update(1)
             if self.out_dir and cfg.sample_every and self.step % cfg.sample_every == 0:
                 self.save_samples()
-            if self.out_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            due_by_steps = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+            due_by_time = cfg.checkpoint_minutes and time.monotonic() - last_save >= 60.0 * cfg.checkpoint_minutes
+            if self.out_dir and (due_by_steps or due_by_time):
                 self.save_checkpoint()
+                last_save, saved_step = time.monotonic(), self.step
         if bar is not None:
             bar.close()
         self.seconds = time.perf_counter() - t0
-        if self.out_dir and steps and not (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+        if self.out_dir and steps and saved_step != self.step:
             self.save_checkpoint()
         return self.losses[start:]
+
+    def checkpoint_dir(self):
+        """Where this run's checkpoints go: out_dir/checkpoints."""
+        return os.path.join(self.out_dir, "checkpoints")
+
+    def checkpoint_bytes(self):
+        """About the size of one checkpoint: model, EMA and two optimizer moments, plus 1 MiB of JSON."""
+        weights = sum(int(p.data.nbytes) for p in self.params)
+        return 4 * weights + 2**20
+
+    def prepare_output(self):
+        """Before training: remove what a killed save left in the checkpoint directory (temporary
+        files, arrays without their JSON) and check that it is writable with room for a checkpoint
+        (CheckpointWriteError otherwise)."""
+        directory = self.checkpoint_dir()
+        ckpt.remove_incomplete(directory)
+        ckpt.check_writable(directory, self.checkpoint_bytes())
 
     # ----------------------------------------------------------------------------------------
     # EMA weights and pictures
@@ -231,14 +300,13 @@ class Trainer:
 
     def save_checkpoint(self, directory=None):
         """Write the checkpoint of the current step (atomically); returns the JSON path."""
-        directory = directory or os.path.join(self.out_dir, "checkpoints")
+        directory = directory or self.checkpoint_dir()
         arrays, meta = self.state()
         return ckpt.save_checkpoint(directory, self.step, arrays, meta, keep=self.config.keep_checkpoints)
 
     def load_checkpoint(self, path):
         """Load a checkpoint of a run with the same model config into this trainer (to continue it)."""
-        arrays, meta = ckpt.load_checkpoint(path)
-        where = ckpt.resolve_checkpoint(path)
+        arrays, meta, where = read_checkpoint(path)
         _check_same(where, "model class", meta.get("model", {}).get("class"), type(self.model).__name__)
         _check_same(where, "model config", _comparable(meta["model"].get("config")), _comparable(self.model.config))
         _check_same(where, "diffusion config", meta.get("diffusion"), self.diffusion.config())
@@ -270,23 +338,89 @@ class Trainer:
             path = checkpoint_location(path)
         else:
             run_dir = os.path.dirname(os.path.dirname(os.path.abspath(ckpt.resolve_checkpoint(path))))
-        arrays, meta = ckpt.load_checkpoint(path)
-        where = ckpt.resolve_checkpoint(path)
+        ckpt.remove_incomplete(os.path.dirname(os.path.abspath(ckpt.resolve_checkpoint(path))))
+        arrays, meta, where = read_checkpoint(path)
         diffusion = diffusion_from_checkpoint(arrays, meta, where, backend=backend, ema=False)
         data_info = meta.get("data") or {}
         if dataset is None:
-            if "spec" not in data_info:
+            if not isinstance(data_info.get("spec"), str):
                 raise CheckpointError(f"{where}: the checkpoint names no data spec; pass dataset=")
             from .data import load_dataset
 
             dataset = load_dataset(data_info["spec"], **{k: data_info[k] for k in ("n", "seed", "image_size") if data_info.get(k) is not None})
         train_cfg = dict(meta.get("train") or {})
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        config = TrainConfig(**{k: v for k, v in train_cfg.items() if k in fields})
+        try:
+            config = TrainConfig(**{k: v for k, v in train_cfg.items() if k in fields})
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{where}: bad training config in the checkpoint: {e}") from None
         config = dataclasses.replace(config, **overrides)
         trainer = cls(diffusion, dataset, out_dir=out_dir or run_dir, config=config, data_info=data_info, progress=progress)
         trainer.load_checkpoint(where)
         return trainer
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a run's checkpoint: integrity (refdiff.io.checkpoint), then structure
+
+
+def read_checkpoint(path):
+    """(arrays, meta, json_path) of a run's checkpoint, its files verified (ckpt.load_checkpoint)
+    and its content checked (check_run_meta); CheckpointError naming the file otherwise."""
+    arrays, meta = ckpt.load_checkpoint(path)
+    where = ckpt.resolve_checkpoint(path)
+    check_run_meta(meta, arrays, where)
+    return arrays, meta, where
+
+
+def check_run_meta(meta, arrays, where):
+    """The structure of a trainer checkpoint, checked before anything is built from it.
+
+    Required records and their types (model class and config, diffusion and training configs,
+    the model / EMA / optimizer states); the loss history (real numbers, at most one per step);
+    the schedule's betas (a 1-D float array with T entries); every float array finite (model,
+    EMA and optimizer alike); every size in the model config bounded by the number of model
+    weights in the arrays file (so a corrupt size cannot allocate more than the file holds).
+    """
+    def bad(what):
+        return CheckpointError(f"{where}: corrupt checkpoint: {what}")
+
+    info = meta.get("model")
+    if not isinstance(info, dict) or info.get("class") not in MODEL_CLASSES or not isinstance(info.get("config"), dict):
+        raise CheckpointError(f"{where}: checkpoint names no known model (expected one of {sorted(MODEL_CLASSES)})")
+    for key in ("diffusion", "train", "states"):
+        if not isinstance(meta.get(key), dict):
+            raise bad(f"the {key!r} record must be a JSON object, got {type(meta.get(key)).__name__}")
+    if meta.get("data") is not None and not isinstance(meta["data"], dict):
+        raise bad(f"the 'data' record must be a JSON object, got {type(meta['data']).__name__}")
+    for key in ("model", "ema", "optimizer"):
+        if not isinstance(meta["states"].get(key), dict):
+            raise bad(f"states.{key} must be a JSON object")
+    losses = meta.get("losses", [])
+    if not isinstance(losses, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in losses):
+        raise bad("losses must be a list of numbers")
+    if len(losses) > meta["step"]:
+        raise bad(f"{len(losses)} losses recorded for {meta['step']} steps")
+
+    betas = arrays.get("schedule/betas")
+    if betas is None:
+        raise CheckpointError(f"{where}: the arrays file has no schedule/betas")
+    if betas.ndim != 1 or len(betas) < 1 or not np.issubdtype(betas.dtype, np.floating):
+        raise bad(f"schedule/betas must be a 1-D float array, got {betas.dtype} {betas.shape}")
+    T = meta["diffusion"].get("T", len(betas))
+    if T != len(betas):
+        raise bad(f"the diffusion config says T={T!r}, the arrays file holds {len(betas)} betas")
+
+    for key, a in arrays.items():
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+            raise bad(f"array {key!r} contains NaN or inf")
+
+    n_weights = sum(int(a.size) for k, a in arrays.items() if k.startswith("model/"))
+    for key, value in info["config"].items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if key != "seed" and isinstance(v, int) and not isinstance(v, bool) and v > n_weights:
+                raise bad(f"model config {key}={value!r} exceeds the {n_weights} model weights the arrays file holds")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,9 +490,8 @@ def checkpoint_location(path):
 def load_diffusion(path, backend=None, ema=True):
     """(diffusion, meta) from a run directory, checkpoint directory or checkpoint file, ready to
     sample (with the EMA weights by default; ema=False: the training weights)."""
-    path = checkpoint_location(path)
-    arrays, meta = ckpt.load_checkpoint(path)
-    return diffusion_from_checkpoint(arrays, meta, ckpt.resolve_checkpoint(path), backend=backend, ema=ema), meta
+    arrays, meta, where = read_checkpoint(checkpoint_location(path))
+    return diffusion_from_checkpoint(arrays, meta, where, backend=backend, ema=ema), meta
 
 
 def _jsonable(x):
