@@ -199,6 +199,26 @@ def test_q_sample_refuses_nan_noise():
         rd.q_sample(np.zeros((2, 3), np.float32), 1, noise, s)
 
 
+@pytest.mark.parametrize("convert", ["x0_from_eps", "eps_from_x0", "v_from_x0_eps", "x0_from_v", "eps_from_v"])
+def test_parameterization_conversions_refuse_nan_in_their_second_input(convert):
+    """Mistake caught: the eps/x0/v conversions checking nothing, so NaN flows into samples."""
+    from refdiff.gaussian import parameterization
+
+    bad = np.zeros((2, 3), np.float32)
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="contains NaN"):
+        getattr(parameterization, convert)(np.zeros((2, 3), np.float32), bad, 1, rd.NoiseSchedule.linear(T=10))
+
+
+def test_training_target_refuses_nan_noise():
+    """Mistake caught: a NaN regression target, found only as 'loss became nan'."""
+    from refdiff.gaussian.parameterization import training_target
+
+    noise = np.full((2, 3), np.inf, np.float32)
+    with pytest.raises(ValueError, match="noise contains inf"):
+        training_target(np.zeros((2, 3), np.float32), noise, 1, rd.NoiseSchedule.linear(T=10), "v_prediction")
+
+
 def test_timestep_embedding_refuses_a_nan_frequency_shift():
     """Mistake caught: downscale_freq_shift=nan giving an all-NaN embedding."""
     with pytest.raises(ValueError, match="downscale_freq_shift must be a finite real number"):
