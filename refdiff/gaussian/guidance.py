@@ -8,7 +8,7 @@ prediction type (eps, x_0, v): it is linear.
 
 Reference: Ho, Salimans 2022, Classifier-Free Diffusion Guidance, arXiv:2207.12598.
 """
-from ..checks import check_finite, check_float_array, check_like, check_real
+from ..checks import check_float_array, check_like, check_real
 
 
 def guided_output(cond, uncond, guidance_scale):
@@ -22,8 +22,6 @@ def classifier_free_guidance(model_output_cond, model_output_uncond, guidance_sc
     Arrays (B, ...) of the same shape and dtype, no NaN/inf; guidance_scale a finite real
     number. Returns a new array of that dtype.
     """
-    cond = check_finite(check_float_array(model_output_cond, "model_output_cond"), "model_output_cond")
-    uncond = check_finite(
-        check_like(cond, model_output_uncond, "model_output_cond", "model_output_uncond"), "model_output_uncond"
-    )
+    cond = check_float_array(model_output_cond, "model_output_cond")
+    uncond = check_like(cond, model_output_uncond, "model_output_cond", "model_output_uncond")
     return guided_output(cond, uncond, check_real(guidance_scale, "guidance_scale"))

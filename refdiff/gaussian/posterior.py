@@ -15,7 +15,7 @@ compile these very functions for the GPU) all read the same lines. They use arit
 so they work on float64 numbers and arrays alike.
 """
 from ..backend import per_sample
-from ..checks import check_finite, check_float_array, check_like, check_timesteps
+from ..checks import check_float_array, check_like, check_timesteps
 
 
 def posterior_mean_coefficients(abar_t, abar_prev):
@@ -46,8 +46,8 @@ def q_posterior(x0, x_t, t, schedule):
     log_variance: (B, 1, ..., 1) schedule.posterior_log_variance_clipped[t]: at t = 0, where the
       variance is 0, the log of the variance at t = 1 (as the DDPM code and diffusers).
     """
-    x0 = check_finite(check_float_array(x0, "x0"), "x0")
-    x_t = check_finite(check_like(x0, x_t, "x0", "x_t"), "x_t")
+    x0 = check_float_array(x0, "x0")
+    x_t = check_like(x0, x_t, "x0", "x_t")
     t = check_timesteps(t, schedule.T, x0.shape[0])
 
     coef_x0 = per_sample(schedule.posterior_mean_coef1[t], x0)
