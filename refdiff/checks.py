@@ -290,6 +290,61 @@ def check_noise_given(noise, needed, when):
         raise ValueError(f"noise is needed {when}")
 
 
+# ---- processes, grids and the sampler loop (refdiff.gaussian.process, refdiff.samplers.loop) ----
+
+
+def check_process_range(t, t_min, t_max, name="t"):
+    """Times of a process as a float64 array, each finite and in [t_min, t_max]."""
+    arr = np.asarray(t, dtype=np.float64)
+    bad = ~np.isfinite(arr) | (arr < t_min) | (arr > t_max)
+    if bad.any():
+        raise ValueError(f"{name} must lie in [{t_min:g}, {t_max:g}] (the process's time range), "
+                         f"got {arr[bad].ravel()[0]!r}")
+    return arr
+
+
+def check_sigma_grid(sigmas, name="sigmas"):
+    """An explicit sigma grid as a float64 array (N + 1,), N >= 1: finite (the first entry may be
+    inf on the flow path), >= 0, strictly decreasing (a sampler goes from noise to data)."""
+    arr = np.array(to_numpy(sigmas) if is_device_array(sigmas) else sigmas, dtype=np.float64)
+    if arr.ndim != 1 or arr.shape[0] < 2:
+        raise ValueError(f"{name} must be a 1-D array of at least 2 noise levels (start .. end), got shape {arr.shape}")
+    if np.isnan(arr).any() or np.isinf(arr[1:]).any() or (arr < 0).any():
+        raise ValueError(f"{name} must hold finite noise levels >= 0, got {arr.tolist()}")
+    steps = np.diff(arr)
+    if (steps >= 0).any():
+        i = int(np.flatnonzero(steps >= 0)[0])
+        raise ValueError(f"{name} must be strictly decreasing (from noise to data), but {name}[{i + 1}] = "
+                         f"{arr[i + 1]!r} >= {name}[{i}] = {arr[i]!r}")
+    return arr
+
+
+def check_sampler_options(name, given, valid, owners):
+    """Raise TypeError for an option no part of the loop takes: it names the option, the sampler
+    that owns it (if any) and the valid ones. given: the option names; valid: {part: names};
+    owners: {option: [samplers that take it]}."""
+    allowed = {o for names in valid.values() for o in names}
+    unknown = [o for o in given if o not in allowed]
+    if not unknown:
+        return
+    o = unknown[0]
+    owned = f" (an option of {', '.join(sorted(owners[o]))}, not of {name!r})" if owners.get(o) else ""
+    lists = "; ".join(f"{part}: {', '.join(sorted(names)) or '-'}" for part, names in valid.items())
+    raise TypeError(f"sampler {name!r} got an unexpected option {o!r}{owned}. Valid options: {lists}")
+
+
+def check_model_output(out, x, i, t):
+    """The model's output at grid point i (time t): an array of x's shape, no NaN or inf."""
+    if not hasattr(out, "shape") or tuple(out.shape) != tuple(x.shape):
+        raise ValueError(f"the model's output at step {i} (t={t!r}) must have x's shape {tuple(x.shape)}, "
+                         f"got {getattr(out, 'shape', type(out).__name__)}")
+    if value_checks_on(out):
+        xp = array_module(out)
+        if not bool(xp.isfinite(out).all()):
+            raise FloatingPointError(f"the model returned NaN or inf at step {i} (t={t!r})")
+    return out
+
+
 # ---- the sinusoidal timestep embedding -------------------------------------------------------
 
 

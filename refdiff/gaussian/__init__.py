@@ -1,6 +1,7 @@
 """refdiff.gaussian: the Gaussian diffusion process itself, the math every sampler and model uses.
 
     schedule.py          NoiseSchedule: betas and every derived table (DDPM sec. 2, improved DDPM, Lin et al.)
+    process.py           processes q(x_t | x_0) = N(signal_scale x_0, noise_std^2 I): DDPM schedules, VP, VE, EDM, flow
     forward.py           q(x_t | x_0), q(x_t | x_{t-1}) and the training target (DDPM eqs. 2, 4)
     posterior.py         q(x_{t-1} | x_t, x_0): its mean coefficients and variance (DDPM eqs. 6-7)
     parameterization.py  eps, x_0, v and score, and the conversions between them (DDPM eq. 15, Salimans & Ho)
