@@ -472,3 +472,81 @@ def _on(xp, a, B):
     if a.ndim == 0:
         return xp.full((B,), a.item(), dtype=a.dtype)
     return xp.asarray(a)
+
+
+# ---- the Gaussian mixture (refdiff.gaussian.mixture) -------------------------------------------
+
+
+def check_mixture(weights, means, covariances):
+    """(weights (K,), means (K, d), covariances (K, d, d)) of a Gaussian mixture as fresh float64
+    arrays: K >= 1 components, weights > 0 summing to 1 (within 1e-8), everything finite, each
+    covariance symmetric (within 1e-10 relative) and positive definite (its Cholesky factor exists)."""
+    weights = np.array(weights, dtype=np.float64)
+    means = np.array(means, dtype=np.float64)
+    covariances = np.array(covariances, dtype=np.float64)
+    if weights.ndim != 1 or weights.shape[0] < 1:
+        raise ValueError(f"weights must have shape (K,) with K >= 1 components, got shape {weights.shape}")
+    K = weights.shape[0]
+    if means.ndim != 2 or means.shape[0] != K or means.shape[1] < 1:
+        raise ValueError(f"means must have shape (K={K}, d), one row per component, got shape {means.shape}")
+    d = means.shape[1]
+    if covariances.shape != (K, d, d):
+        raise ValueError(f"covariances must have shape (K={K}, d={d}, d={d}), got shape {covariances.shape}")
+    for a, name in ((weights, "weights"), (means, "means"), (covariances, "covariances")):
+        check_finite(a, name)
+    if (weights <= 0).any():
+        raise ValueError(f"weights must be > 0 (drop a component of weight 0), got {weights.tolist()}")
+    if abs(weights.sum() - 1) > 1e-8:
+        raise ValueError(f"weights must sum to 1, got sum {weights.sum()!r}")
+    asymmetry = np.abs(covariances - covariances.transpose(0, 2, 1)).max(axis=(1, 2))
+    scale = np.abs(covariances).max(axis=(1, 2))
+    if (asymmetry > 1e-10 * scale).any():
+        k = int(np.flatnonzero(asymmetry > 1e-10 * scale)[0])
+        raise ValueError(f"covariances[{k}] must be symmetric, got an asymmetry of {asymmetry[k]:.3g}")
+    for k in range(K):
+        try:
+            np.linalg.cholesky(covariances[k])
+        except np.linalg.LinAlgError:
+            raise ValueError(f"covariances[{k}] must be positive definite (its Cholesky factorisation fails); "
+                             f"eigenvalues {np.linalg.eigvalsh(covariances[k]).tolist()}") from None
+    return weights, means, covariances
+
+
+def check_points(x, d, name="x_t"):
+    """`x` as a float64 array (B, d): points of R^d with a batch axis; an array (B, ...) whose
+    trailing axes hold d numbers is flattened to (B, d). No NaN or inf."""
+    check_float_array(x, name)
+    if x.ndim < 2 or math.prod(x.shape[1:]) != d:
+        raise ValueError(f"{name} must have shape (B, {d}) (or (B, ...) with {d} numbers per sample), "
+                         f"got shape {tuple(x.shape)}")
+    return check_finite(np.asarray(x, dtype=np.float64).reshape(x.shape[0], d), name)
+
+
+def check_signal_noise(signal_scale, noise_std, batch):
+    """(signal_scale, noise_std) of q(x_t | x_0) = N(a x_0, s^2 I) as float64 arrays of shape
+    () or (batch,): finite, a >= 0, s >= 0, and never a = s = 0 (x_t would hold nothing)."""
+    pair = []
+    for value, name in ((signal_scale, "signal_scale"), (noise_std, "noise_std")):
+        value = np.asarray(to_numpy(value) if is_device_array(value) else value, dtype=np.float64)
+        if value.ndim > 1 or (value.ndim == 1 and value.shape != (batch,)):
+            raise ValueError(f"{name} must be a number or have shape ({batch},) (one per sample), got shape {value.shape}")
+        if not np.isfinite(value).all() or (value < 0).any():
+            raise ValueError(f"{name} must be finite and >= 0, got {value.tolist()}")
+        pair.append(value)
+    if ((pair[0] == 0) & (pair[1] == 0)).any():
+        raise ValueError("signal_scale and noise_std are both 0: x_t = 0 x_0 + 0 eps holds no information")
+    return tuple(pair)
+
+
+def check_time_range(t, T, name="t"):
+    """A time on a T-step discrete schedule as a float64 array of shape () or (B,): a number or a
+    1-D array, integer or fractional, finite, in [0, T-1] (bools refused)."""
+    if isinstance(t, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a number or an array of times, got a bool")
+    t = np.asarray(to_numpy(t) if is_device_array(t) else t)
+    if t.ndim > 1 or not (np.issubdtype(t.dtype, np.integer) or np.issubdtype(t.dtype, np.floating)):
+        raise TypeError(f"{name} must be a number or a 1-D array of numbers, got dtype {t.dtype}, shape {t.shape}")
+    t = t.astype(np.float64)
+    if not np.isfinite(t).all() or (t < 0).any() or (t > T - 1).any():
+        raise ValueError(f"{name} must lie in [0, T-1] = [0, {T - 1}] (the schedule has T={T} steps), got {t.tolist()}")
+    return t
