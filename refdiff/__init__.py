@@ -32,9 +32,9 @@ _EXPORTS = {
     "eps_from_score": "refdiff.gaussian.parameterization",
     "training_target": "refdiff.gaussian.parameterization",
     "x0_eps_from_model_output": "refdiff.gaussian.parameterization",
-    # loss weighting (min-SNR-gamma)
     # the exact analytic denoiser of a Gaussian mixture (PRML sec. 2.3; EDM appendix B.3)
     "GaussianMixture": "refdiff.gaussian.mixture",
+    # loss weighting (min-SNR-gamma)
     "loss_weight": "refdiff.gaussian.losses",
     # reverse updates
     "ddpm_step": "refdiff.samplers.ddpm",
