@@ -189,7 +189,7 @@ def test_gaussian_diffusion_samples_with_a_sampler_on_sigmas():
 
 
 def test_cli_samples_with_a_karras_grid_and_refuses_a_bad_option_in_one_line(tmp_path, capsys):
-    from tests.test_cli import TINY_MLP  # noqa: F401  (the CLI's own tiny run settings)
+    from test_cli import TINY_MLP  # the CLI tests' tiny run settings
 
     run = str(tmp_path / "run")
     assert cli.main(["train", "--data", "moons", "--steps", "3", "--out", run, *TINY_MLP]) == 0

@@ -40,7 +40,7 @@ from .ddim import ddim_step, sample_ddim
 from .ddpm import ddpm_step, sample_ddpm
 from .registry import SAMPLERS, get_sampler, register_sampler, sampler_spec, valid_options
 from .timesteps import inference_timesteps, previous_timestep, timestep_pairs
-from . import k_diffusion  # noqa: F401  (registers euler, euler_ancestral, heun, lms)
+from . import flow, k_diffusion  # noqa: F401  (register euler, euler_ancestral, heun, lms, flow_euler, flow_heun)
 from .grids import Grid, build_grid, exponential_sigmas, karras_sigmas
 from .loop import sample_loop
 

@@ -157,14 +157,16 @@ def euler_grid(process, steps, kind, spacing, steps_offset):
 @register_grid_family("flow")
 def flow_grid(process, steps, kind, spacing, steps_offset):
     """diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps: flow times t_i evenly spaced from 1 to
-    1 / num_train_timesteps, shifted t -> shift t / (1 + (shift - 1) t), "karras"/"exponential"
+    shifted(1 / num_train_timesteps), then shifted t -> shift t / (1 + (shift - 1) t), "karras"/"exponential"
     re-spaced between those ends *in t* (diffusers' quirk: it treats the flow time as the sigma),
     then t = 0. The grid's sigmas are the noise levels t / (1 - t) of those times (inf at t = 1)."""
     if not isinstance(process, FlowProcess):
         raise ValueError(f"the flow samplers need a FlowProcess, got {type(process).__name__}")
     if spacing is not None:
         raise ValueError("spacing applies to DDPM schedules; the flow grid is set by steps (and the process's shift)")
-    times = np.linspace(1.0, 1.0 / process.num_train_timesteps, steps)
+    # diffusers: t runs from the shifted training range's ends, then is shifted again (so the low end
+    # is shifted twice: a quirk kept for parity; shift = 1 is unaffected)
+    times = np.linspace(1.0, float(process.shifted(1.0 / process.num_train_timesteps)), steps)
     times = process.shifted(times)
     if kind == "karras":
         times = karras_sigmas(times[-1], times[0], steps)

@@ -86,3 +86,91 @@ def sample_euler(denoise, x, sigmas, rng, *, s_churn=0.0, s_tmin=0.0, s_tmax=flo
         x, sigma_hat, denoised = churned(denoise, x, i, sigmas[i], gamma, s_noise, rng)
         x = euler_step(x, denoised, sigma_hat, sigmas[i + 1])
     return x
+
+
+@register_sampler("euler_ancestral", grid="euler")
+def sample_euler_ancestral(denoise, x, sigmas, rng, *, eta=1.0, s_noise=1.0):
+    """Ancestral Euler: a deterministic Euler step to sigma_down, then fresh noise of std sigma_up
+    (k-diffusion sample_euler_ancestral; the noise split of DDIM eq. 16 in sigma):
+
+        sigma_up   = min(sigma_{i+1}, eta sqrt(sigma_{i+1}^2 (sigma_i^2 - sigma_{i+1}^2) / sigma_i^2))
+        sigma_down = sqrt(sigma_{i+1}^2 - sigma_up^2)
+        x_{i+1}    = x_i + (sigma_down - sigma_i) (x_i - D(x_i; sigma_i)) / sigma_i + s_noise sigma_up z
+
+    One model evaluation and (where sigma_{i+1} > 0) one noise draw per step. Parity: diffusers'
+    EulerAncestralDiscreteScheduler (eta = 1, s_noise = 1), which also draws a noise array at the
+    last step and multiplies it by sigma_up = 0; refdiff draws none there (as k-diffusion).
+    """
+    for i in range(len(sigmas) - 1):
+        denoised = denoise(x, i)
+        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        x = euler_step(x, denoised, sigmas[i], sigma_down)
+        if sigmas[i + 1] > 0 and sigma_up > 0:
+            x = x + draw_noise(rng, x) * (s_noise * sigma_up)
+    return x
+
+
+@register_sampler("heun", grid="euler")
+def sample_heun(denoise, x, sigmas, rng, *, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
+    """Heun's method (the trapezoidal rule) on the probability-flow ODE, with churn: EDM Algorithm 2.
+
+        sigma_hat, x_hat as in euler (EDM Algorithm 2 lines 4-6)
+        d        = (x_hat - D(x_hat; sigma_hat)) / sigma_hat                      line 7
+        x'       = x_hat + (sigma_{i+1} - sigma_hat) d                            line 8 (Euler)
+        x_{i+1}  = x_hat + (sigma_{i+1} - sigma_hat) (d + d') / 2,                lines 9-11
+                   d' = (x' - D(x'; sigma_{i+1})) / sigma_{i+1}, where sigma_{i+1} > 0 (else x' itself)
+
+    Second order; two model evaluations per step, one at the last step (to sigma = 0): 2N - 1 in all.
+    Parity: diffusers' HeunDiscreteScheduler (which has no churn: s_churn = 0).
+    """
+    steps = len(sigmas) - 1
+    for i in range(steps):
+        gamma = churn_gamma(sigmas[i], steps, s_churn, s_tmin, s_tmax)
+        x_hat, sigma_hat, denoised = churned(denoise, x, i, sigmas[i], gamma, s_noise, rng)
+        d = to_d(x_hat, sigma_hat, denoised)
+        dt = sigmas[i + 1] - sigma_hat
+        x = x_hat + dt * d
+        if sigmas[i + 1] > 0:  # the trapezoidal correction (EDM Algorithm 2, lines 9-11)
+            d_next = to_d(x, sigmas[i + 1], denoise(x, i + 1))
+            x = x_hat + dt * (d + d_next) / 2
+    return x
+
+
+def lms_coefficient(sigmas, i, j, order):
+    """int_{sigma_i}^{sigma_{i+1}} l_j(s) ds with l_j the Lagrange basis polynomial through
+    sigma_i, sigma_{i-1}, .., sigma_{i-order+1} that is 1 at sigma_{i-j} (the Adams-Bashforth weight
+    of the derivative j steps back; k-diffusion linear_multistep_coeff). Integrated exactly by
+    Gauss-Legendre quadrature with `order` nodes (exact for degree order - 1); diffusers and
+    k-diffusion use scipy's quad (epsrel 1e-4, exact to rounding for these polynomials)."""
+    nodes = [sigmas[i - k] for k in range(order)]
+    u, w = np.polynomial.legendre.leggauss(order)
+    lo, hi = sigmas[i], sigmas[i + 1]
+    s = (hi - lo) / 2 * u + (hi + lo) / 2
+    basis = np.ones_like(s)
+    for k, node in enumerate(nodes):
+        if k != j:
+            basis *= (s - node) / (nodes[j] - node)
+    return float((hi - lo) / 2 * np.dot(w, basis))
+
+
+@register_sampler("lms", grid="euler")
+def sample_lms(denoise, x, sigmas, rng, *, order=4):
+    """Linear multistep (Adams-Bashforth in sigma) on the probability-flow ODE (k-diffusion
+    sample_lms; Karras et al. 2022 sec. 3 discuss it as a baseline):
+
+        d_i     = (x_i - D(x_i; sigma_i)) / sigma_i
+        x_{i+1} = x_i + sum_{j < min(i + 1, order)} c_{ij} d_{i-j},   c_{ij} = lms_coefficient(sigmas, i, j, .)
+
+    Up to `order` (default 4) derivatives are reused; one model evaluation per step. Parity:
+    diffusers' LMSDiscreteScheduler (step(order=4)).
+    """
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    ds = []
+    for i in range(len(sigmas) - 1):
+        ds.append(to_d(x, sigmas[i], denoise(x, i)))
+        ds = ds[-order:]
+        current_order = min(i + 1, order)
+        for j in range(current_order):
+            x = x + lms_coefficient(sigmas, i, j, current_order) * ds[-1 - j]
+    return x
