@@ -550,3 +550,22 @@ def check_time_range(t, T, name="t"):
     if not np.isfinite(t).all() or (t < 0).any() or (t > T - 1).any():
         raise ValueError(f"{name} must lie in [0, T-1] = [0, {T - 1}] (the schedule has T={T} steps), got {t.tolist()}")
     return t
+
+
+# ---- sampler options that are flags or small integer choices (DPM-Solver++, UniPC) --------------------
+
+
+def check_flag(value, name):
+    """`value` as a python bool: True or False (a NumPy bool too); 0, 1, strings and None refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_int_choice(value, choices, name):
+    """`value` as a python int among `choices` (bools and floats refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, one of {', '.join(map(str, choices))}; got {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return int(value)

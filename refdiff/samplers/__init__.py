@@ -28,6 +28,8 @@ through loop.run_sampler, so a new sampler plugs in by registering: one module p
     ddim.py         ddim_step and sample_ddim ("ddim")
     k_diffusion.py  euler, euler_ancestral, heun, lms (EDM, k-diffusion)
     flow.py         flow_euler, flow_heun on the flow-matching path
+    dpm_solver.py   dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, dpmpp_3m_sde, dpmpp_2s, dpmpp_3s (DPM-Solver++) and their grids
+    unipc.py        unipc (UniPC, B(h) = e^-h - 1)
 
 Timesteps of ddpm/ddim are integers 0..T-1 (index t is the paper's step t+1); t_prev < 0 means
 "before the first step" (abar_prev = 1).
@@ -41,6 +43,7 @@ from .ddpm import ddpm_step, sample_ddpm
 from .registry import SAMPLERS, get_sampler, register_sampler, sampler_spec, valid_options
 from .timesteps import inference_timesteps, previous_timestep, timestep_pairs
 from . import flow, k_diffusion  # noqa: F401  (register euler, euler_ancestral, heun, lms, flow_euler, flow_heun)
+from . import dpm_solver, unipc  # noqa: F401  (register dpmpp_2m, _3m, _2m_sde, _3m_sde, _2s, _3s, unipc)
 from .grids import Grid, build_grid, exponential_sigmas, karras_sigmas
 from .loop import sample_loop
 

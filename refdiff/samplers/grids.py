@@ -23,6 +23,7 @@ Continuous processes (VP, VE, EDM) have no diffusers scheduler: "default" is uni
 t_max to t_min (DPM-Solver's "time_uniform"), "karras" and "exponential" run between sigma(t_min)
 and sigma(t_max).
 """
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +50,8 @@ class Grid:
 
 
 def register_grid_family(name):
-    """Decorator: register fn(process, steps, kind, spacing, steps_offset) -> Grid as family `name`."""
+    """Decorator: register fn(process, steps, kind, spacing, steps_offset[, *options]) -> Grid as family
+    `name`; keyword parameters past the five are sampler options that shape the grid (family_options)."""
 
     def register(fn):
         GRID_FAMILIES[name] = fn
@@ -79,10 +81,20 @@ def spacing_timesteps(steps, T, spacing, steps_offset):
     return inference_timesteps(steps, T, spacing, steps_offset).astype(np.float64)
 
 
-def build_grid(family, process, steps, sigmas="default", spacing=None, steps_offset=0):
+def family_options(family):
+    """The sampler options a grid family's builder also takes (its keyword parameters after the five
+    of register_grid_family, e.g. the DPM-Solver family's final_sigmas_type): the loop hands them over."""
+    return tuple(inspect.signature(GRID_FAMILIES[family]).parameters)[5:] if family in GRID_FAMILIES else ()
+
+
+def build_grid(family, process, steps, sigmas="default", spacing=None, steps_offset=0, **options):
     """The Grid of a sampler family on a process: a named grid built by the family's rule, or an
-    explicit array of sigmas taken literally. steps must be None or len(sigmas) - 1 for an array."""
+    explicit array of sigmas taken literally. steps must be None or len(sigmas) - 1 for an array.
+    options: the family's own (family_options), for named grids only."""
     if not isinstance(sigmas, str):
+        if options:
+            raise ValueError(f"{', '.join(options)} shapes a named grid; an explicit sigmas array is taken "
+                             f"literally (its last entry is the final sigma)")
         sigmas = check_sigma_grid(sigmas)
         if steps is not None and check_positive_int(steps, "steps") != len(sigmas) - 1:
             raise ValueError(f"steps={steps} but the explicit sigmas hold {len(sigmas) - 1} steps "
@@ -97,7 +109,7 @@ def build_grid(family, process, steps, sigmas="default", spacing=None, steps_off
     steps = check_positive_int(steps, "steps")
     if isinstance(process, DiscreteProcess):
         steps = check_num_steps(steps, process.T, "steps")
-    return GRID_FAMILIES[family](process, steps, sigmas, spacing, steps_offset)
+    return GRID_FAMILIES[family](process, steps, sigmas, spacing, steps_offset, **options)
 
 
 def explicit_grid(process, sigmas):

@@ -36,7 +36,7 @@ from ..gaussian.parameterization import LOOP_PREDICTION_TYPES, eps_from_x0_formu
 from ..gaussian.process import DiscreteProcess, as_process
 from ..gaussian.schedule import NoiseSchedule
 from .common import guided
-from .grids import build_grid
+from .grids import build_grid, family_options
 from .registry import sampler_spec, split_options
 
 
@@ -135,7 +135,8 @@ def run_sampler(model_pair, x_T, process, sampler, steps, rng, prediction_type, 
                                      guidance_scale, grid_options, sampler_options, callback, on_step)
 
     process = as_process(process)
-    grid = build_grid(spec.grid, process, steps, **grid_options)
+    grid = build_grid(spec.grid, process, steps, **grid_options,
+                      **{k: v for k, v in sampler_options.items() if k in family_options(spec.grid)})
 
     def hook(i, sigma, x_model, denoised):
         if on_step is not None and i is not None:
