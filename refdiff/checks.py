@@ -538,18 +538,14 @@ def check_signal_noise(signal_scale, noise_std, batch):
     return tuple(pair)
 
 
-def check_time_range(t, T, name="t"):
-    """A time on a T-step discrete schedule as a float64 array of shape () or (B,): a number or a
-    1-D array, integer or fractional, finite, in [0, T-1] (bools refused)."""
-    if isinstance(t, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a number or an array of times, got a bool")
-    t = np.asarray(to_numpy(t) if is_device_array(t) else t)
-    if t.ndim > 1 or not (np.issubdtype(t.dtype, np.integer) or np.issubdtype(t.dtype, np.floating)):
-        raise TypeError(f"{name} must be a number or a 1-D array of numbers, got dtype {t.dtype}, shape {t.shape}")
-    t = t.astype(np.float64)
-    if not np.isfinite(t).all() or (t < 0).any() or (t > T - 1).any():
-        raise ValueError(f"{name} must lie in [0, T-1] = [0, {T - 1}] (the schedule has T={T} steps), got {t.tolist()}")
-    return t
+def check_sigmas_descending(sigmas, name="sigmas"):
+    """Noise levels as a float64 array (N,), N >= 1, finite, > 0 and strictly decreasing."""
+    arr = np.array(to_numpy(sigmas) if is_device_array(sigmas) else sigmas, dtype=np.float64)
+    if arr.ndim != 1 or arr.shape[0] < 1:
+        raise ValueError(f"{name} must be a 1-D array of noise levels, got shape {arr.shape}")
+    if not np.isfinite(arr).all() or (arr <= 0).any() or (np.diff(arr) >= 0).any():
+        raise ValueError(f"{name} must be finite, > 0 and strictly decreasing, got {arr.tolist()}")
+    return arr
 
 
 # ---- sampler options that are flags or small integer choices (DPM-Solver++, UniPC) --------------------
