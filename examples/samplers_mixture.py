@@ -25,9 +25,8 @@ from refdiff.samplers import SAMPLERS
 from refdiff.samplers.registry import sampler_spec
 
 SIGMA_MAX, SIGMA_MIN = 20.0, 0.05
-# the deterministic samplers on sigmas that are plotted where registered, with their nominal order
-CANDIDATES = {"euler": 1, "heun": 2, "lms": 4, "dpmpp_2m": 2, "dpmpp_3m": 3, "dpmpp_2s": 2, "dpmpp_3s": 3,
-              "unipc": 2}
+# the deterministic samplers on sigmas that are plotted where registered
+CANDIDATES = ("euler", "heun", "lms", "dpmpp_2m", "dpmpp_3m", "dpmpp_2s", "dpmpp_3s", "unipc")
 
 
 def mixture():
