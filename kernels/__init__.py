@@ -33,6 +33,8 @@ TWINS = {
     "timestep_embedding": "refdiff.gaussian.embedding:timestep_embedding",
     "ddpm_step": "refdiff.samplers.ddpm:ddpm_step",
     "ddim_step": "refdiff.samplers.ddim:ddim_step",
+    "dpmpp_2m_step": "refdiff.samplers.dpm_solver:dpmpp_2m_step",
+    "euler_step": "refdiff.samplers.k_diffusion:euler_step",
 }
 
 __all__ = [*TWINS, "TWINS"]

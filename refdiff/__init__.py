@@ -32,6 +32,8 @@ _EXPORTS = {
     "eps_from_score": "refdiff.gaussian.parameterization",
     "training_target": "refdiff.gaussian.parameterization",
     "x0_eps_from_model_output": "refdiff.gaussian.parameterization",
+    # the exact analytic denoiser of a Gaussian mixture (PRML sec. 2.3; EDM appendix B.3)
+    "GaussianMixture": "refdiff.gaussian.mixture",
     # loss weighting (min-SNR-gamma)
     "loss_weight": "refdiff.gaussian.losses",
     # reverse updates
@@ -40,6 +42,15 @@ _EXPORTS = {
     "classifier_free_guidance": "refdiff.gaussian.guidance",
     "inference_timesteps": "refdiff.samplers.timesteps",
     "previous_timestep": "refdiff.samplers.timesteps",
+    # processes q(x_t | x_0) = N(signal_scale x_0, noise_std^2 I) and the one sampler entry point
+    "DiscreteProcess": "refdiff.gaussian.process",
+    "VPLinearProcess": "refdiff.gaussian.process",
+    "VPCosineProcess": "refdiff.gaussian.process",
+    "VEProcess": "refdiff.gaussian.process",
+    "EDMProcess": "refdiff.gaussian.process",
+    "FlowProcess": "refdiff.gaussian.process",
+    "as_process": "refdiff.gaussian.process",
+    "sample_loop": "refdiff.samplers.loop",
     "timestep_embedding": "refdiff.gaussian.embedding",
     # autograd, layers, networks, optimizers
     "Tensor": "refdiff.nn.autograd",

@@ -348,6 +348,61 @@ def check_noise_given(noise, needed, when):
         raise ValueError(f"noise is needed {when}")
 
 
+# ---- processes, grids and the sampler loop (refdiff.gaussian.process, refdiff.samplers.loop) ----
+
+
+def check_process_range(t, t_min, t_max, name="t"):
+    """Times of a process as a float64 array, each finite and in [t_min, t_max]."""
+    arr = np.asarray(t, dtype=np.float64)
+    bad = ~np.isfinite(arr) | (arr < t_min) | (arr > t_max)
+    if bad.any():
+        raise ValueError(f"{name} must lie in [{t_min:g}, {t_max:g}] (the process's time range), "
+                         f"got {arr[bad].ravel()[0]!r}")
+    return arr
+
+
+def check_sigma_grid(sigmas, name="sigmas"):
+    """An explicit sigma grid as a float64 array (N + 1,), N >= 1: finite (the first entry may be
+    inf on the flow path), >= 0, strictly decreasing (a sampler goes from noise to data)."""
+    arr = np.array(to_numpy(sigmas) if is_device_array(sigmas) else sigmas, dtype=np.float64)
+    if arr.ndim != 1 or arr.shape[0] < 2:
+        raise ValueError(f"{name} must be a 1-D array of at least 2 noise levels (start .. end), got shape {arr.shape}")
+    if np.isnan(arr).any() or np.isinf(arr[1:]).any() or (arr < 0).any():
+        raise ValueError(f"{name} must hold finite noise levels >= 0, got {arr.tolist()}")
+    steps = np.diff(arr)
+    if (steps >= 0).any():
+        i = int(np.flatnonzero(steps >= 0)[0])
+        raise ValueError(f"{name} must be strictly decreasing (from noise to data), but {name}[{i + 1}] = "
+                         f"{arr[i + 1]!r} >= {name}[{i}] = {arr[i]!r}")
+    return arr
+
+
+def check_sampler_options(name, given, valid, owners):
+    """Raise TypeError for an option no part of the loop takes: it names the option, the sampler
+    that owns it (if any) and the valid ones. given: the option names; valid: {part: names};
+    owners: {option: [samplers that take it]}."""
+    allowed = {o for names in valid.values() for o in names}
+    unknown = [o for o in given if o not in allowed]
+    if not unknown:
+        return
+    o = unknown[0]
+    owned = f" (an option of {', '.join(sorted(owners[o]))}, not of {name!r})" if owners.get(o) else ""
+    lists = "; ".join(f"{part}: {', '.join(sorted(names)) or '-'}" for part, names in valid.items())
+    raise TypeError(f"sampler {name!r} got an unexpected option {o!r}{owned}. Valid options: {lists}")
+
+
+def check_model_output(out, x, i, t):
+    """The model's output at grid point i (time t): an array of x's shape, no NaN or inf."""
+    if not hasattr(out, "shape") or tuple(out.shape) != tuple(x.shape):
+        raise ValueError(f"the model's output at step {i} (t={t!r}) must have x's shape {tuple(x.shape)}, "
+                         f"got {getattr(out, 'shape', type(out).__name__)}")
+    if value_checks_on(out):
+        xp = array_module(out)
+        if not bool(xp.isfinite(out).all()):
+            raise FloatingPointError(f"the model returned NaN or inf at step {i} (t={t!r})")
+    return out
+
+
 # ---- the sinusoidal timestep embedding -------------------------------------------------------
 
 
@@ -478,3 +533,96 @@ def _on(xp, a, B):
     if a.ndim == 0:
         return xp.full((B,), a.item(), dtype=a.dtype)
     return xp.asarray(a)
+
+
+# ---- the Gaussian mixture (refdiff.gaussian.mixture) -------------------------------------------
+
+
+def check_mixture(weights, means, covariances):
+    """(weights (K,), means (K, d), covariances (K, d, d)) of a Gaussian mixture as fresh float64
+    arrays: K >= 1 components, weights > 0 summing to 1 (within 1e-8), everything finite, each
+    covariance symmetric (within 1e-10 relative) and positive definite (its Cholesky factor exists)."""
+    weights = np.array(weights, dtype=np.float64)
+    means = np.array(means, dtype=np.float64)
+    covariances = np.array(covariances, dtype=np.float64)
+    if weights.ndim != 1 or weights.shape[0] < 1:
+        raise ValueError(f"weights must have shape (K,) with K >= 1 components, got shape {weights.shape}")
+    K = weights.shape[0]
+    if means.ndim != 2 or means.shape[0] != K or means.shape[1] < 1:
+        raise ValueError(f"means must have shape (K={K}, d), one row per component, got shape {means.shape}")
+    d = means.shape[1]
+    if covariances.shape != (K, d, d):
+        raise ValueError(f"covariances must have shape (K={K}, d={d}, d={d}), got shape {covariances.shape}")
+    for a, name in ((weights, "weights"), (means, "means"), (covariances, "covariances")):
+        check_finite(a, name)
+    if (weights <= 0).any():
+        raise ValueError(f"weights must be > 0 (drop a component of weight 0), got {weights.tolist()}")
+    if abs(weights.sum() - 1) > 1e-8:
+        raise ValueError(f"weights must sum to 1, got sum {weights.sum()!r}")
+    asymmetry = np.abs(covariances - covariances.transpose(0, 2, 1)).max(axis=(1, 2))
+    scale = np.abs(covariances).max(axis=(1, 2))
+    if (asymmetry > 1e-10 * scale).any():
+        k = int(np.flatnonzero(asymmetry > 1e-10 * scale)[0])
+        raise ValueError(f"covariances[{k}] must be symmetric, got an asymmetry of {asymmetry[k]:.3g}")
+    for k in range(K):
+        try:
+            np.linalg.cholesky(covariances[k])
+        except np.linalg.LinAlgError:
+            raise ValueError(f"covariances[{k}] must be positive definite (its Cholesky factorisation fails); "
+                             f"eigenvalues {np.linalg.eigvalsh(covariances[k]).tolist()}") from None
+    return weights, means, covariances
+
+
+def check_points(x, d, name="x_t"):
+    """`x` as a float64 array (B, d): points of R^d with a batch axis; an array (B, ...) whose
+    trailing axes hold d numbers is flattened to (B, d). No NaN or inf."""
+    check_float_array(x, name)
+    if x.ndim < 2 or math.prod(x.shape[1:]) != d:
+        raise ValueError(f"{name} must have shape (B, {d}) (or (B, ...) with {d} numbers per sample), "
+                         f"got shape {tuple(x.shape)}")
+    return check_finite(np.asarray(x, dtype=np.float64).reshape(x.shape[0], d), name)
+
+
+def check_signal_noise(signal_scale, noise_std, batch):
+    """(signal_scale, noise_std) of q(x_t | x_0) = N(a x_0, s^2 I) as float64 arrays of shape
+    () or (batch,): finite, a >= 0, s >= 0, and never a = s = 0 (x_t would hold nothing)."""
+    pair = []
+    for value, name in ((signal_scale, "signal_scale"), (noise_std, "noise_std")):
+        value = np.asarray(to_numpy(value) if is_device_array(value) else value, dtype=np.float64)
+        if value.ndim > 1 or (value.ndim == 1 and value.shape != (batch,)):
+            raise ValueError(f"{name} must be a number or have shape ({batch},) (one per sample), got shape {value.shape}")
+        if not np.isfinite(value).all() or (value < 0).any():
+            raise ValueError(f"{name} must be finite and >= 0, got {value.tolist()}")
+        pair.append(value)
+    if ((pair[0] == 0) & (pair[1] == 0)).any():
+        raise ValueError("signal_scale and noise_std are both 0: x_t = 0 x_0 + 0 eps holds no information")
+    return tuple(pair)
+
+
+def check_sigmas_descending(sigmas, name="sigmas"):
+    """Noise levels as a float64 array (N,), N >= 1, finite, > 0 and strictly decreasing."""
+    arr = np.array(to_numpy(sigmas) if is_device_array(sigmas) else sigmas, dtype=np.float64)
+    if arr.ndim != 1 or arr.shape[0] < 1:
+        raise ValueError(f"{name} must be a 1-D array of noise levels, got shape {arr.shape}")
+    if not np.isfinite(arr).all() or (arr <= 0).any() or (np.diff(arr) >= 0).any():
+        raise ValueError(f"{name} must be finite, > 0 and strictly decreasing, got {arr.tolist()}")
+    return arr
+
+
+# ---- sampler options that are flags or small integer choices (DPM-Solver++, UniPC) --------------------
+
+
+def check_flag(value, name):
+    """`value` as a python bool: True or False (a NumPy bool too); 0, 1, strings and None refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_int_choice(value, choices, name):
+    """`value` as a python int among `choices` (bools and floats refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, one of {', '.join(map(str, choices))}; got {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return int(value)

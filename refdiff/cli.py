@@ -4,6 +4,8 @@
     refdiff train --data digits --classes --steps 4000 --out runs/digits
     refdiff train --resume --steps 6000 --out runs/digits          # continue a run
     refdiff sample runs/digits --n 64 --sampler ddim --steps 50 --guidance-scale 3 --out digits.png
+    refdiff sample runs/digits --sampler dpmpp_2m --sigmas karras --steps 20 --out digits.png
+    refdiff sample runs/moons --sampler euler --steps 20 --option s_churn=0.5 --out moons.png
     refdiff demo                                                    # ~1-2 minutes on a laptop CPU
 
 Every user error (a bad option, an unreadable or empty data file, a corrupt checkpoint, an
@@ -74,6 +76,38 @@ def _int_tuple(text):
     return values
 
 
+def _sigma_grid(text):
+    """--sigmas: a named grid, or comma-separated numbers (an explicit descending grid)."""
+    if text in ("default", "karras", "exponential"):
+        return text
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected default, karras, exponential or comma-separated numbers, "
+                                         f"got {text!r}") from None
+    if len(values) < 2:
+        raise argparse.ArgumentTypeError(f"an explicit grid needs at least 2 sigmas, got {text!r}")
+    return values
+
+
+def _sampler_option(text):
+    """--option NAME=VALUE: VALUE read as an int, a float, true/false, none, or else as text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return name.strip(), lowered == "true"
+    if lowered == "none":
+        return name.strip(), None
+    for convert in (int, float):
+        try:
+            return name.strip(), convert(value)
+        except ValueError:
+            pass
+    return name.strip(), value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="refdiff",
@@ -134,10 +168,16 @@ def build_parser():
     p.add_argument("run", help="run directory (or a checkpoint step_*.json file)")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples")
     p.add_argument("--out", required=True, help="output: .png (image grid or 2-D scatter) or .npz (samples, labels)")
-    p.add_argument("--sampler", default="ddpm", help="ddpm, ddim, or another registered sampler")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: all T)")
-    p.add_argument("--eta", type=_probability, default=0.0, help="DDIM eta (0: deterministic)")
-    p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default="leading")
+    p.add_argument("--sampler", default="ddpm", help="a registered sampler: ddpm, ddim, euler, euler_ancestral, heun, "
+                   "lms, dpmpp_2m, ... (the README's table)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: all T for ddpm/ddim)")
+    p.add_argument("--sigmas", type=_sigma_grid, default=None,
+                   help="noise levels: default, karras, exponential, or comma-separated descending sigmas")
+    p.add_argument("--eta", type=_probability, default=None, help="DDIM (or euler_ancestral) eta (DDIM default 0: deterministic)")
+    p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default=None,
+                   help="timestep spacing (default: the sampler's, leading for ddpm/ddim, linspace for the Euler family)")
+    p.add_argument("--option", dest="options", action="append", type=_sampler_option, default=[], metavar="NAME=VALUE",
+                   help="a sampler option, e.g. --option s_churn=0.5 (repeatable; numbers, true/false or text)")
     p.add_argument("--clipped-eps", action="store_true",
                    help="DDIM: use the eps of the clipped x0 prediction (diffusers' use_clipped_model_output); "
                    "steadier with an imperfect model")
@@ -335,13 +375,21 @@ def cmd_sample(args):
 
     if args.sampler not in SAMPLERS:
         raise CLIError(f"--sampler {args.sampler!r}: choose from {sorted(SAMPLERS)}")
+    options = dict(args.options)
+    if args.eta is not None:
+        options["eta"] = args.eta
+    if args.clipped_eps:
+        options["use_clipped_model_output"] = True
+    steps = args.steps
+    if steps is None and args.sampler not in ("ddpm", "ddim") and not isinstance(args.sigmas, list):
+        raise CLIError(f"--sampler {args.sampler} needs --steps (or an explicit --sigmas grid)")
     t0 = time.perf_counter()
     try:
-        x = diffusion.sample(args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, y=y,
+        x = diffusion.sample(args.n, sampler=args.sampler, steps=steps, y=y,
                              guidance_scale=args.guidance_scale, seed=args.seed, spacing=args.spacing,
-                             progress=not args.no_progress, use_clipped_model_output=args.clipped_eps)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+                             sigmas=args.sigmas, progress=not args.no_progress, **options)
+    except (ValueError, TypeError) as e:  # a bad option or grid: one line, exit 2
+        raise CLIError(str(e).splitlines()[0]) from None
     seconds = time.perf_counter() - t0
     shape = (meta.get("data") or {}).get("shape")  # images flattened for an MLP: draw them as images
     if x.ndim == 2 and shape and len(shape) == 3 and int(np.prod(shape)) == x.shape[1]:
@@ -356,7 +404,8 @@ def cmd_sample(args):
         save_scatter(x, args.out)
     else:
         raise CLIError(f"samples of shape {x.shape[1:]} cannot be drawn as a .png: use --out FILE.npz")
-    print(f"{args.n} samples ({args.sampler}, {args.steps or diffusion.T} steps) in {seconds:.1f} s -> {args.out}")
+    n_steps = steps or (len(args.sigmas) - 1 if isinstance(args.sigmas, list) else diffusion.T)
+    print(f"{args.n} samples ({args.sampler}, {n_steps} steps) in {seconds:.1f} s -> {args.out}")
     return 0
 
 

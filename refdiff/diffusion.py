@@ -14,7 +14,7 @@ For classifier-free guidance (Ho & Salimans 2022) the label is replaced by the n
 num_classes with probability cond_drop_prob during training; sampling then evaluates the model
 with the label and with the null label and combines eps_uncond + s (eps_cond - eps_uncond).
 
-Sampling runs a registered sampler (refdiff.samplers) under no_grad. The fused ops
+Sampling runs a registered sampler (refdiff.samplers, through the loop of rd.sample_loop) under no_grad. The fused ops
 (q_sample_with_target, ddpm_step, ddim_step) are called through the model's backend, so the
 "cuda" backend runs its kernels and the "numpy" backend the reference functions.
 """
@@ -160,62 +160,78 @@ class GaussianDiffusion:
     # ----------------------------------------------------------------------------------------
     # sampling
 
-    def _denoiser(self, n, y, guidance_scale):
-        """denoise(x_t, t) -> (model_output, model_output_uncond or None) for the samplers."""
+    def _model_pair(self, n, y, guidance_scale):
+        """model_pair(x, t) -> (model_output, model_output_uncond or None) for refdiff.samplers.loop:
+        the network at time t (int or float, the same for the whole batch)."""
         xp = self.backend.xp
         y_dev = None if y is None else self.backend.asarray(y)
         guided = y is not None and guidance_scale != 1.0
         if guided:
             y_both = self.backend.asarray(np.concatenate([y, np.full(n, self.num_classes, np.int64)]))
 
-        def denoise(x_t, t):
+        def model_pair(x_t, t):
+            t_dtype = xp.int64 if isinstance(t, (int, np.integer)) else xp.float64
             if guided:  # one batch of 2n: the conditional half, then the null-label half
                 x_both = xp.concatenate([x_t, x_t])
-                out = _data(self.model(x_both, xp.full(2 * n, t, dtype=xp.int64), y_both))
+                out = _data(self.model(x_both, xp.full(2 * n, t, dtype=t_dtype), y_both))
                 return out[:n], out[n:]
-            return _data(self.model(x_t, xp.full(n, t, dtype=xp.int64), y_dev)), None
+            return _data(self.model(x_t, xp.full(n, t, dtype=t_dtype), y_dev)), None
 
-        return denoise
+        return model_pair
 
     def sample(
         self,
         n,
         sampler="ddpm",
         steps=None,
-        eta=0.0,
+        eta=None,
         y=None,
         guidance_scale=1.0,
         seed=None,
         return_trajectory=False,
         progress=True,
-        spacing="leading",
+        spacing=None,
         steps_offset=0,
+        sigmas=None,
         clip_sample=None,
         dtype=np.float32,
         **options,
     ):
         """Draw n samples: a NumPy array (n, *sample_shape) of dtype `dtype`.
 
-        sampler: a registered sampler name ("ddpm", "ddim", ...) or a sampler function.
-        steps: number of model evaluations (None: all T steps); eta: DDIM's eta.
+        Runs refdiff.samplers.loop.run_sampler, the path of rd.sample_loop and the CLI, with this
+        model, its schedule (a DiscreteProcess for the samplers on sigmas) and its prediction type.
+        sampler: a registered sampler name ("ddpm", "ddim", "euler", "heun", "dpmpp_2m", ...) or a
+            sampler function of the ddpm/ddim shape (refdiff.samplers).
+        steps: number of steps (ddpm/ddim: None = all T; the samplers on sigmas need it, or an
+            explicit sigmas array). eta: DDIM's (or euler_ancestral's) eta; None leaves the sampler's default.
         y: class labels (int or (n,) ints) for a class-conditional model; guidance_scale s != 1
             turns on classifier-free guidance: eps_uncond + s (eps_cond - eps_uncond).
         seed: seed of the backend generator for x_T and the step noise (same seed, same backend:
-            same samples). return_trajectory: also return the array (steps + 1, n, ...) of x_T
-            and every x after an update. progress: a tqdm bar over the steps.
-        spacing, steps_offset: which timesteps a strided sampler visits (refdiff.inference_timesteps).
-        clip_sample: override the diffusion's clip_sample for this call.
-        options: passed to the sampler, e.g. use_clipped_model_output=True for DDIM (the eps of the
-            clipped x0 prediction, as diffusers' DDIMScheduler option of that name).
+            same samples). return_trajectory: also return the array (steps + 1, n, ...) of x_T, x at
+            every step (ddpm/ddim: after each update; the others: where the model is called at each
+            grid point) and the samples. progress: a tqdm bar over the steps.
+        spacing, steps_offset, sigmas: the grid (refdiff.samplers.grids; spacing None: the sampler
+            family's default, "leading" for ddpm/ddim as before, "linspace" for the Euler family).
+        clip_sample: override the diffusion's clip_sample for this call (ddpm, ddim).
+        options: the sampler's own options, checked (an unknown one raises TypeError), e.g.
+            use_clipped_model_output=True for DDIM, s_churn for euler/heun.
         """
+        from .samplers.loop import run_sampler
+        from .samplers.registry import sampler_spec
+
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if guidance_scale != 1.0 and y is None:
             raise ValueError("guidance_scale != 1 needs class labels y (classifier-free guidance)")
-        sampler_fn = _samplers.get_sampler(sampler)
+        spec = sampler_spec(sampler)
         y = check_class_labels(y, n, self.num_classes)
         shape = (int(n), *model_sample_shape(self.model))
         rng = self.backend.rng(seed)
+        given = dict(eta=eta, spacing=spacing, sigmas=sigmas, steps_offset=steps_offset or None)
+        options.update({k: v for k, v in given.items() if v is not None})
+        defaults = dict(clip_sample=self.clip_sample if clip_sample is None else clip_sample,
+                        clip_sample_range=self.clip_sample_range, variance_type=self.variance_type)
         was_training = getattr(self.model, "training", False)
         if hasattr(self.model, "eval"):
             self.model.eval()
@@ -223,38 +239,31 @@ class GaussianDiffusion:
             with no_grad():
                 x = rng.standard_normal(shape, dtype=dtype)  # x_T ~ N(0, I)
                 trajectory = [self.backend.to_numpy(x)] if return_trajectory else None
-                loop = sampler_fn(
-                    self._denoiser(int(n), y, guidance_scale),
-                    x,
-                    self.schedule,
-                    self.backend,
-                    rng,
-                    steps=steps,
-                    eta=eta,
-                    spacing=spacing,
-                    steps_offset=steps_offset,
-                    prediction_type=self.prediction_type,
-                    variance_type=self.variance_type,
-                    clip_sample=self.clip_sample if clip_sample is None else clip_sample,
-                    clip_sample_range=self.clip_sample_range,
-                    guidance_scale=guidance_scale,
-                    **options,
-                )
                 bar = _progress(progress, steps or self.T, f"sampling ({sampler if isinstance(sampler, str) else 'custom'})")
-                t = None
+                seen = {"i": 0 if spec.works_on != "timesteps" else -1, "x": x}
+
+                def on_step(i, x_step):
+                    seen["x"] = x_step
+                    if i <= seen["i"]:  # a second evaluation at a grid point already recorded
+                        return
+                    seen["i"] = i
+                    if trajectory is not None:
+                        trajectory.append(self.backend.to_numpy(x_step))
+                    if bar is not None:
+                        bar.update(1)
+
                 try:
-                    for t, x in loop:
-                        if trajectory is not None:
-                            trajectory.append(self.backend.to_numpy(x))
-                        if bar is not None:
-                            bar.update(1)
+                    x, _ = run_sampler(self._model_pair(int(n), y, guidance_scale), x, self.schedule, sampler, steps,
+                                       rng, self.prediction_type, backend=self.backend, guidance_scale=guidance_scale,
+                                       defaults=defaults, on_step=on_step, **options)
                 except (ValueError, FloatingPointError) as e:
                     xp = self.backend.xp
                     # data live in [-1, 1] and x_T ~ N(0, I): |x_t| > 1e4 (or NaN) is a run-away
                     # sample whose model output overflowed, anything else a genuine argument error
-                    if bool(xp.all(xp.isfinite(x))) and float(xp.abs(x).max()) < 1e4:
+                    last = seen["x"]
+                    if bool(xp.all(xp.isfinite(last))) and float(xp.abs(last).max()) < 1e4:
                         raise
-                    raise FloatingPointError(_diverged_message(sampler, t, options)) from e
+                    raise FloatingPointError(_diverged_message(sampler, None, options)) from e
                 finally:
                     if bar is not None:
                         bar.close()
@@ -265,6 +274,8 @@ class GaussianDiffusion:
         if not np.all(np.isfinite(samples)):
             raise FloatingPointError(_diverged_message(sampler, None, options))
         if return_trajectory:
+            if spec.works_on != "timesteps":
+                trajectory.append(samples)
             return samples, np.stack(trajectory)
         return samples
 

@@ -149,6 +149,10 @@ def test_every_launch_uses_its_kernels_one_signature():
             kernels.ddim_step(x, x, t, t - 1, S, eta=0.5, noise=x, model_output_uncond=x, guidance_scale=0.0)
             kernels.timestep_embedding(t, 8)
             kernels.timestep_embedding(_to_kernel_side(np.array([0.5, 2.0])), 9, flip_sin_to_cos=True)
+            kernels.dpmpp_2m_step(x, x, x, 2.0, 1.0, 4.0)
+            kernels.dpmpp_2m_step(x, x, None, 2.0, 0.0, None, solver_type="heun")
+            kernels.euler_step(x, x, 2.0, 1.0)
+            kernels.euler_step(x, x, 3, 0)
     assert {name: sorted(map(str, sigs)) for name, sigs in seen.items()} == \
         {name: sorted(map(str, sigs)) for name, sigs in launch_signatures().items()}
 

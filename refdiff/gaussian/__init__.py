@@ -1,12 +1,14 @@
 """refdiff.gaussian: the Gaussian diffusion process itself, the math every sampler and model uses.
 
     schedule.py          NoiseSchedule: betas and every derived table (DDPM sec. 2, improved DDPM, Lin et al.)
+    process.py           processes q(x_t | x_0) = N(signal_scale x_0, noise_std^2 I): DDPM schedules, VP, VE, EDM, flow
     forward.py           q(x_t | x_0), q(x_t | x_{t-1}) and the training target (DDPM eqs. 2, 4)
     posterior.py         q(x_{t-1} | x_t, x_0): its mean coefficients and variance (DDPM eqs. 6-7)
     parameterization.py  eps, x_0, v and score, and the conversions between them (DDPM eq. 15, Salimans & Ho)
     guidance.py          classifier-free guidance (Ho & Salimans 2022, eq. 6)
     losses.py            loss weights per timestep (L_simple, min-SNR-gamma)
     embedding.py         the sinusoidal timestep embedding (Vaswani et al. sec. 3.5)
+    mixture.py           GaussianMixture: exact q(x_t), E[x_0 | x_t], eps, v and score of a mixture (PRML 2.3, EDM app. B.3)
 
 A math folder: it imports NumPy, refdiff.checks and refdiff.backend only, never the networks,
 the autograd or the training code (tests/test_layout.py keeps it so). The names follow

@@ -11,10 +11,18 @@ VDM and DPM-Solver call them alpha_t and sigma_t, see docs/NOTATION.md):
     eps   = sqrt(abar_t) v + sqrt(1 - abar_t) x_t             (same, solved for eps)
     x_t   = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps           DDPM eq. 4 (drawn by refdiff.gaussian.forward)
     score = grad log q(x_t | x_0) = -eps / sqrt(1 - abar_t)   Dhariwal & Nichol 2021, sec. 4.2
+    u     = eps - x_0 (the flow-matching velocity)            Liu et al. 2022 eq. 1; Lipman et al. 2023 eq. 23
+    x_0   = (x_t - sqrt(1 - abar_t) u) / (sqrt(abar_t) + sqrt(1 - abar_t))   (x_t written with eps = u + x_0)
+    eps   = (x_t + sqrt(abar_t) u) / (sqrt(abar_t) + sqrt(1 - abar_t))
+
+The same formulas hold for every process of refdiff.gaussian.process: call them with
+(signal_scale(t), noise_std(t)) in place of (sqrt(abar_t), sqrt(1 - abar_t)). On the flow path
+(signal_scale = 1 - t, noise_std = t) the velocity formulas reduce to x_0 = x_t - t u.
 
 Arrays have shape (B, ...), float32 or float64, and keep their dtype; t is an int or an int
 array (B,) in 0..T-1. prediction_type names the model's output as in diffusers:
-"epsilon", "sample" (x_0) or "v_prediction".
+"epsilon", "sample" (x_0) or "v_prediction"; the samplers of refdiff.sample_loop also read
+"flow" (the velocity u = eps - x_0 of flow matching, diffusers' FlowMatchEulerDiscreteScheduler).
 
 With a zero-terminal-SNR schedule, sqrt(abar_t) = 0 at t = T-1 and x_0 cannot be read from eps there
 (division by zero, as in diffusers): use "v_prediction" with such schedules.
@@ -55,6 +63,24 @@ def x0_from_v_formula(x_t, v, sqrt_abar, sqrt_one_minus_abar):
 def eps_from_v_formula(x_t, v, sqrt_abar, sqrt_one_minus_abar):
     """eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t   (Salimans & Ho 2022, appendix D, solved for eps)."""
     return sqrt_abar * v + sqrt_one_minus_abar * x_t
+
+
+def x0_from_flow_formula(x_t, u, sqrt_abar, sqrt_one_minus_abar):
+    """x_0 = (x_t - sqrt(1 - abar_t) u) / (sqrt(abar_t) + sqrt(1 - abar_t)), u = eps - x_0
+    (Liu et al. 2022 eq. 1: x_t = (1 - t) x_0 + t eps on the flow path, where this is x_t - t u)."""
+    return (x_t - sqrt_one_minus_abar * u) / (sqrt_abar + sqrt_one_minus_abar)
+
+
+def eps_from_flow_formula(x_t, u, sqrt_abar, sqrt_one_minus_abar):
+    """eps = (x_t + sqrt(abar_t) u) / (sqrt(abar_t) + sqrt(1 - abar_t)), u = eps - x_0
+    (Liu et al. 2022 eq. 1 solved for eps)."""
+    return (x_t + sqrt_abar * u) / (sqrt_abar + sqrt_one_minus_abar)
+
+
+def flow_from_x0_eps_formula(x0, eps):
+    """u = eps - x_0: the velocity d x_t / dt of the straight path x_t = (1 - t) x_0 + t eps
+    (Liu et al. 2022 eq. 1; Lipman et al. 2023 eq. 23 with sigma_min = 0)."""
+    return eps - x0
 
 
 def _coefficients(x, t, schedule, name):
@@ -165,3 +191,20 @@ def x0_eps_from_output_formula(x_t, model_output, sqrt_abar, sqrt_one_minus_abar
         return model_output, eps_from_x0_formula(x_t, model_output, sqrt_abar, sqrt_one_minus_abar)
     x0 = x0_from_v_formula(x_t, model_output, sqrt_abar, sqrt_one_minus_abar)
     return x0, eps_from_v_formula(x_t, model_output, sqrt_abar, sqrt_one_minus_abar)
+
+
+# prediction types the sampler loop reads: the three above and the flow-matching velocity
+LOOP_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
+
+
+def x0_from_model_output(x_t, model_output, signal_scale, noise_std, prediction_type):
+    """The x_0 prediction ("denoised", EDM's D(x; sigma)) from a model output, on any process.
+
+    signal_scale, noise_std: the process's coefficients at the model's time (numbers or arrays that
+    broadcast against x_t). "epsilon", "sample", "v_prediction" as x0_eps_from_output_formula
+    (DDPM eq. 15; Salimans & Ho 2022 appendix D); "flow" the velocity u = eps - x_0
+    (Liu et al. 2022 eq. 1), x_0 = (x_t - noise_std u) / (signal_scale + noise_std).
+    """
+    if prediction_type == "flow":
+        return x0_from_flow_formula(x_t, model_output, signal_scale, noise_std)
+    return x0_eps_from_output_formula(x_t, model_output, signal_scale, noise_std, PREDICTION_CODES[prediction_type])[0]

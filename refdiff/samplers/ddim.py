@@ -124,7 +124,6 @@ def sample_ddim(
     clip_sample_range=1.0,
     guidance_scale=1.0,
     use_clipped_model_output=False,
-    **options,
 ):
     """DDIM sampling (DDIM eq. 12): deterministic for eta = 0, DDPM-like noise for eta = 1.
 

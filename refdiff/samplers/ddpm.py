@@ -112,7 +112,6 @@ def sample_ddpm(
     clip_sample=True,
     clip_sample_range=1.0,
     guidance_scale=1.0,
-    **options,
 ):
     """DDPM ancestral sampling (DDPM Algorithm 2), over all T steps or a strided sub-sequence.
 
