@@ -46,9 +46,12 @@ def gaussian_product(x0, x_t, t, schedule):
             mean[i], var[i] = x0[i], 0.0
             continue
         prior_prec, prior_mean = 1 / (1 - abar_prev), np.sqrt(abar_prev) * x0[i]
-        lik_prec, lik_mean = alpha / beta, x_t[i] / np.sqrt(alpha)
+        # likelihood precision alpha / beta times its mean x_t / sqrt(alpha), written as one
+        # product so that beta = 1 (alpha = 0, the last step of a zero-terminal-SNR schedule,
+        # where x_t says nothing about x_{t-1}) gives 0 instead of 0 * inf
+        lik_prec, lik_prec_times_mean = alpha / beta, x_t[i] * np.sqrt(alpha) / beta
         var[i] = 1 / (prior_prec + lik_prec)
-        mean[i] = var[i] * (prior_prec * prior_mean + lik_prec * lik_mean)
+        mean[i] = var[i] * (prior_prec * prior_mean + lik_prec_times_mean)
     return mean, var
 
 
