@@ -195,6 +195,10 @@ def timestep_arg(t, T, batch, name="t", allow_negative=False):
         return TimestepArg(device_view(t.astype(np.int64, copy=False)), 0, True, host)
     t = np.ascontiguousarray(t, dtype=np.int64)
     check_timestep_range(t, T, name, allow_negative)
+    if t.size and (t == t[0]).all():  # one value for the batch: passed by value, no copy to the device
+        return TimestepArg(_placeholder(np.int64), int(t[0]), False, t)
+    # different values per sample, known on the host: copied to the device at this launch (pass
+    # a device array, as GaussianDiffusion.loss does, to avoid the copy)
     return TimestepArg(t if SIMULATED else device_view(_xp().asarray(t)), 0, True, t)
 
 

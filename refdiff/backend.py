@@ -52,7 +52,12 @@ def per_sample(values, x):
     """
     xp = array_module(x)
     values = np.asarray(values, dtype=np.float64).astype(x.dtype)
-    return xp.asarray(values).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    if xp is not np and values.size and (values == values.flat[0]).all():
+        # one value for the batch (a sampler's step): filled in on the device, the value a kernel
+        # argument, rather than a host-to-device copy at every step
+        return xp.full(shape, values.flat[0], dtype=x.dtype)
+    return xp.asarray(values).reshape(shape)
 
 
 @dataclass(frozen=True)

@@ -234,3 +234,99 @@ def test_kernel_checks_switch_is_the_environment_variable_the_kernels_read():
     env = dict(os.environ, REFDIFF_KERNEL_CHECKS="1", NUMBA_ENABLE_CUDASIM="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True"]
+
+
+# ---- whole loops: sampling and training (issue 15) ----------------------------------------------
+
+needs_simulated_kernels = pytest.mark.skipif(
+    not fake.kernels_simulated(), reason="the fake device runs refdiff's kernels under Numba's CUDA simulator, "
+                                         "which is off where a GPU is visible (the GPU suite covers that case)")
+
+
+def _transfers_by_kind():
+    """(host-to-device copies, device-to-host reads) among fake.TRANSFERS."""
+    copies = [w for w in fake.TRANSFERS if w.startswith("xp.asarray() of host data")]
+    return copies, [w for w in fake.TRANSFERS if w not in copies]
+
+
+@needs_simulated_kernels
+@pytest.mark.parametrize("sampler, options", [
+    ("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 0.5}), ("ddim", {"use_clipped_model_output": True}),
+], ids=["ddpm", "ddim", "ddim-eta", "ddim-clipped-eps"])
+@pytest.mark.parametrize("guided", [False, True], ids=["plain", "guided"])
+def test_a_sampling_loop_reads_nothing_back_until_the_samples(monkeypatch, sampler, options, guided):
+    """Every step on the device: the model, guidance, the step kernel and its noise. The only
+    transfers of a whole sample() are the labels copied in once and the samples read once, however
+    many steps it takes; and the samples are exactly those of the same kernels on NumPy arrays."""
+    from refdiff.backend import _simulated_cuda_backend
+    from refdiff.diffusion import GaussianDiffusion
+    from refdiff.gaussian.schedule import NoiseSchedule
+
+    schedule = NoiseSchedule.linear(T=40)
+    y = np.array([0, 1, 2, 0]) if guided else None
+    kwargs = dict(sampler=sampler, y=y, guidance_scale=3.0 if guided else 1.0, seed=0, progress=False, **options)
+    host = GaussianDiffusion(mlp(), schedule, backend=_simulated_cuda_backend()).sample(4, steps=6, **kwargs)
+
+    fake.installed(monkeypatch)
+    device = fake.backend(embedding="kernel")
+    diffusion = GaussianDiffusion(mlp().to(device), schedule)
+    transfers = {}
+    for steps in (3, 6):
+        fake.TRANSFERS.clear()
+        samples = diffusion.sample(4, steps=steps, **kwargs)
+        transfers[steps] = _transfers_by_kind()
+    copies, reads = transfers[6]
+    assert reads == [".get()"]  # the samples, once
+    assert len(copies) == (1 if guided else 0)  # the labels (conditional and null halves), once
+    assert transfers[3] == transfers[6]  # nothing per step
+    np.testing.assert_array_equal(samples, host)  # same kernels, same noise stream: tolerance 0
+
+
+@needs_simulated_kernels
+@pytest.mark.parametrize("weighting", ["none", "min_snr"])
+def test_the_training_loop_copies_the_batch_and_reads_the_losses_every_n_steps(monkeypatch, weighting):
+    """Per step only the batch (x0, y) goes to the device; t, the label dropout and the noise are
+    drawn there by one generator, and the losses are read LOSS_READ_EVERY steps at a time."""
+    from refdiff.diffusion import GaussianDiffusion
+    from refdiff.gaussian.schedule import NoiseSchedule
+    from refdiff.training.data import Dataset
+    from refdiff.training.trainer import Trainer
+
+    fake.installed(monkeypatch)
+    device = fake.backend(embedding="kernel")
+    created = []
+    real_rng = type(device).rng
+    monkeypatch.setattr(type(device), "rng", lambda self, seed=None: created.append(seed) or real_rng(self, seed))
+    monkeypatch.setattr(Trainer, "LOSS_READ_EVERY", 3)
+    data = Dataset(normal((32, 2)) / 4, np.arange(32) % 3)
+    diffusion = GaussianDiffusion(mlp().to(device), NoiseSchedule.linear(T=40), loss_weighting=weighting)
+    trainer = Trainer(diffusion, data, progress=False, batch_size=8, cond_drop_prob=0.5)
+    fake.TRANSFERS.clear()
+    losses = trainer.train(7)
+    copies, reads = _transfers_by_kind()
+    assert reads == [".get()"] * 3  # after steps 3, 6 and the last one
+    weight_table = 1 if weighting == "min_snr" else 0  # loss_weight over 0..T-1, copied once
+    assert len(copies) == 2 * 7 + weight_table  # x0 and y of each step
+    assert len(created) == 1  # one device generator for the whole run
+    assert len(losses) == 7 and all(np.isfinite(losses)) and trainer.losses == losses
+
+
+@needs_simulated_kernels
+def test_a_nan_loss_on_the_device_is_caught_at_the_next_read_naming_its_step(monkeypatch):
+    from refdiff.diffusion import GaussianDiffusion
+    from refdiff.gaussian.schedule import NoiseSchedule
+    from refdiff.training.data import Dataset
+    from refdiff.training.trainer import Trainer
+
+    fake.installed(monkeypatch)
+    device = fake.backend(embedding="kernel")
+    monkeypatch.setattr(Trainer, "LOSS_READ_EVERY", 4)
+    model = mlp().to(device)
+    trainer = Trainer(GaussianDiffusion(model, NoiseSchedule.linear(T=40)), Dataset(normal((32, 2)) / 4, np.arange(32) % 3),
+                      progress=False, batch_size=8)
+    trainer.train(1)
+    model.out_proj.bias.data[...] = np.nan  # the second step's loss is NaN
+    fake.TRANSFERS.clear()
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 1 \(read on the device after the step"):
+        trainer.train(6)
+    assert trainer.step == 4 and len(trainer.losses) == 1  # stopped at the read after steps 1-3; step 1 not recorded
