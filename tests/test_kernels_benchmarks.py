@@ -53,3 +53,56 @@ def test_model_benchmark_runs_and_records_a_table(script, tmp_path):
     assert bench.main(argv + ["--results", str(results)]) == 0
     text = results.read_text()
     assert "| batch |" in text and "- device:" in text and "- command:" in text
+
+
+class _Stream:
+    """A stand-in for a CuPy stream during a capture that a failing call breaks."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def synchronize(self):
+        self.calls.append("synchronize")
+
+    def begin_capture(self):
+        self.calls.append("begin_capture")
+
+    def end_capture(self):
+        self.calls.append("end_capture")
+        if "failed" in self.calls:
+            raise RuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due to a previous error during capture")
+        return "graph"
+
+
+def test_a_failed_capture_raises_the_error_that_broke_it_not_end_captures():
+    """issue 15: end_capture() in a `finally` replaced the real error by 'capture invalidated'."""
+    import gpu_bench_common as common
+
+    stream, calls = _Stream(), []
+
+    def step():
+        calls.append(1)
+        if len(calls) == 2:  # the warm-up passes; the first call inside the capture fails
+            stream.calls.append("failed")
+            raise NotImplementedError("cuBLAS is not supported during stream capture")
+
+    with pytest.raises(NotImplementedError, match="cuBLAS is not supported during stream capture"):
+        common.capture(step, stream, calls=3)
+    assert stream.calls == ["synchronize", "begin_capture", "failed", "end_capture"]  # the capture was ended
+    ok = _Stream()
+    assert common.capture(lambda: None, ok, calls=3) == "graph"
+
+
+def test_the_kernel_agreement_tests_take_the_hypothesis_profiles_number_of_examples():
+    from hypothesis import settings
+
+    from refdiff.kernels import testing
+
+    expected = min(settings().max_examples, 40) if SIMULATED else settings().max_examples
+    assert testing._profile_examples() == expected
