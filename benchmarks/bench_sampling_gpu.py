@@ -114,9 +114,8 @@ def refdiff_step(model, be, schedule, x, t):
     """One DDIM step (eta = 0) from t to t - STRIDE; returns x_prev."""
     import refdiff as rd
 
-    t_vec = np.full(x.shape[0], t)
     with rd.no_grad():
-        out = model(x, t_vec).data
+        out = model(x, t).data  # a Python int t is filled in on the device: no copy, capturable
     return be.ddim_step(x, out, t, t - STRIDE, schedule, eta=0.0)
 
 

@@ -23,12 +23,13 @@ RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
 NO_GPU_EXIT = 2
 
 
-def exit_without_gpu(script):
+def exit_without_gpu(script, smoke=True):
     """Print why the benchmark cannot run here and exit with code 2."""
     problem = gpu_problem()
     if problem is not None:
         print(f"{script}: no GPU visible, nothing measured: {problem}.")
-        print(f"  (run `python benchmarks/{script} --smoke` to check its CPU-side logic)")
+        if smoke:
+            print(f"  (run `python benchmarks/{script} --smoke` to check its CPU-side logic)")
         sys.exit(NO_GPU_EXIT)
 
 

@@ -106,3 +106,25 @@ def test_the_kernel_agreement_tests_take_the_hypothesis_profiles_number_of_examp
 
     expected = min(settings().max_examples, 40) if SIMULATED else settings().max_examples
     assert testing._profile_examples() == expected
+
+
+def test_the_device_check_runs_end_to_end_without_a_gpu_skipping_each_gpu_step_with_the_reason(tmp_path):
+    """benchmarks/device_check.sh where no GPU is usable: the environment step runs, every GPU step
+    is listed as skipped with cuda_problem()'s reason, and the folder holds the summary and the
+    tarball of the logs (the script's GPU branch is exercised on a GPU session)."""
+    import gpu_bench_common
+
+    problem = gpu_bench_common.gpu_problem()
+    if problem is None:  # on a GPU the script measures for minutes: run it by hand there
+        return
+    out = tmp_path / "check"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env["PYTHON"] = sys.executable
+    r = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "device_check.sh"), str(out)], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = (out / "summary.md").read_text()
+    assert "| env | pass: no GPU usable |" in summary
+    for step in ("gpu-tests", "kernel-tests", "capture-probe", "bench-kernels", "bench-sampling", "bench-train"):
+        assert f"| {step} | SKIP: no GPU: {problem[:40]}" in summary, step
+    assert (out / "env.log").exists() and (out / "logs.tar.gz").stat().st_size > 0
