@@ -8,6 +8,7 @@ device on a real GPU goes through `_transfer()`:
                                  np.asarray(a) (the __array__ protocol)
     copying host data in         xp.asarray / xp.array of host data (NumPy arrays, lists,
                                  Python numbers), a NumPy array as an operand or index
+Inside `capturing()` (a CUDA-graph capture) also a cuBLAS or cuRAND call raises CaptureError.
 Inside `no_host_transfers()` a transfer raises HostTransfer (naming what did it); outside, it
 is allowed and counted in `TRANSFERS`. Python scalars as operands (`a * 2.0`) and
 `xp.full(shape, 2.0)` are no transfer: on a GPU they are kernel arguments.
@@ -39,6 +40,35 @@ from refdiff.kernels import TWINS
 
 class HostTransfer(AssertionError):
     """Raised inside no_host_transfers() where a real GPU would copy between host and device."""
+
+
+class CaptureError(AssertionError):
+    """Raised inside capturing() by a call that CuPy refuses during a CUDA-graph capture."""
+
+
+# During a CUDA-graph capture CuPy refuses cuBLAS and cuRAND calls (cupy/cupy#6290; CuPy 14 raises
+# NotImplementedError); a host transfer is a synchronisation, illegal in a capture.
+BLAS_FUNCTIONS = {"matmul", "dot", "vdot", "inner", "outer", "tensordot", "einsum", "__matmul__", "__rmatmul__",
+                  "__imatmul__"}
+_capturing = [False]
+
+
+@contextlib.contextmanager
+def capturing():
+    """Inside this block, as inside Stream.begin_capture() / end_capture(): a cuBLAS call (a
+    matrix product), a cuRAND call (a random draw, a new generator) or a host transfer raises."""
+    previous = _capturing[0]
+    _capturing[0] = True
+    try:
+        with no_host_transfers():
+            yield
+    finally:
+        _capturing[0] = previous
+
+
+def _library_call(library, what):
+    if _capturing[0]:
+        raise CaptureError(f"{library} call during stream capture: {what} (CuPy refuses it: cupy/cupy#6290)")
 
 
 TRANSFERS = []  # what transferred (outside no_host_transfers), in order
@@ -107,7 +137,7 @@ def _wrap(x):
     if isinstance(x, list):
         return [_wrap(i) for i in x]
     if isinstance(x, np.random.Generator):
-        return _Proxy(x)
+        return _Proxy(x, library="cuRAND")
     return x
 
 
@@ -192,9 +222,13 @@ class DeviceArray:
 
     # NumPy functions and ufuncs called on device arrays stay on the device (as with CuPy)
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if ufunc.__name__ in BLAS_FUNCTIONS:
+            _library_call("cuBLAS", f"numpy.{ufunc.__name__}")
         return _wrap(getattr(ufunc, method)(*_unwrap(inputs), **_unwrap(kwargs)))
 
     def __array_function__(self, func, types, args, kwargs):
+        if func.__name__ in BLAS_FUNCTIONS:
+            _library_call("cuBLAS", f"numpy.{func.__name__}")
         return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
 
     def __getitem__(self, index):
@@ -217,6 +251,8 @@ class MemoryPointer:
 
 def _operator(name, in_place=False):
     def op(self, *other):
+        if name in BLAS_FUNCTIONS:
+            _library_call("cuBLAS", "a @ b")
         result = getattr(self._a, name)(*_unwrap(other))
         if result is NotImplemented:  # e.g. a refdiff Tensor on the other side: its reflected op runs
             return NotImplemented
@@ -242,10 +278,14 @@ class _Proxy:
     """NumPy (or one of its modules, ufuncs, random generators) seen from the device: calls
     take and return DeviceArrays; types (xp.float32) are NumPy's own."""
 
-    def __init__(self, target):
+    def __init__(self, target, library=None):
         self._target = target
+        self._library = library  # "cuRAND" for xp.random and its generators
 
     def __call__(self, *args, **kwargs):
+        name = getattr(self._target, "__name__", "")
+        if self._library or name in BLAS_FUNCTIONS:
+            _library_call(self._library or "cuBLAS", f"xp.{name}")
         return _device_call(self._target)(*args, **kwargs)
 
     def __getattr__(self, name):
@@ -253,7 +293,7 @@ class _Proxy:
         if isinstance(attr, type):
             return DeviceArray if attr is np.ndarray else attr
         if isinstance(attr, types.ModuleType) or callable(attr):
-            return _Proxy(attr)
+            return _Proxy(attr, self._library or ("cuRAND" if attr is np.random else None))
         return attr
 
 

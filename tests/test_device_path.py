@@ -330,3 +330,80 @@ def test_a_nan_loss_on_the_device_is_caught_at_the_next_read_naming_its_step(mon
     with pytest.raises(FloatingPointError, match=r"loss became nan at step 1 \(read on the device after the step"):
         trainer.train(6)
     assert trainer.step == 4 and len(trainer.losses) == 1  # stopped at the read after steps 1-3; step 1 not recorded
+
+
+# ---- CUDA-graph capture of a sampling step (issue 15, item 4) ----------------------------------
+# fake.capturing() stands for Stream.begin_capture() .. end_capture(): a cuBLAS or cuRAND call or a
+# host transfer inside it raises. What a GPU settles: benchmarks/capture_probe.py.
+
+
+@pytest.mark.parametrize("call, library", [
+    (lambda a: a.reshape(3, 1) @ a.reshape(1, 3), "cuBLAS"), (lambda a: fake.xp.matmul(a, a), "cuBLAS"),
+    (lambda a: np.einsum("i,i->", a, a), "cuBLAS"), (lambda a: fake.xp.random.default_rng(0), "cuRAND"),
+], ids=["@", "xp.matmul", "np.einsum", "new generator"])
+def test_the_capture_stand_in_refuses_what_cupy_refuses_during_a_capture(device, call, library):
+    a = fake.to_device(np.arange(3, dtype=np.float32))
+    with fake.capturing(), pytest.raises(fake.CaptureError, match=library):
+        call(a)
+    rng = fake.xp.random.default_rng(0)
+    with fake.capturing(), pytest.raises(fake.CaptureError, match="cuRAND"):
+        rng.standard_normal((2,), dtype=np.float32)
+    with fake.capturing():
+        (a * 2.0 + a).sum()  # elementwise kernels and reductions are captured
+
+
+@needs_simulated_kernels
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_a_warm_fused_step_is_capturable_and_reads_its_timesteps_from_device_memory(device, monkeypatch, eta):
+    """The step kernel as a captured graph would run it: noise drawn into a buffer before the
+    capture, t and t_prev in device buffers (a graph replays its arguments as captured, so the
+    values must change in memory, not in the call), caches filled by one call before the capture."""
+    from refdiff.gaussian.schedule import NoiseSchedule
+    from refdiff.kernels import _launch
+
+    copies = []
+    real = _launch.to_device
+    monkeypatch.setattr(_launch, "to_device", lambda a: copies.append(a.shape) or real(a))
+    schedule = NoiseSchedule.cosine(T=50)
+    x, model_output = fake.to_device(normal((2, 3, 4))), fake.to_device(normal((2, 3, 4), seed=1))
+    noise = fake.to_device(normal((2, 3, 4), seed=2))  # drawn outside the graph
+    t, t_prev = fake.xp.full(2, 40, dtype=np.int64), fake.xp.full(2, 30, dtype=np.int64)
+    step = lambda: device.ddim_step(x, model_output, t, t_prev, schedule, eta=eta, noise=noise)  # noqa: E731
+    step()  # the warm-up: fills the schedule's device tables (and placeholders not made yet)
+    assert copies.count((50,)) == 3  # sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod, alphas_cumprod
+    warm = len(copies)
+    with fake.capturing():
+        first = step()
+        t.fill(20)  # what happens between two replays: new timesteps written on the device
+        t_prev.fill(10)
+        second = step()
+    assert len(copies) == warm  # no cache filled inside the capture
+    expected = device.ddim_step(x, model_output, 20, 10, schedule, eta=eta, noise=noise)
+    np.testing.assert_array_equal(fake.to_host(second), fake.to_host(expected))
+    assert not np.array_equal(fake.to_host(first), fake.to_host(second))
+
+
+@needs_simulated_kernels
+def test_a_cold_fused_step_would_copy_its_tables_inside_the_capture(device, monkeypatch):
+    from refdiff.gaussian.schedule import NoiseSchedule
+    from refdiff.kernels import _launch
+
+    def refused(a):
+        raise fake.CaptureError("numba.cuda.to_device during stream capture (a blocking copy)")
+
+    x = fake.to_device(normal((2, 5)))
+    monkeypatch.setattr(_launch, "to_device", refused)
+    with fake.capturing(), pytest.raises(fake.CaptureError, match="to_device"):
+        device.ddim_step(x, x, 40, 30, NoiseSchedule.linear(T=50))
+
+
+def test_the_denoiser_as_built_is_not_capturable_its_matmuls_go_through_cublas(device):
+    """The known gap of item 4: every Linear/Conv of the networks is a CuPy matmul, i.e. cuBLAS,
+    which CuPy refuses during a capture. A capture-safe route (cuTENSOR contractions, or cuBLAS(Lt)
+    through nvmath-python) behind the same ops turns this test around."""
+    model = mlp().to(device)
+    x = fake.to_device(normal((4, 2)))
+    with no_grad():
+        model(x, 5)  # warm
+        with fake.capturing(), pytest.raises(fake.CaptureError, match="cuBLAS call during stream capture"):
+            model(x, 5)
