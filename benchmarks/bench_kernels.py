@@ -240,7 +240,7 @@ def run(smoke=False, sizes=None, torch_baseline=True, results=common.RESULTS, co
             torch = None
     m_torch = _TorchModule(torch) if torch is not None else None
 
-    rows = []
+    rows, graph_failures = [], []
     for size_name, shape in sizes.items():
         a = Inputs(xp, shape)
         ta = _TorchInputs(a, torch) if torch is not None else None
@@ -251,18 +251,26 @@ def run(smoke=False, sizes=None, torch_baseline=True, results=common.RESULTS, co
                 err = max(err, _max_error(got, _first(composed(m_torch, ta)).cpu().numpy()))
             check = "ok" if err <= 1e-5 else f"FAIL {err:.2g}"
             t_fused = timer(lambda: fused(a))
+            t_graph, why = (None, None) if smoke else timer.graphed(lambda: fused(a))
+            if why:
+                graph_failures.append(f"{name} {size_name}: graph capture failed: {why}")
             t_comp = timer(lambda: composed(xp, a))
             t_torch = timer(lambda: composed(m_torch, ta)) if torch is not None else None
             t_host = launch_cost(lambda: fused(a)) if launch_cost else None
-            bw = nbytes(a) / t_fused
+            t_gpu = t_graph if t_graph is not None else t_fused  # the kernel's own time where known
+            bw = nbytes(a) / t_gpu
             rows.append([name, f"{size_name} {'x'.join(map(str, shape))}", f"{nbytes(a) / 2**20:.2f}", check,
-                         common.fmt_us(t_fused), f"{bw / 1e9:.0f}", "-" if copy_bw is None else f"{bw / copy_bw:.2f}",
+                         common.fmt_us(t_fused), common.fmt_us(t_graph), f"{bw / 1e9:.0f}",
+                         "-" if copy_bw is None else f"{bw / copy_bw:.2f}",
                          common.fmt_us(t_comp), common.fmt_ratio(t_comp, t_fused),
                          common.fmt_us(t_torch), common.fmt_ratio(t_torch, t_fused), common.fmt_us(t_host)])
-    header = ["kernel", "size", "MiB moved", "check", "fused us", "GB/s", "of copy BW",
+    header = ["kernel", "size", "MiB moved", "check", "fused us (eager)", "fused us (graph)", "GB/s", "of copy BW",
               "CuPy composed us", "fused speed-up", "torch eager us", "vs torch", "host us/launch"]
     notes = ["check: fused against the composed CuPy result (and the torch one where run), "
-             "max abs diff <= 1e-5 (1 + max abs)"]
+             "max abs diff <= 1e-5 (1 + max abs)",
+             "eager: calls back to back, bounded by the host's launch cost for small kernels; graph: one CUDA "
+             "graph of 100 calls replayed, the GPU's time per call; GB/s from the graph time where captured"]
+    notes += graph_failures
     notes.append(f"kernel argument mode REFDIFF_KERNEL_ARG_MODE={K._launch.ARG_MODE} (numba: as_cuda_array; direct: CuPy arrays as they are)")
     if copy_bw is not None:
         notes.append(f"device-to-device copy bandwidth (256 MiB, read + write): {copy_bw / 1e9:.0f} GB/s")

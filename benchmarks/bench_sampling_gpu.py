@@ -114,9 +114,8 @@ def refdiff_step(model, be, schedule, x, t):
     """One DDIM step (eta = 0) from t to t - STRIDE; returns x_prev."""
     import refdiff as rd
 
-    t_vec = np.full(x.shape[0], t)
     with rd.no_grad():
-        out = model(x, t_vec).data
+        out = model(x, t).data  # a Python int t is filled in on the device: no copy, capturable
     return be.ddim_step(x, out, t, t - STRIDE, schedule, eta=0.0)
 
 
@@ -146,23 +145,16 @@ def ddim_step_coefficients(schedule, t, t_prev):
 
 
 def try_graph(step, timer):
-    """(seconds per graph launch, None) or (None, why the step could not be captured)."""
+    """(seconds per graph launch, None) or (None, the error that made the capture fail)."""
     import cupy
 
     stream = cupy.cuda.Stream(non_blocking=True)
     try:
-        with stream:
-            step()  # warm the memory pool on this stream
-            stream.synchronize()
-            stream.begin_capture()
-            try:
-                step()
-            finally:
-                graph = stream.end_capture()
-            seconds = timer(lambda: graph.launch(stream))
-        return seconds, None
-    except Exception as e:  # report, do not hide: capture failures are issue 6's to-do list
-        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        graph = common.capture(step, stream)  # raises the step's own error, not end_capture's
+    except Exception as e:  # report, do not hide: capture failures are issue 15's to-do list
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    with stream:
+        return timer(lambda: graph.launch(stream)), None
 
 
 def run(smoke=False, batches=BATCHES, torch_baseline=True, results=common.RESULTS, command=None):

@@ -30,7 +30,7 @@ def refdiff_train_step(model, be, opt, schedule, x0, t_host, t_dev, noise):
     from refdiff.nn import functional as F
 
     x_t, target = be.q_sample_with_target(x0, t_dev, noise, schedule)  # fused on cuda
-    loss = F.mse_loss(model(x_t, t_host), target)
+    loss = F.mse_loss(model(x_t, t_dev), target)
     opt.zero_grad()
     loss.backward()
     opt.step()

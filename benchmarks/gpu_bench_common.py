@@ -23,12 +23,13 @@ RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
 NO_GPU_EXIT = 2
 
 
-def exit_without_gpu(script):
+def exit_without_gpu(script, smoke=True):
     """Print why the benchmark cannot run here and exit with code 2."""
     problem = gpu_problem()
     if problem is not None:
         print(f"{script}: no GPU visible, nothing measured: {problem}.")
-        print(f"  (run `python benchmarks/{script} --smoke` to check its CPU-side logic)")
+        if smoke:
+            print(f"  (run `python benchmarks/{script} --smoke` to check its CPU-side logic)")
         sys.exit(NO_GPU_EXIT)
 
 
@@ -74,8 +75,36 @@ def ddim_coefficients(abar_t, abar_prev, eta):
 # ---- timing --------------------------------------------------------------------------------
 
 
+def capture(fn, stream, calls=1):
+    """A CUDA graph of `calls` calls of fn() captured on `stream` (a non-default CuPy stream),
+    after one warm-up call on it (caches filled, memory pool grown, kernels compiled).
+
+    If a call fails during the capture, that error is raised: ending the broken capture raises an
+    error of its own ("capture invalidated"), which is swallowed rather than raised in its place.
+    """
+    with stream:
+        fn()
+        stream.synchronize()
+        stream.begin_capture()
+        try:
+            for _ in range(calls):
+                fn()
+        except BaseException:
+            try:
+                stream.end_capture()
+            except Exception:  # the capture is already broken by the error being raised
+                pass
+            raise
+        return stream.end_capture()
+
+
 class GpuTimer:
-    """Median seconds per call of fn() on the GPU, by CUDA events on CuPy's current stream."""
+    """Median seconds per call of fn() on the GPU, by CUDA events on CuPy's current stream.
+
+    Calling the timer times calls issued back to back (eager): where a call's GPU work is shorter
+    than the host's cost of launching it (kernels of a few microseconds), that measures the launch
+    rate, not the GPU. `graphed(fn)` replays one CUDA graph of many calls: GPU time only.
+    """
 
     def __init__(self, warmup=10, reps=30, min_rep_seconds=1e-3):
         self.warmup, self.reps, self.min_rep_seconds = warmup, reps, min_rep_seconds
@@ -102,6 +131,19 @@ class GpuTimer:
             end.synchronize()
             times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3 / inner)
         return statistics.median(times)
+
+    def graphed(self, fn, calls=100):
+        """(GPU seconds per call of fn(), None) from replays of one CUDA graph of `calls` calls, or
+        (None, the capture's own error in one line) where fn cannot be captured."""
+        import cupy
+
+        stream = cupy.cuda.Stream(non_blocking=True)
+        try:
+            graph = capture(fn, stream, calls)
+        except Exception as e:
+            return None, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        with stream:  # the events of __call__ are recorded on the current stream: this one
+            return self(lambda: graph.launch(stream)) / calls, None
 
 
 class HostTimer:

@@ -195,6 +195,10 @@ def timestep_arg(t, T, batch, name="t", allow_negative=False):
         return TimestepArg(device_view(t.astype(np.int64, copy=False)), 0, True, host)
     t = np.ascontiguousarray(t, dtype=np.int64)
     check_timestep_range(t, T, name, allow_negative)
+    if t.size and (t == t[0]).all():  # one value for the batch: passed by value, no copy to the device
+        return TimestepArg(_placeholder(np.int64), int(t[0]), False, t)
+    # different values per sample, known on the host: copied to the device at this launch (pass
+    # a device array, as GaussianDiffusion.loss does, to avoid the copy)
     return TimestepArg(t if SIMULATED else device_view(_xp().asarray(t)), 0, True, t)
 
 
@@ -231,6 +235,19 @@ def any_positive(t):
     return None if t.host is None else bool((t.host > 0).any())
 
 
+# ---- the caches' copies to the device ------------------------------------------------------
+
+
+def to_device(a):
+    """A host array copied to the device for one of the caches below (the simulator: as it is).
+
+    The only host-to-device copy the launchers make on their own, at a cache's first use. It is
+    a blocking copy, illegal inside a CUDA-graph capture: a step is captured after one warm-up
+    call (benchmarks/gpu_bench_common.capture), which fills every cache the step needs.
+    """
+    return a if SIMULATED else cuda.to_device(a)
+
+
 # ---- placeholders for absent optional arrays ---------------------------------------------
 
 _PLACEHOLDERS = {}
@@ -241,7 +258,7 @@ def _placeholder(dtype):
     key = (np.dtype(dtype).str, _device_id())
     if key not in _PLACEHOLDERS:
         a = np.zeros(1, dtype=dtype)
-        _PLACEHOLDERS[key] = a if SIMULATED else cuda.to_device(a)
+        _PLACEHOLDERS[key] = to_device(a)
     return _PLACEHOLDERS[key]
 
 
@@ -282,7 +299,7 @@ def schedule_tables(schedule):
     except AttributeError as e:
         raise TypeError(f"schedule must be a refdiff.NoiseSchedule, got {type(schedule).__name__}") from e
     host = (arrays[0].astype(np.float32), arrays[1].astype(np.float32), arrays[2].copy())  # writable copies
-    dev = host if SIMULATED else tuple(cuda.to_device(np.ascontiguousarray(a)) for a in host)
+    dev = tuple(to_device(np.ascontiguousarray(a)) for a in host)
     tables = ScheduleTables(T, *dev)
     _SCHEDULE_TABLES[key] = (schedule.alphas_cumprod, tables)
     try:
@@ -304,7 +321,7 @@ def frequency_table(half_dim, max_period, downscale_freq_shift):
         freqs = np.ascontiguousarray(timestep_frequencies(half_dim, max_period, downscale_freq_shift), dtype=np.float64)
         if freqs.size == 0:
             freqs = np.zeros(1)  # dim = 1: no frequency is read, a placeholder keeps the type
-        _FREQUENCY_TABLES[key] = freqs if SIMULATED else cuda.to_device(freqs)
+        _FREQUENCY_TABLES[key] = to_device(freqs)
     return _FREQUENCY_TABLES[key]
 
 

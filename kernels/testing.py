@@ -46,8 +46,10 @@ from ._launch import SIMULATED
 
 U = 2.0**-24  # float32 unit roundoff: one correctly rounded operation errs by at most U |result|
 
-# examples per property: the simulator runs every GPU thread as a Python thread
-MAX_EXAMPLES = 40 if SIMULATED else 300
+# examples per property: the loaded hypothesis profile's (tests/conftest.py: "ci" 40, "dev" 60),
+# at most 40 in the simulator, which runs every GPU thread as a Python thread. (It was 300 on a
+# GPU, overriding the profile: too long for a device check of a few minutes.)
+MAX_EXAMPLES_SIMULATED = 40
 # elements per sample and batch sizes drawn: small in the simulator, past one block on a GPU
 MAX_SAMPLE_SIZE = 70 if SIMULATED else 5000
 MAX_BATCH = 5 if SIMULATED else 64
@@ -159,13 +161,19 @@ def _compare(out, ref, tols):
             )
 
 
+def _profile_examples():
+    """max_examples of the loaded hypothesis profile, capped at MAX_EXAMPLES_SIMULATED in the simulator."""
+    n = settings().max_examples
+    return min(n, MAX_EXAMPLES_SIMULATED) if SIMULATED else n
+
+
 def kernel_agreement_test(kernel_name, calls, tolerance, max_examples=None):
     """A pytest test function: for every Call drawn from the strategy `calls`, the kernel
     registered as `kernel_name` agrees with its twin within `tolerance` (see
     assert_kernel_matches_twin). Assign it to a module-level name starting with test_."""
     kernel, twin = twin_of(kernel_name)
 
-    @settings(max_examples=max_examples or MAX_EXAMPLES, deadline=None)
+    @settings(max_examples=max_examples or _profile_examples(), deadline=None)
     @given(call=calls)
     def test(call):
         assert_kernel_matches_twin(kernel, twin, call, tolerance)

@@ -52,7 +52,12 @@ def per_sample(values, x):
     """
     xp = array_module(x)
     values = np.asarray(values, dtype=np.float64).astype(x.dtype)
-    return xp.asarray(values).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    if xp is not np and values.size and (values == values.flat[0]).all():
+        # one value for the batch (a sampler's step): filled in on the device, the value a kernel
+        # argument, rather than a host-to-device copy at every step
+        return xp.full(shape, values.flat[0], dtype=x.dtype)
+    return xp.asarray(values).reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -107,19 +112,70 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here; the message says why (no CuPy, no GPU, ...)."""
 
 
+INSTALL_HINT = "pip install 'refdiff[cuda]' (CUDA 13 drivers; 'refdiff[cuda12]' for a CUDA 12 driver)"
+
+# The CUDA libraries CuPy loads at run time, each with a call that loads it and uses it once
+# (the GPU is known to be visible when these run): (name, what refdiff needs it for, probe(cupy)).
+# An absent library fails only at its first use (cuBLAS at the first matmul), so each is tried
+# here and the one that fails is named. CuPy 14 finds the [ctk] wheels' libraries when a module is
+# first reached as cupy.cuda.<name> (a plain `import cupy_backends.cuda.libs.cublas` does not).
+
+
+def _cublas(cupy):
+    cupy.cuda.cublas.getVersion(cupy.cuda.device.get_cublas_handle())
+
+
+def _curand(cupy):
+    curand = cupy.cuda.curand
+    curand.destroyGenerator(curand.createGenerator(curand.CURAND_RNG_PSEUDO_DEFAULT))
+
+
+def _nvrtc(cupy):
+    cupy.cuda.nvrtc.getVersion()
+    if int((cupy.arange(4, dtype=cupy.float32) * 2).sum()) != 12:  # compiles an elementwise and a reduction kernel
+        raise RuntimeError("CuPy computed 2 * (0 + 1 + 2 + 3) wrongly")
+
+
+CUPY_LIBRARIES = (
+    ("CUDA runtime", "every array", lambda cupy: cupy.cuda.runtime.runtimeGetVersion()),
+    ("cuBLAS", "the U-Net's and the MLP's matrix products", _cublas),
+    ("cuRAND", "noise, x_T and dropout masks", _curand),
+    ("NVRTC", "CuPy's own elementwise and reduction kernels", _nvrtc),
+)
+
+_NUMBA_LAUNCH_CHECK = """
+import cupy
+from numba import cuda
+
+@cuda.jit
+def add_one(a):
+    i = cuda.grid(1)
+    if i < a.size:
+        a[i] += 1.0
+
+a = cupy.zeros(5, dtype=cupy.float32)
+add_one[1, 32](cuda.as_cuda_array(a))
+assert float(a.sum()) == 5.0, a
+"""
+
+
 def cuda_problem():
-    """None when CuPy imports and sees a CUDA GPU, else one line saying what is missing.
+    """None when the cuda backend can run here, else one line saying what is missing.
 
     The one place that answers "can the GPU be used here, and if not, why?": the cuda backend,
-    the test suite's GPU markers and the GPU benchmarks all ask it.
+    the test suite's GPU markers, the GPU benchmarks and benchmarks/device_check.sh all ask it.
+    In order: CuPy imports; it sees a GPU; NUMBA_ENABLE_CUDASIM is not set; each library of
+    CUPY_LIBRARIES loads (named if not); numba imports; numba-cuda compiles and launches a
+    kernel on a CuPy array (in a child process, so that a failure leaves this process free to
+    switch on the simulator, as tests/conftest.py does). The answer is cached per process once
+    it is None; a problem is looked at again on the next call.
     """
+    if _CUDA_OK:
+        return None
     try:
         import cupy
     except ImportError as e:
-        return (
-            f"needs CuPy, which is not installed (or does not import: {e}); "
-            "install it with: pip install 'refdiff[cuda]'  (CuPy built for CUDA 12)"
-        )
+        return f"needs CuPy, which is not installed (or does not import: {e}); install it with: {INSTALL_HINT}"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
         detail = ""
@@ -127,7 +183,55 @@ def cuda_problem():
         count, detail = 0, f": {type(e).__name__}: {e}"
     if count == 0:
         return f"CuPy is installed but sees no CUDA GPU{detail} (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
-    return None
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1":
+        return ("NUMBA_ENABLE_CUDASIM=1 is set, so the kernels would run in Numba's CPU simulator on NumPy "
+                "arrays; unset it to run them on the GPU")
+    for name, use, probe in CUPY_LIBRARIES:
+        try:
+            probe(cupy)
+        except Exception as e:
+            return (f"CuPy sees a GPU but cannot load {name} (needed for {use}): {type(e).__name__}: "
+                    f"{_first_line(e)}; install the CUDA libraries with: {INSTALL_HINT}")
+    try:
+        import numba  # noqa: F401  (numba.cuda is not imported here: see the docstring)
+    except ImportError as e:
+        return f"needs numba-cuda for its kernels ({e}); install it with: {INSTALL_HINT}"
+    problem = _numba_launch_problem()
+    if problem is None:
+        _mark_cuda_ok()
+    return problem
+
+
+_CUDA_OK = False
+
+
+def _mark_cuda_ok():
+    global _CUDA_OK
+    _CUDA_OK = True
+
+
+def _first_line(e):
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+def _numba_launch_problem(timeout=300):
+    """None if numba-cuda compiles and launches a kernel on a CuPy array, else why not (one line)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    try:
+        done = subprocess.run([sys.executable, "-c", _NUMBA_LAUNCH_CHECK], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"numba-cuda did not compile and launch a test kernel within {timeout} s"
+    if done.returncode == 0:
+        return None
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    why = lines[-1][:300] if lines else f"exit code {done.returncode}"
+    return (f"numba-cuda cannot compile and launch a kernel on a CuPy array ({why}); it needs NVVM and the CUDA "
+            f"runtime of its version: {INSTALL_HINT}")
 
 
 def _cuda_backend() -> Backend:
@@ -137,17 +241,10 @@ def _cuda_backend() -> Backend:
         raise BackendUnavailable(f"backend 'cuda': {problem}; use backend='numpy' on this machine")
     import cupy
 
-    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1":
-        raise BackendUnavailable(
-            "backend 'cuda': NUMBA_ENABLE_CUDASIM=1 is set, so the kernels would run in Numba's CPU "
-            "simulator on NumPy arrays; unset it to run them on the GPU"
-        )
     try:
         ops = _kernels()  # imports numba
     except ImportError as e:
-        raise BackendUnavailable(
-            f"backend 'cuda' needs numba-cuda for its kernels ({e}); install it with: pip install 'refdiff[cuda]'"
-        ) from e
+        raise BackendUnavailable(f"backend 'cuda' needs numba-cuda for its kernels ({e}); install it with: {INSTALL_HINT}") from e
     return Backend("cuda", cupy, ops)
 
 

@@ -122,14 +122,16 @@ class GaussianDiffusion:
     def loss(self, x0, y=None, cond_drop_prob=0.0, rng=None):
         """The training loss on a batch x0 (B, ...) with optional labels y (B,): a scalar Tensor.
 
-        rng: numpy Generator or int seed for t, the label dropout and (on the numpy backend) the
-        noise; with the same rng state the loss is the same number. On other backends the noise
-        comes from a backend generator seeded from rng.
+        rng: numpy Generator or int seed. On the numpy backend t, the label dropout and the noise
+        are drawn from it: with the same rng state the loss is the same number. On a device
+        backend they are drawn on the device, from one device generator per GaussianDiffusion,
+        seeded from rng at the first call: a new CuPy generator per call would allocate and seed
+        its states each time (about 270k for XORWOW), and host draws would be copied to the
+        device at every step. Then the only host data a call copies are x0 and y.
         """
         if not 0.0 <= cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        xp = self.backend.xp
         x0 = x0.data if isinstance(x0, Tensor) else x0
         dtype = np.float64 if getattr(x0, "dtype", None) == np.float64 else np.float32
         if value_checks_on(x0):  # checked where reading it is free
@@ -140,22 +142,43 @@ class GaussianDiffusion:
         B = x0.shape[0]
         y = check_class_labels(y, B, self.num_classes)
 
-        t = rng.integers(0, self.T, size=B)  # (B,) int64, t ~ U{0..T-1}
-        if y is not None and cond_drop_prob > 0:
-            drop = rng.random(B) < cond_drop_prob
-            y = np.where(drop, self.num_classes, y)  # the null label for CFG
-        noise_rng = rng if xp is np else self.backend.rng(int(rng.integers(2**63)))
-        noise = noise_rng.standard_normal(x0.shape, dtype=dtype)  # eps ~ N(0, I)
-
-        t_dev = self.backend.asarray(t)
-        x_t, target = self.backend.q_sample_with_target(x0, t_dev, noise, self.schedule, prediction_type=self.prediction_type)
-        y_dev = None if y is None else self.backend.asarray(y)
-        model_output = self.model(x_t, t_dev, y_dev)  # (B, ...)
+        t, y, noise = self._draws(rng, B, y, cond_drop_prob, x0.shape, dtype)  # t ~ U{0..T-1}, eps ~ N(0, I)
+        x_t, target = self.backend.q_sample_with_target(x0, t, noise, self.schedule, prediction_type=self.prediction_type)
+        model_output = self.model(x_t, t, y)  # (B, ...)
         weights = None
         if self.loss_weighting != "none":
-            w = loss_weight(t, self.schedule, weighting=self.loss_weighting, gamma=self.min_snr_gamma, prediction_type=self.prediction_type)
-            weights = self.backend.asarray(w, dtype=dtype)  # (B,)
+            weights = self._loss_weights(t, dtype)  # (B,)
         return mse_loss(model_output, target, weights=weights)
+
+    def _draws(self, rng, B, y, cond_drop_prob, shape, dtype):
+        """(t, y with the null label where dropped, noise): on the host from rng (numpy backend), or
+        on the device from the diffusion's device generator (y copied to the device once)."""
+        xp = self.backend.xp
+        gen = rng
+        if xp is not np:
+            seed = int(rng.integers(2**63))  # drawn always, so that rng's stream is the same either way
+            if getattr(self, "_device_rng", None) is None:
+                self._device_rng = self.backend.rng(seed)
+            gen = self._device_rng
+            y = None if y is None else self.backend.asarray(y)
+        t = gen.integers(0, self.T, size=B)  # (B,) int64
+        if y is not None and cond_drop_prob > 0:
+            drop = gen.random(B) < cond_drop_prob
+            y = xp.where(drop, self.num_classes, y)  # the null label for CFG
+        noise = gen.standard_normal(shape, dtype=dtype)
+        return t, y, noise
+
+    def _loss_weights(self, t, dtype):
+        """w(t) per sample: on the host from loss_weight, on the device gathered from a table of
+        loss_weight over 0..T-1 copied to the device once."""
+        kwargs = dict(weighting=self.loss_weighting, gamma=self.min_snr_gamma, prediction_type=self.prediction_type)
+        if self.backend.xp is np:
+            return loss_weight(t, self.schedule, **kwargs).astype(dtype)
+        key = (id(self.schedule), dtype, tuple(kwargs.items()))
+        if getattr(self, "_weight_table", (None,))[0] != key:
+            table = loss_weight(np.arange(self.T), self.schedule, **kwargs)
+            self._weight_table = (key, self.backend.asarray(table, dtype=dtype))
+        return self._weight_table[1][t]
 
     # ----------------------------------------------------------------------------------------
     # sampling
@@ -164,8 +187,8 @@ class GaussianDiffusion:
         """model_pair(x, t) -> (model_output, model_output_uncond or None) for refdiff.samplers.loop:
         the network at time t (int or float, the same for the whole batch)."""
         xp = self.backend.xp
-        y_dev = None if y is None else self.backend.asarray(y)
         guided = y is not None and guidance_scale != 1.0
+        y_dev = None if y is None or guided else self.backend.asarray(y)  # copied to the device once
         if guided:
             y_both = self.backend.asarray(np.concatenate([y, np.full(n, self.num_classes, np.int64)]))
 

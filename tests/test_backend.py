@@ -1,4 +1,5 @@
 """Backend selection: numpy always, cuda where CuPy sees a GPU, one clear error otherwise."""
+import os
 import subprocess
 import sys
 import types
@@ -18,15 +19,31 @@ def fresh_backends(monkeypatch):
     monkeypatch.setattr(backend, "_BACKENDS", {})
 
 
-def _fake_cupy(device_count):
-    """A stand-in for the cupy module whose runtime reports `device_count` (an int or an exception)."""
+def _fake_cupy(device_count, missing=None):
+    """A stand-in for the cupy module whose runtime reports `device_count` (an int or an exception)
+    and whose CUDA libraries all load, except `missing` (a name of backend.CUPY_LIBRARIES)."""
     def get_device_count():
         if isinstance(device_count, Exception):
             raise device_count
         return device_count
 
+    def loads(name, value=None):
+        def call(*args):
+            if name == missing:
+                raise ImportError(f"lib{name}.so.13: cannot open shared object file: No such file or directory")
+            return value
+        return call
+
     cupy = types.ModuleType("cupy")
-    cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count))
+    cupy.cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=get_device_count, runtimeGetVersion=loads("CUDA runtime", 13000)),
+        device=types.SimpleNamespace(get_cublas_handle=loads("cuBLAS", 1)),
+        cublas=types.SimpleNamespace(getVersion=loads("cuBLAS", 130000)),
+        curand=types.SimpleNamespace(createGenerator=loads("cuRAND", 1), destroyGenerator=loads("cuRAND"),
+                                     CURAND_RNG_PSEUDO_DEFAULT=100),
+        nvrtc=types.SimpleNamespace(getVersion=loads("NVRTC", (13, 0))))
+    cupy.float32 = np.float32
+    cupy.arange = np.arange  # NumPy's arithmetic stands for the kernels NVRTC compiles
     return cupy
 
 
@@ -71,15 +88,57 @@ def test_cuda_with_the_simulator_switched_on_says_so(fresh_backends, monkeypatch
 def test_cuda_without_numba_names_numba_cuda():
     """numba is imported only when the kernels are bound: its absence still surfaces as BackendUnavailable."""
     code = (
-        "import os, sys, types; os.environ.pop('NUMBA_ENABLE_CUDASIM', None); sys.modules['numba'] = None\n"
-        "cupy = types.ModuleType('cupy')\n"
-        "cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))\n"
-        "sys.modules['cupy'] = cupy\n"
+        "import os, sys; sys.modules['numba'] = None\n"
+        "sys.path.insert(0, %r)\n"
+        "from test_backend import _fake_cupy\n"
+        "os.environ.pop('NUMBA_ENABLE_CUDASIM', None)  # conftest switched it on: no GPU here\n"
+        "sys.modules['cupy'] = _fake_cupy(1)\n"
         "from refdiff.backend import BackendUnavailable, get_backend\n"
         "try:\n    get_backend('cuda')\nexcept BackendUnavailable as e:\n    print(e)\n"
-    )
+    ) % os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert "needs numba-cuda" in out and "pip install 'refdiff[cuda]'" in out
+
+
+@pytest.mark.parametrize("library", [name for name, _, _ in backend.CUPY_LIBRARIES])
+def test_cuda_problem_loads_each_cuda_library_and_names_the_missing_one(monkeypatch, library):
+    """issue 15: CuPy imports and sees a GPU without cuBLAS (or cuRAND, NVRTC), which fail only at
+    their first use; cuda_problem loads each one and names the one that does not load."""
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(1, missing=library))
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    problem = backend.cuda_problem()
+    assert problem is not None and f"cannot load {library} " in problem and f"lib{library}.so.13" in problem
+    assert "pip install 'refdiff[cuda]'" in problem and "refdiff[cuda12]" in problem
+    for other, _, _ in backend.CUPY_LIBRARIES:
+        assert other == library or f"load {other} " not in problem
+
+
+def test_cuda_problem_names_numba_cuda_when_it_cannot_launch_a_kernel(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(1))
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    monkeypatch.setattr(backend, "_numba_launch_problem", lambda: "numba-cuda cannot compile and launch a kernel (libnvvm)")
+    assert "libnvvm" in backend.cuda_problem()
+    monkeypatch.setattr(backend, "_numba_launch_problem", lambda: None)
+    monkeypatch.setattr(backend, "_CUDA_OK", False)
+    assert backend.cuda_problem() is None  # every library loads and a kernel ran: usable
+
+
+def test_the_numba_launch_check_reports_the_last_line_of_the_childs_error(monkeypatch):
+    monkeypatch.setattr(backend, "_NUMBA_LAUNCH_CHECK", "raise OSError('libnvvm.so not found')")
+    problem = backend._numba_launch_problem()
+    assert "OSError: libnvvm.so not found" in problem and "refdiff[cuda]" in problem
+
+
+def test_pyproject_offers_one_cuda_extra_per_cuda_major_version_with_its_libraries():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    for major in ("12", "13"):
+        deps = extras[f"cuda{major}"]
+        assert f"cupy-cuda{major}x[ctk]>=14" in deps  # [ctk]: cuBLAS, cuRAND, NVRTC, the runtime of that major
+        assert f"numba-cuda[cu{major}]>=0.20" in deps  # NVVM and the runtime numba-cuda links against
+    assert extras["cuda"] == ["refdiff[cuda13]"]
 
 
 def test_backend_unavailable_is_a_runtime_error():

@@ -234,3 +234,176 @@ def test_kernel_checks_switch_is_the_environment_variable_the_kernels_read():
     env = dict(os.environ, REFDIFF_KERNEL_CHECKS="1", NUMBA_ENABLE_CUDASIM="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True"]
+
+
+# ---- whole loops: sampling and training (issue 15) ----------------------------------------------
+
+needs_simulated_kernels = pytest.mark.skipif(
+    not fake.kernels_simulated(), reason="the fake device runs refdiff's kernels under Numba's CUDA simulator, "
+                                         "which is off where a GPU is visible (the GPU suite covers that case)")
+
+
+def _transfers_by_kind():
+    """(host-to-device copies, device-to-host reads) among fake.TRANSFERS."""
+    copies = [w for w in fake.TRANSFERS if w.startswith("xp.asarray() of host data")]
+    return copies, [w for w in fake.TRANSFERS if w not in copies]
+
+
+@needs_simulated_kernels
+@pytest.mark.parametrize("sampler, options", [
+    ("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 0.5}), ("ddim", {"use_clipped_model_output": True}),
+], ids=["ddpm", "ddim", "ddim-eta", "ddim-clipped-eps"])
+@pytest.mark.parametrize("guided", [False, True], ids=["plain", "guided"])
+def test_a_sampling_loop_reads_nothing_back_until_the_samples(monkeypatch, sampler, options, guided):
+    """Every step on the device: the model, guidance, the step kernel and its noise. The only
+    transfers of a whole sample() are the labels copied in once and the samples read once, however
+    many steps it takes; and the samples are exactly those of the same kernels on NumPy arrays."""
+    from refdiff.backend import _simulated_cuda_backend
+    from refdiff.diffusion import GaussianDiffusion
+    from refdiff.gaussian.schedule import NoiseSchedule
+
+    schedule = NoiseSchedule.linear(T=40)
+    y = np.array([0, 1, 2, 0]) if guided else None
+    kwargs = dict(sampler=sampler, y=y, guidance_scale=3.0 if guided else 1.0, seed=0, progress=False, **options)
+    host = GaussianDiffusion(mlp(), schedule, backend=_simulated_cuda_backend()).sample(4, steps=6, **kwargs)
+
+    fake.installed(monkeypatch)
+    device = fake.backend(embedding="kernel")
+    diffusion = GaussianDiffusion(mlp().to(device), schedule)
+    transfers = {}
+    for steps in (3, 6):
+        fake.TRANSFERS.clear()
+        samples = diffusion.sample(4, steps=steps, **kwargs)
+        transfers[steps] = _transfers_by_kind()
+    copies, reads = transfers[6]
+    assert reads == [".get()"]  # the samples, once
+    assert len(copies) == (1 if guided else 0)  # the labels (conditional and null halves), once
+    assert transfers[3] == transfers[6]  # nothing per step
+    np.testing.assert_array_equal(samples, host)  # same kernels, same noise stream: tolerance 0
+
+
+@needs_simulated_kernels
+@pytest.mark.parametrize("weighting", ["none", "min_snr"])
+def test_the_training_loop_copies_the_batch_and_reads_the_losses_every_n_steps(monkeypatch, weighting):
+    """Per step only the batch (x0, y) goes to the device; t, the label dropout and the noise are
+    drawn there by one generator, and the losses are read LOSS_READ_EVERY steps at a time."""
+    from refdiff.diffusion import GaussianDiffusion
+    from refdiff.gaussian.schedule import NoiseSchedule
+    from refdiff.training.data import Dataset
+    from refdiff.training.trainer import Trainer
+
+    fake.installed(monkeypatch)
+    device = fake.backend(embedding="kernel")
+    created = []
+    real_rng = type(device).rng
+    monkeypatch.setattr(type(device), "rng", lambda self, seed=None: created.append(seed) or real_rng(self, seed))
+    monkeypatch.setattr(Trainer, "LOSS_READ_EVERY", 3)
+    data = Dataset(normal((32, 2)) / 4, np.arange(32) % 3)
+    diffusion = GaussianDiffusion(mlp().to(device), NoiseSchedule.linear(T=40), loss_weighting=weighting)
+    trainer = Trainer(diffusion, data, progress=False, batch_size=8, cond_drop_prob=0.5)
+    fake.TRANSFERS.clear()
+    losses = trainer.train(7)
+    copies, reads = _transfers_by_kind()
+    assert reads == [".get()"] * 3  # after steps 3, 6 and the last one
+    weight_table = 1 if weighting == "min_snr" else 0  # loss_weight over 0..T-1, copied once
+    assert len(copies) == 2 * 7 + weight_table  # x0 and y of each step
+    assert len(created) == 1  # one device generator for the whole run
+    assert len(losses) == 7 and all(np.isfinite(losses)) and trainer.losses == losses
+
+
+@needs_simulated_kernels
+def test_a_nan_loss_on_the_device_is_caught_at_the_next_read_naming_its_step(monkeypatch):
+    from refdiff.diffusion import GaussianDiffusion
+    from refdiff.gaussian.schedule import NoiseSchedule
+    from refdiff.training.data import Dataset
+    from refdiff.training.trainer import Trainer
+
+    fake.installed(monkeypatch)
+    device = fake.backend(embedding="kernel")
+    monkeypatch.setattr(Trainer, "LOSS_READ_EVERY", 4)
+    model = mlp().to(device)
+    trainer = Trainer(GaussianDiffusion(model, NoiseSchedule.linear(T=40)), Dataset(normal((32, 2)) / 4, np.arange(32) % 3),
+                      progress=False, batch_size=8)
+    trainer.train(1)
+    model.out_proj.bias.data[...] = np.nan  # the second step's loss is NaN
+    fake.TRANSFERS.clear()
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 1 \(read on the device after the step"):
+        trainer.train(6)
+    assert trainer.step == 4 and len(trainer.losses) == 1  # stopped at the read after steps 1-3; step 1 not recorded
+
+
+# ---- CUDA-graph capture of a sampling step (issue 15, item 4) ----------------------------------
+# fake.capturing() stands for Stream.begin_capture() .. end_capture(): a cuBLAS or cuRAND call or a
+# host transfer inside it raises. What a GPU settles: benchmarks/capture_probe.py.
+
+
+@pytest.mark.parametrize("call, library", [
+    (lambda a: a.reshape(3, 1) @ a.reshape(1, 3), "cuBLAS"), (lambda a: fake.xp.matmul(a, a), "cuBLAS"),
+    (lambda a: np.einsum("i,i->", a, a), "cuBLAS"), (lambda a: fake.xp.random.default_rng(0), "cuRAND"),
+], ids=["@", "xp.matmul", "np.einsum", "new generator"])
+def test_the_capture_stand_in_refuses_what_cupy_refuses_during_a_capture(device, call, library):
+    a = fake.to_device(np.arange(3, dtype=np.float32))
+    with fake.capturing(), pytest.raises(fake.CaptureError, match=library):
+        call(a)
+    rng = fake.xp.random.default_rng(0)
+    with fake.capturing(), pytest.raises(fake.CaptureError, match="cuRAND"):
+        rng.standard_normal((2,), dtype=np.float32)
+    with fake.capturing():
+        (a * 2.0 + a).sum()  # elementwise kernels and reductions are captured
+
+
+@needs_simulated_kernels
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_a_warm_fused_step_is_capturable_and_reads_its_timesteps_from_device_memory(device, monkeypatch, eta):
+    """The step kernel as a captured graph would run it: noise drawn into a buffer before the
+    capture, t and t_prev in device buffers (a graph replays its arguments as captured, so the
+    values must change in memory, not in the call), caches filled by one call before the capture."""
+    from refdiff.gaussian.schedule import NoiseSchedule
+    from refdiff.kernels import _launch
+
+    copies = []
+    real = _launch.to_device
+    monkeypatch.setattr(_launch, "to_device", lambda a: copies.append(a.shape) or real(a))
+    schedule = NoiseSchedule.cosine(T=50)
+    x, model_output = fake.to_device(normal((2, 3, 4))), fake.to_device(normal((2, 3, 4), seed=1))
+    noise = fake.to_device(normal((2, 3, 4), seed=2))  # drawn outside the graph
+    t, t_prev = fake.xp.full(2, 40, dtype=np.int64), fake.xp.full(2, 30, dtype=np.int64)
+    step = lambda: device.ddim_step(x, model_output, t, t_prev, schedule, eta=eta, noise=noise)  # noqa: E731
+    step()  # the warm-up: fills the schedule's device tables (and placeholders not made yet)
+    assert copies.count((50,)) == 3  # sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod, alphas_cumprod
+    warm = len(copies)
+    with fake.capturing():
+        first = step()
+        t.fill(20)  # what happens between two replays: new timesteps written on the device
+        t_prev.fill(10)
+        second = step()
+    assert len(copies) == warm  # no cache filled inside the capture
+    expected = device.ddim_step(x, model_output, 20, 10, schedule, eta=eta, noise=noise)
+    np.testing.assert_array_equal(fake.to_host(second), fake.to_host(expected))
+    assert not np.array_equal(fake.to_host(first), fake.to_host(second))
+
+
+@needs_simulated_kernels
+def test_a_cold_fused_step_would_copy_its_tables_inside_the_capture(device, monkeypatch):
+    from refdiff.gaussian.schedule import NoiseSchedule
+    from refdiff.kernels import _launch
+
+    def refused(a):
+        raise fake.CaptureError("numba.cuda.to_device during stream capture (a blocking copy)")
+
+    x = fake.to_device(normal((2, 5)))
+    monkeypatch.setattr(_launch, "to_device", refused)
+    with fake.capturing(), pytest.raises(fake.CaptureError, match="to_device"):
+        device.ddim_step(x, x, 40, 30, NoiseSchedule.linear(T=50))
+
+
+def test_the_denoiser_as_built_is_not_capturable_its_matmuls_go_through_cublas(device):
+    """The known gap of item 4: every Linear/Conv of the networks is a CuPy matmul, i.e. cuBLAS,
+    which CuPy refuses during a capture. A capture-safe route (cuTENSOR contractions, or cuBLAS(Lt)
+    through nvmath-python) behind the same ops turns this test around."""
+    model = mlp().to(device)
+    x = fake.to_device(normal((4, 2)))
+    with no_grad():
+        model(x, 5)  # warm
+        with fake.capturing(), pytest.raises(fake.CaptureError, match="cuBLAS call during stream capture"):
+            model(x, 5)

@@ -12,7 +12,9 @@ numpy's SeedSequence: the batch order of epoch e from default_rng([seed, e])
 (refdiff.training.data.batch_indices), t / noise / label dropout of step s from
 SeedSequence([seed, 2, s]). So the whole random state of a run is
 (seed, step): a run resumed from a checkpoint of step s draws exactly what the uninterrupted run
-drew, and on the NumPy backend reproduces its losses bit for bit.
+drew, and on the NumPy backend reproduces its losses bit for bit. (On a GPU backend, t, the noise
+and the label dropout come from the diffusion's one device generator, seeded at its first loss:
+a resumed cuda run draws differently from the uninterrupted one. See GaussianDiffusion.loss.)
 
 A checkpoint (refdiff.io.checkpoint) holds the model weights, the EMA weights, the optimizer state
 and the schedule's betas in a safetensors file, and the configs (model, diffusion, training,
@@ -36,8 +38,9 @@ import time
 
 import numpy as np
 
+from ..backend import array_module, to_numpy
 from ..checks import (check_bool, check_nonnegative_real, check_positive_int, check_positive_real,
-                      check_probability, check_seed)
+                      check_probability, check_seed, value_checks_on)
 from ..io import checkpoint as ckpt
 from ..io.checkpoint import CheckpointError
 from .data import batch_indices
@@ -113,6 +116,14 @@ def check_data_range(x, diffusion):
             f"or use GaussianDiffusion(..., clip_sample=False)")
 
 
+def _check_loss(value, step, update_made):
+    """Raise FloatingPointError if the loss of `step` is NaN or infinite."""
+    if not math.isfinite(value):
+        after = (" (read on the device after the step: its update was made, and nothing has been saved since)"
+                 if update_made else " (before the update: the weights stay as they were)")
+        raise FloatingPointError(f"loss became {value} at step {step}{after}; learning rate too high? data not in [-1, 1]?")
+
+
 def step_rng(seed, stream, index):
     """The numpy Generator of random stream `stream` at `index`: SeedSequence([seed, stream, index])."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(stream), int(index)]))
@@ -156,6 +167,7 @@ class Trainer:
         self.ema = EMA(self.params, decay=config.ema_decay, use_ema_warmup=config.ema_warmup)
         self.step = 0
         self.losses = []
+        self._unread = []  # (step, loss array) of steps whose loss is not read yet (see LOSS_READ_EVERY)
 
     # ----------------------------------------------------------------------------------------
     # the loop
@@ -164,8 +176,19 @@ class Trainer:
         """Indices of the batch of `step`: shuffled epochs cut in batches (refdiff.training.data.batch_indices)."""
         return batch_indices(len(self.x), self.config.batch_size, step, seed=self.config.seed)
 
+    # On a GPU the loss of a step is not read at that step (a read waits for the GPU: one host
+    # sync per step); train() reads the losses of LOSS_READ_EVERY steps at once, as one copy.
+    LOSS_READ_EVERY = 50
+
     def train_step(self):
-        """One optimisation step; returns the loss (float)."""
+        """One optimisation step; returns the loss (float: on a GPU, reading it waits for the step)."""
+        self._step()
+        self._read_losses()
+        return self.losses[-1]
+
+    def _step(self):
+        """One optimisation step. A host loss is checked at once (before the update: the weights
+        stay as they were); a device loss is kept on the device until _read_losses."""
         cfg = self.config
         idx = self.batch_indices(self.step)
         x0 = self.x[idx]
@@ -173,17 +196,28 @@ class Trainer:
         self.optimizer.lr = warmup_lr(self.step, cfg.lr, cfg.warmup_steps)
         self.optimizer.zero_grad()
         loss = self.diffusion.loss(x0, y, cond_drop_prob=cfg.cond_drop_prob if y is not None else 0.0, rng=step_rng(cfg.seed, 2, self.step))
-        value = float(loss.item())
-        if not math.isfinite(value):  # before the update: the weights stay as they were
-            raise FloatingPointError(f"loss became {value} at step {self.step} (learning rate too high? data not in [-1, 1]?)")
+        if value_checks_on(loss.data):  # free to read: NumPy
+            _check_loss(float(loss.item()), self.step, update_made=False)
         loss.backward()
         if cfg.grad_clip:
             clip_grad_norm(self.params, cfg.grad_clip, sync=False)  # the norm is not read: no host sync
         self.optimizer.step()
         self.ema.step(self.params)
+        self._unread.append((self.step, loss.data))
         self.step += 1
-        self.losses.append(value)
-        return value
+
+    def _read_losses(self):
+        """Append the losses not read yet to self.losses: one device-to-host copy for all of them.
+        Raises FloatingPointError naming the first step whose loss is NaN or infinite."""
+        if not self._unread:
+            return
+        steps, values = zip(*self._unread)
+        self._unread = []
+        xp = array_module(values[0])
+        values = to_numpy(xp.stack([xp.reshape(v, ()) for v in values]))  # (steps,) float
+        for step, value in zip(steps, values.tolist()):
+            _check_loss(value, step, update_made=True)
+            self.losses.append(value)
 
     def train(self, steps):
         """Run `steps` more optimisation steps; returns their losses.
@@ -206,10 +240,14 @@ class Trainer:
         last_save = time.monotonic()
         saved_step = None
         for i in range(steps):
-            self.train_step()
+            self._step()
+            saving = self.out_dir and ((cfg.sample_every and self.step % cfg.sample_every == 0)
+                                       or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0))
+            if saving or self.step % self.LOSS_READ_EVERY == 0 or i == steps - 1:
+                self._read_losses()  # before anything is saved: no NaN weights are written
+                if bar is not None:
+                    bar.set_postfix(loss=f"{np.mean(self.losses[-50:]):.4f}", step=self.step, refresh=False)
             if bar is not None:
-                recent = self.losses[-50:]
-                bar.set_postfix(loss=f"{np.mean(recent):.4f}", step=self.step, refresh=False)
                 bar.update(1)
             if self.out_dir and cfg.sample_every and self.step % cfg.sample_every == 0:
                 self.save_samples()
@@ -283,6 +321,7 @@ class Trainer:
 
     def state(self):
         """(arrays, meta) of the run: everything a checkpoint holds."""
+        self._read_losses()  # the loss history is complete (and checked) before it is saved
         model_skel, model_arrays = ckpt.flatten_state(self.model.state_dict(), "model")
         ema_skel, ema_arrays = ckpt.flatten_state(self.ema.state_dict(), "ema")
         opt_skel, opt_arrays = ckpt.flatten_state(self.optimizer.state_dict(), "optimizer")
