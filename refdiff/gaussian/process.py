@@ -155,7 +155,25 @@ class DiscreteProcess(Process):
         return f"DiscreteProcess({self.schedule!r})"
 
 
-class VPLinearProcess(Process):
+class VPProcess(Process):
+    """A continuous variance-preserving process, given by its log signal scale log alpha_t:
+    noise_std^2 = 1 - signal_scale^2 (Song et al. 2021, sec. 3.4, the VP SDE). Subclasses
+    define log_signal_scale(t) and t_from_sigma(sigma)."""
+
+    def signal_scale(self, t):
+        """exp(log_signal_scale(t))   (Song et al. 2021, eq. 33: the mean coefficient of q(x_t | x_0))."""
+        return _out(np.exp(self.log_signal_scale(t)), t)
+
+    def noise_std(self, t):
+        """sqrt(1 - signal_scale^2), as sqrt(-expm1(2 log_signal_scale)) for accuracy near t = 0   (Song et al. 2021, eq. 33)."""
+        return _out(np.sqrt(-np.expm1(2 * self.log_signal_scale(t))), t)
+
+    def sigma(self, t):
+        """sqrt(1 / signal_scale^2 - 1) = sqrt(expm1(-2 log_signal_scale))   (EDM Table 1, VP column)."""
+        return _out(np.sqrt(np.expm1(-2 * self.log_signal_scale(t))), t)
+
+
+class VPLinearProcess(VPProcess):
     """The VP SDE with linear beta(t) = beta_min + t (beta_max - beta_min), t in [t_min, 1].
 
     log signal_scale(t) = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2   (Song et al. 2021, eq. 33:
@@ -179,18 +197,6 @@ class VPLinearProcess(Process):
         t = np.asarray(t, dtype=np.float64)
         return -0.25 * t * t * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
-    def signal_scale(self, t):
-        """exp(log_signal_scale(t))   (Song et al. 2021, eq. 33)."""
-        return _out(np.exp(self.log_signal_scale(t)), t)
-
-    def noise_std(self, t):
-        """sqrt(1 - signal_scale^2), computed as sqrt(-expm1(2 log_signal_scale))   (Song et al. 2021, eq. 33)."""
-        return _out(np.sqrt(-np.expm1(2 * self.log_signal_scale(t))), t)
-
-    def sigma(self, t):
-        """sqrt(exp(int_0^t beta) - 1) = sqrt(expm1(-2 log_signal_scale))   (EDM Table 1, VP column)."""
-        return _out(np.sqrt(np.expm1(-2 * self.log_signal_scale(t))), t)
-
     def t_from_sigma(self, sigma):
         """The root of (beta_max - beta_min) t^2 / 2 + beta_min t = log(1 + sigma^2)
         (DPM-Solver app. D's inverse of lambda for the linear VP)."""
@@ -202,7 +208,7 @@ class VPLinearProcess(Process):
         return _out(2 * rhs / (self.beta_min + np.sqrt(self.beta_min**2 + 2 * d * rhs)), sigma)
 
 
-class VPCosineProcess(Process):
+class VPCosineProcess(VPProcess):
     """The cosine schedule in continuous time: signal_scale(t)^2 = f(t) / f(0),
     f(t) = cos^2((t + s) / (1 + s) pi / 2)   (Nichol & Dhariwal 2021 eq. 17; DPM-Solver app. D).
 
@@ -221,18 +227,6 @@ class VPCosineProcess(Process):
         """log cos((t + s) / (1 + s) pi / 2) - log cos(s / (1 + s) pi / 2)   (DPM-Solver app. D)."""
         t = np.asarray(t, dtype=np.float64)
         return np.log(np.cos((t + self.s) / (1 + self.s) * np.pi / 2)) - self._log_cos_0
-
-    def signal_scale(self, t):
-        """sqrt(f(t) / f(0))   (Nichol & Dhariwal 2021 eq. 17)."""
-        return _out(np.exp(self.log_signal_scale(t)), t)
-
-    def noise_std(self, t):
-        """sqrt(1 - signal_scale^2)   (Nichol & Dhariwal 2021 eq. 17, variance preserving)."""
-        return _out(np.sqrt(-np.expm1(2 * self.log_signal_scale(t))), t)
-
-    def sigma(self, t):
-        """sqrt(1 / signal_scale^2 - 1)   (EDM sec. 2)."""
-        return _out(np.sqrt(np.expm1(-2 * self.log_signal_scale(t))), t)
 
     def t_from_sigma(self, sigma):
         """t = 2 (1 + s) / pi arccos(exp(log_signal_scale + log cos(s pi / (2 (1 + s))))) - s,
