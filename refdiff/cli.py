@@ -264,9 +264,11 @@ def cmd_train(args):
     except BaseException:
         import traceback
 
-        traceback.print_exc()
-        print(f"refdiff train: rank {parallel.rank} failed alone: aborting all {parallel.world_size} processes",
-              file=sys.stderr, flush=True)
+        # one write, then a moment for mpiexec to forward it before the abort kills the processes
+        sys.stderr.write(f"{traceback.format_exc()}refdiff train: rank {parallel.rank} failed alone: "
+                         f"aborting all {parallel.world_size} processes\n")
+        sys.stderr.flush()
+        time.sleep(0.5)
         parallel.comm.Abort(1)
 
 

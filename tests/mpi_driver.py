@@ -4,9 +4,10 @@
         a tiny MLP trained K steps data-parallel; after every step the weights, EMA and optimizer
         state are checked bit-identical across the ranks; rank 0 writes the losses, the weights,
         the Allreduce calls per step, the bucket sizes and split samples to OUT.npz
-    python tests/mpi_driver.py cli [--kill-before-step S] -- REFDIFF ARGS...
+    python tests/mpi_driver.py cli [--kill-before-step S | --fault KIND] -- REFDIFF ARGS...
         `refdiff train ...` (refdiff.cli.main); with --kill-before-step rank 0 SIGKILLs itself
-        just before step S, as a crash would
+        just before step S, as a crash would; --fault: "save" (rank 0's checkpoint writes fail),
+        "nan" (rank 1's loss becomes NaN at step 2), "bug" (rank 1 raises RuntimeError at step 2)
 
 "fake-nccl" runs the NCCL engine (refdiff.training.distributed.NCCLEngine, its start-up and its
 allReduce calls) with a stand-in for cupy.cuda.nccl that sums the buffer behind the pointer it is
@@ -107,9 +108,35 @@ def train(out, engine="mpi", steps=4, classes=False, backend="numpy"):
                  **{f"ema{i}": s for i, s in enumerate(trainer.ema.shadow_params)})
 
 
-def cli(argv, kill_before_step=None):
+def cli(argv, kill_before_step=None, fault=None):
     from refdiff import cli as refdiff_cli
+    from refdiff.diffusion import GaussianDiffusion
+    from refdiff.io import checkpoint
+    from refdiff.io.checkpoint import CheckpointWriteError
     from refdiff.training.trainer import Trainer
+
+    rank = int(os.environ.get("PMI_RANK", "0"))
+    if fault == "save" and rank == 0:
+        def save_checkpoint(directory, step, *args, **kwargs):
+            raise CheckpointWriteError(f"cannot write {directory}: no space left on device (injected)")
+
+        checkpoint.save_checkpoint = save_checkpoint
+    if fault in ("nan", "bug") and rank == 1:
+        loss = GaussianDiffusion.loss
+        step = Trainer.train_step
+
+        def nan_loss(self, *args, **kwargs):
+            out = loss(self, *args, **kwargs)
+            return out * float("nan")
+
+        def train_step(self):
+            if self.step == 2:
+                if fault == "bug":
+                    raise RuntimeError("a bug on rank 1 alone (injected)")
+                self.diffusion.loss = nan_loss.__get__(self.diffusion)
+            return step(self)
+
+        Trainer.train_step = train_step
 
     if kill_before_step is not None:
         step = Trainer.train_step
@@ -137,10 +164,12 @@ if __name__ == "__main__":
         a = p.parse_args(rest)
         train(a.out, a.engine, a.steps, a.classes, a.backend)
     elif mode == "cli":
-        kill = None
+        kill = fault = None
         if rest[0] == "--kill-before-step":
             kill, rest = int(rest[1]), rest[2:]
+        if rest[0] == "--fault":
+            fault, rest = rest[1], rest[2:]
         assert rest[0] == "--"
-        sys.exit(cli(rest[1:], kill))
+        sys.exit(cli(rest[1:], kill, fault))
     else:
         raise SystemExit(f"unknown mode {mode!r}")

@@ -223,6 +223,29 @@ def test_bad_start_ups_fail_on_every_rank_with_the_same_message(tmp_path, case):
 
 
 @needs_mpi
+@pytest.mark.parametrize("fault", ["save", "nan"])
+def test_failures_during_training_stop_every_rank_with_the_same_message(tmp_path, fault):
+    """A checkpoint write that fails on rank 0 (the only writer), or a NaN loss on rank 1 alone
+    (the loss is read after the Allreduce, so every rank sees it): both ranks exit 2 with the
+    same line, no hang."""
+    r = _run((2, [sys.executable, DRIVER, "cli", "--fault", fault, "--"] + TRAIN
+              + ["--steps", "4", "--checkpoint-every", "1", "--out", str(tmp_path / "run")]))
+    errors = _errors(r.stderr)
+    assert r.returncode == 2, r.stderr
+    assert len(errors) == 2 and errors[0] == errors[1], r.stderr
+    expected = "no space left on device (injected)" if fault == "save" else "loss became nan at step 2"
+    assert expected in errors[0]
+
+
+@needs_mpi
+def test_an_error_on_one_rank_alone_aborts_the_job_instead_of_hanging(tmp_path):
+    r = _run((2, [sys.executable, DRIVER, "cli", "--fault", "bug", "--"] + TRAIN
+              + ["--steps", "4", "--out", str(tmp_path / "run")]))
+    assert r.returncode not in (0, 2)
+    assert "a bug on rank 1 alone (injected)" in r.stderr and "aborting all 2 processes" in r.stderr
+
+
+@needs_mpi
 def test_one_process_under_mpi_is_the_one_process_run_bit_for_bit(tmp_path):
     """N = 1 through DataParallel draws SeedSequence([seed, 2, s]) like the plain trainer."""
     out = tmp_path / "one.npz"
