@@ -340,8 +340,10 @@ class DataParallel:
     def average(self, params, loss):
         """After loss.backward() on every rank: replace every gradient by its mean over the ranks
         and return `loss` holding the mean loss (a handful of Allreduce calls: one per bucket,
-        one for the scalars). A parameter that got a gradient on no rank keeps grad None; one
-        that got it on some ranks only counts zeros from the others."""
+        one for the scalars). A parameter that got a gradient on some ranks only counts zeros from
+        the others; one that got it on no rank keeps grad None on NumPy, while on the GPU (where
+        reading the flags would wait for the device) it gets a zero gradient. refdiff's models
+        give every parameter a gradient at every step, so the two agree there."""
         params = list(params)
         xp = array_module(params[0].data)
         if self.buckets is None:
