@@ -181,6 +181,17 @@ def check_choice(value, choices, name):
     return value
 
 
+def check_global_batch(batch_size, world_size):
+    """Raise unless the global batch divides evenly among the `world_size` data-parallel processes
+    (each trains on batch_size / world_size samples of every global batch)."""
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if batch_size % world_size:
+        raise ValueError(
+            f"batch_size {batch_size} (the global batch) does not divide by the {world_size} processes: "
+            f"choose a multiple of {world_size} (each process then trains on batch_size / {world_size})")
+    return batch_size
+
+
 def check_choice_int(value, choices, name):
     """Raise unless `value` is an integer (not a bool) among `choices`."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value not in choices:

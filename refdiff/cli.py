@@ -7,6 +7,7 @@
     refdiff sample runs/digits --sampler dpmpp_2m --sigmas karras --steps 20 --out digits.png
     refdiff sample runs/moons --sampler euler --steps 20 --option s_churn=0.5 --out moons.png
     refdiff demo                                                    # ~1-2 minutes on a laptop CPU
+    mpiexec -n 2 refdiff train --data digits --steps 4000 --out runs/digits   # data-parallel, 2 processes
 
 Every user error (a bad option, an unreadable or empty data file, a corrupt checkpoint, an
 output path that cannot be written) ends with one line that says what to fix, and exit status 2;
@@ -158,6 +159,9 @@ def build_parser():
     p.add_argument("--checkpoint-minutes", type=_nonnegative_float, default=10.0,
                    help="also checkpoint when this many minutes passed since the last one (0: off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--parallel", choices=("auto", "none", "mpi"), default="auto",
+                   help="data-parallel training over MPI processes (auto: when started by mpiexec with N > 1 "
+                   "processes; --batch-size is then the global batch, split evenly); needs refdiff[mpi]")
 
     # ---- sample ----
     p = sub.add_parser(
@@ -275,22 +279,58 @@ def _make_schedule(name, T):
 
 
 def cmd_train(args):
+    """Train on one process, or data-parallel on N (mpiexec -n N refdiff train ...).
+
+    With N processes the start-up (option checks, data, model, resume) runs on every rank and any
+    rank's failure ends every rank with the same one-line message (DataParallel.agree); so do
+    checkpoint and divergence errors during training. Anything else that one rank alone raises
+    calls MPI_Abort, so that the other ranks do not wait forever.
+    """
+    from .training.distributed import data_parallel
+
+    try:
+        parallel = data_parallel(args.parallel, backend=args.backend)
+    except (ImportError, ValueError) as e:
+        raise CLIError(f"--parallel {args.parallel}: {_one_line(e)}") from None
+    if parallel is None:
+        return _train(args, None)
+    from .io.checkpoint import CheckpointError, CheckpointWriteError
+    from .training.distributed import DistributedError
+
+    try:
+        return _train(args, parallel)
+    except (CLIError, CheckpointError, CheckpointWriteError, DistributedError):
+        raise  # raised on every rank alike: each exits with the one line
+    except BaseException:
+        import traceback
+
+        # one write, then a moment for mpiexec to forward it before the abort kills the processes
+        sys.stderr.write(f"{traceback.format_exc()}refdiff train: rank {parallel.rank} failed alone: "
+                         f"aborting all {parallel.world_size} processes\n")
+        sys.stderr.flush()
+        time.sleep(0.5)
+        parallel.comm.Abort(1)
+
+
+def _start_training(args, parallel):
+    """The Trainer of `refdiff train`: a new run or a resumed one (CLIError for user errors)."""
     from .io.checkpoint import latest_checkpoint
     from .diffusion import GaussianDiffusion
     from .training.trainer import Trainer
 
+    _check_out(args)
+    _check_backend(args.backend)
     ckpt_dir = os.path.join(args.out, "checkpoints")
     if args.resume:
         if latest_checkpoint(ckpt_dir) is None:
             raise CLIError(f"--resume: no checkpoint in {ckpt_dir}")
         try:
-            trainer = Trainer.resume(args.out, backend=args.backend, progress=not args.no_progress,
+            trainer = Trainer.resume(args.out, backend=args.backend, progress=not args.no_progress, parallel=parallel,
                                      sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
                                      checkpoint_minutes=args.checkpoint_minutes,
                                      sample_n=args.sample_n, sample_steps=args.sample_steps)
         except (ValueError, OSError, KeyError, ImportError) as e:  # CheckpointError is a ValueError
             raise CLIError(f"--resume {args.out}: {_one_line(e)}") from None
-        print(f"resuming {args.out} at step {trainer.step}")
     else:
         if args.data is None:
             raise CLIError("--data is required (unless --resume)")
@@ -310,6 +350,7 @@ def cmd_train(args):
                 out_dir=args.out,
                 data_info=data_info,
                 progress=not args.no_progress,
+                parallel=parallel,
                 batch_size=args.batch_size or (64 if is_images else 256),
                 lr=args.lr or (1e-3 if is_images else 2e-3),
                 weight_decay=args.weight_decay,
@@ -326,23 +367,42 @@ def cmd_train(args):
             )
         except (ValueError, TypeError) as e:
             raise CLIError(_one_line(e)) from None
+    return trainer
+
+
+def _train(args, parallel):
+    from .io.checkpoint import latest_checkpoint
+
+    if parallel is None:
+        trainer = _start_training(args, None)
+    else:  # every rank starts; a failure on any rank ends all of them with its message
+        trainer = parallel.agree(_start_training, args, parallel, extra_classes=(CLIError,))
+    main = parallel is None or parallel.is_main
+    say = print if main else (lambda *a, **k: None)  # rank 0 alone prints
+    ckpt_dir = os.path.join(args.out, "checkpoints")
+    if args.resume:
+        say(f"resuming {args.out} at step {trainer.step}")
+    if parallel is not None:
+        say(f"data-parallel: {parallel.world_size} processes, {trainer.config.batch_size // parallel.world_size} "
+            f"samples each of the global batch {trainer.config.batch_size}")
     remaining = args.steps - trainer.step
     if remaining <= 0:
-        print(f"{args.out} is already at step {trainer.step} >= --steps {args.steps}: nothing to do")
+        say(f"{args.out} is already at step {trainer.step} >= --steps {args.steps}: nothing to do")
         return 0
     t0 = time.perf_counter()
     try:
         losses = trainer.train(remaining)
-    except FloatingPointError as e:  # diverged: the last checkpoint is kept
+    except FloatingPointError as e:  # diverged (on every rank at once): the last checkpoint is kept
         raise CLIError(f"{e}; the latest checkpoint in {ckpt_dir} is kept (try a lower --lr)") from None
     seconds = time.perf_counter() - t0
     picture = trainer.save_samples()
-    with open(os.path.join(args.out, "losses.json"), "w") as f:
-        json.dump(trainer.losses, f)
-    print(f"trained {remaining} steps in {seconds:.1f} s ({remaining / seconds:.1f} steps/s), "
-          f"final loss (mean of last 100) {np.mean(losses[-100:]):.4f}")
-    print(f"checkpoint: {latest_checkpoint(ckpt_dir)}")
-    print(f"samples:    {picture}")
+    if main:
+        with open(os.path.join(args.out, "losses.json"), "w") as f:
+            json.dump(trainer.losses, f)
+    say(f"trained {remaining} steps in {seconds:.1f} s ({remaining / seconds:.1f} steps/s), "
+        f"final loss (mean of last 100) {np.mean(losses[-100:]):.4f}")
+    say(f"checkpoint: {latest_checkpoint(ckpt_dir)}")
+    say(f"samples:    {picture}")
     return 0
 
 
@@ -505,14 +565,16 @@ def main(argv=None):
     problem) exit with status 2 and one line on stderr.
     """
     from .io.checkpoint import CheckpointError, CheckpointWriteError
+    from .training.distributed import DistributedError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        _check_out(args)
-        _check_backend(getattr(args, "backend", None))
+        if args.command != "train":  # train checks these in its start-up, on every rank at once
+            _check_out(args)
+            _check_backend(getattr(args, "backend", None))
         return COMMANDS[args.command](args)
-    except (CLIError, CheckpointError, CheckpointWriteError) as e:
+    except (CLIError, CheckpointError, CheckpointWriteError, DistributedError) as e:
         parser.exit(2, f"refdiff {args.command}: error: {_one_line(e)}\n")
 
 

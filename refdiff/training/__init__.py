@@ -4,4 +4,5 @@
     optim.py    SGD, Adam, AdamW, gradient clipping, warmup, EMA
     data.py     built-in and file datasets (nothing downloads), batching
     metrics.py  sample-quality metrics: energy distance, sliced Wasserstein, a judge classifier, Frechet distance
+    distributed.py  data parallelism over N processes (MPI; NCCL on GPUs): shards, gradient Allreduce, agreement
 """

@@ -28,6 +28,12 @@ every checkpoint_minutes minutes (both on by default), and at the end of train()
 first step, train() removes what a killed save left in the checkpoint directory and checks that
 the directory is writable and has room for a checkpoint. A save that fails raises
 CheckpointWriteError naming the path and the checkpoint that was kept; the run resumes from it.
+
+Several processes (refdiff.training.distributed): with parallel= a DataParallel (by default
+whenever mpiexec started more than one process), each rank trains on its shard of the global
+batch (batch_size) with draws from SeedSequence([seed, 2, s, rank]), the gradients and the loss
+are averaged over the ranks after backward, rank 0 alone writes checkpoints and pictures, and
+sampling is split across the ranks.
 """
 import contextlib
 import dataclasses
@@ -35,6 +41,8 @@ import importlib
 import math
 import os
 import time
+import warnings
+from functools import partial
 
 import numpy as np
 
@@ -44,6 +52,7 @@ from ..checks import (check_bool, check_nonnegative_real, check_positive_int, ch
 from ..io import checkpoint as ckpt
 from ..io.checkpoint import CheckpointError
 from .data import batch_indices
+from .distributed import data_parallel
 from ..diffusion import GaussianDiffusion, model_num_classes
 from .optim import EMA, AdamW, clip_grad_norm, warmup_lr
 
@@ -135,10 +144,15 @@ class Trainer:
     out_dir: where checkpoints (out_dir/checkpoints) and sample pictures (out_dir/samples) go;
     None: nowhere. data_info: JSON-able description of the data (e.g. {"spec": "moons", "n": ...})
     stored in checkpoints so that resume() can reload it. progress: tqdm bar with loss and steps/s.
+    parallel: "auto" (data-parallel over MPI when mpiexec started several processes), "none" or
+    None (one process), "mpi", or a refdiff.training.distributed.DataParallel; batch_size is then
+    the global batch, divided evenly among the processes. On GPUs create
+    DataParallel(backend="cuda") before the model, so that each process builds it on its own GPU.
     Other keyword arguments are TrainConfig fields.
     """
 
-    def __init__(self, diffusion, dataset, out_dir=None, config=None, data_info=None, progress=True, **options):
+    def __init__(self, diffusion, dataset, out_dir=None, config=None, data_info=None, progress=True,
+                 parallel="auto", **options):
         if config is None:
             config = TrainConfig(**options)
         elif options:
@@ -149,7 +163,11 @@ class Trainer:
         self.dataset = dataset
         self.out_dir = out_dir
         self.data_info = dict(data_info or {})
-        self.progress = progress
+        self.parallel = data_parallel(parallel)  # GPUs: pass DataParallel(backend="cuda"), made before the model
+        if self.parallel is not None:
+            self.parallel.check_batch_size(config.batch_size)
+        self.progress = progress and (self.parallel is None or self.parallel.is_main)  # rank 0 prints
+        self._agreed = False
         self.x = np.asarray(dataset.x)
         if self.x.ndim < 2 or len(self.x) == 0:
             raise ValueError(f"dataset.x must be a non-empty batch of samples, got shape {self.x.shape}")
@@ -173,8 +191,17 @@ class Trainer:
     # the loop
 
     def batch_indices(self, step):
-        """Indices of the batch of `step`: shuffled epochs cut in batches (refdiff.training.data.batch_indices)."""
-        return batch_indices(len(self.x), self.config.batch_size, step, seed=self.config.seed)
+        """Indices of the batch of `step`: shuffled epochs cut in batches (refdiff.training.data.batch_indices);
+        with several processes, this rank's shard of it."""
+        idx = batch_indices(len(self.x), self.config.batch_size, step, seed=self.config.seed)
+        return idx if self.parallel is None else self.parallel.shard(idx)
+
+    def loss_rng(self, step):
+        """The generator of the draws of `step` (t, noise, label dropout): SeedSequence([seed, 2, step]),
+        with several processes SeedSequence([seed, 2, step, rank])."""
+        if self.parallel is None:
+            return step_rng(self.config.seed, 2, step)
+        return self.parallel.step_rng(self.config.seed, step)
 
     # On a GPU the loss of a step is not read at that step (a read waits for the GPU: one host
     # sync per step); train() reads the losses of LOSS_READ_EVERY steps at once, as one copy.
@@ -195,10 +222,12 @@ class Trainer:
         y = None if self.y is None else self.y[idx]
         self.optimizer.lr = warmup_lr(self.step, cfg.lr, cfg.warmup_steps)
         self.optimizer.zero_grad()
-        loss = self.diffusion.loss(x0, y, cond_drop_prob=cfg.cond_drop_prob if y is not None else 0.0, rng=step_rng(cfg.seed, 2, self.step))
-        if value_checks_on(loss.data):  # free to read: NumPy
-            _check_loss(float(loss.item()), self.step, update_made=False)
+        loss = self.diffusion.loss(x0, y, cond_drop_prob=cfg.cond_drop_prob if y is not None else 0.0, rng=self.loss_rng(self.step))
         loss.backward()
+        if self.parallel is not None:  # gradients and loss: their mean over the ranks, the same on every rank
+            loss = self.parallel.average(self.params, loss)
+        if value_checks_on(loss.data):  # free to read: NumPy (before the update: the weights stay as they were)
+            _check_loss(float(loss.item()), self.step, update_made=False)
         if cfg.grad_clip:
             clip_grad_norm(self.params, cfg.grad_clip, sync=False)  # the norm is not read: no host sync
         self.optimizer.step()
@@ -228,8 +257,13 @@ class Trainer:
         """
         steps = check_positive_int(steps, "steps", minimum=0)
         cfg = self.config
+        if self.parallel is not None and not self._agreed:  # once: every rank runs the same run
+            from .distributed import run_record
+
+            self.parallel.check_same(run_record(self))
+            self._agreed = True
         if self.out_dir and steps:
-            self.prepare_output()
+            self._on_main(self.prepare_output)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -253,6 +287,8 @@ class Trainer:
                 self.save_samples()
             due_by_steps = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
             due_by_time = cfg.checkpoint_minutes and time.monotonic() - last_save >= 60.0 * cfg.checkpoint_minutes
+            if self.out_dir and cfg.checkpoint_minutes and self.parallel is not None:
+                due_by_time = self.parallel.main_flag(due_by_time)  # rank 0's clock decides for all
             if self.out_dir and (due_by_steps or due_by_time):
                 self.save_checkpoint()
                 last_save, saved_step = time.monotonic(), self.step
@@ -271,6 +307,12 @@ class Trainer:
         """About the size of one checkpoint: model, EMA and two optimizer moments, plus 1 MiB of JSON."""
         weights = sum(int(p.data.nbytes) for p in self.params)
         return 4 * weights + 2**20
+
+    def _on_main(self, fn, *args):
+        """fn(*args) here, or with several processes on rank 0 alone, its failure raised on every rank."""
+        if self.parallel is None:
+            return fn(*args)
+        return self.parallel.main_only(fn, *args)
 
     def prepare_output(self):
         """Before training: remove what a killed save left in the checkpoint directory (temporary
@@ -297,23 +339,28 @@ class Trainer:
         """Sample with the EMA weights and write a picture; returns its path.
 
         DDIM with sample_steps steps and use_clipped_model_output (steady early in training).
+        With several processes the samples are split across the ranks and rank 0 writes.
         """
-        from ..io.images import save_image_grid, save_scatter
-
         cfg = self.config
         n = n or cfg.sample_n
         path = path or os.path.join(self.out_dir, "samples", f"step_{self.step:08d}.png")
         y = None if self.num_classes is None else np.arange(n) % self.num_classes
+        sample = self.diffusion.sample if self.parallel is None else partial(self.parallel.sample, self.diffusion)
         with self.ema_weights():
             steps = min(cfg.sample_steps, self.diffusion.T)
-            x = self.diffusion.sample(n, sampler="ddim", steps=steps, y=y, seed=seed, progress=False,
-                                      use_clipped_model_output=True)
+            x = sample(n, sampler="ddim", steps=steps, y=y, seed=seed, progress=False, use_clipped_model_output=True)
+        return self._on_main(self._write_samples, x, path)
+
+    def _write_samples(self, x, path):
+        from ..io.images import save_image_grid, save_scatter
+
         if x.ndim == 2 and x.shape[1] == 2:
             save_scatter(x, path, reference=self.x[:2000], title=f"step {self.step}")
         elif x.ndim == 4:
             save_image_grid(x, path, nrow=self.num_classes or None)
         else:
-            np.save(path.replace(".png", ".npy"), x)
+            path = path.replace(".png", ".npy")
+            np.save(path, x)
         return path
 
     # ----------------------------------------------------------------------------------------
@@ -331,15 +378,33 @@ class Trainer:
             "diffusion": self.diffusion.config(),
             "train": _jsonable(dataclasses.asdict(self.config)),
             "data": _jsonable(self.data_info),
-            "rng": {"seed": self.config.seed, "generators": "batches: default_rng([seed, epoch]); step s: SeedSequence([seed, 2, s])"},
+            "rng": self.rng_record(),
             "losses": self.losses,
             "states": {"model": model_skel, "ema": ema_skel, "optimizer": opt_skel},
         }
         return arrays, meta
 
+    def rng_record(self):
+        """How the run draws (stored in checkpoints): the seed, the generators, the number of processes."""
+        n = 1 if self.parallel is None else self.parallel.world_size
+        if n == 1:
+            return {"seed": self.config.seed, "world_size": 1,
+                    "generators": "batches: default_rng([seed, epoch]); step s: SeedSequence([seed, 2, s])"}
+        return {"seed": self.config.seed, "world_size": n,
+                "generators": f"batches: default_rng([seed, epoch]), each cut in {n} shards; "
+                              "step s on rank r: SeedSequence([seed, 2, s, r])"}
+
     def save_checkpoint(self, directory=None):
-        """Write the checkpoint of the current step (atomically); returns the JSON path."""
+        """Write the checkpoint of the current step (atomically); returns the JSON path.
+
+        With several processes: the weights are first checked to be bit-identical on every rank,
+        then rank 0 writes; a failure raises on every rank."""
         directory = directory or self.checkpoint_dir()
+        if self.parallel is not None:
+            self.parallel.check_identical([p.data for p in self.params], f"the model weights at step {self.step}")
+        return self._on_main(self._write_checkpoint, directory)
+
+    def _write_checkpoint(self, directory):
         arrays, meta = self.state()
         return ckpt.save_checkpoint(directory, self.step, arrays, meta, keep=self.config.keep_checkpoints)
 
@@ -365,12 +430,13 @@ class Trainer:
         return meta
 
     @classmethod
-    def resume(cls, path, dataset=None, backend=None, out_dir=None, progress=True, **overrides):
+    def resume(cls, path, dataset=None, backend=None, out_dir=None, progress=True, parallel="auto", **overrides):
         """A Trainer continuing the run whose (latest) checkpoint is at `path` (a run's out_dir works).
 
         The model, diffusion, training and data configs come from the checkpoint; the dataset is
         reloaded from its data spec unless given. overrides: TrainConfig fields that may change
         without changing the run's randomness (sample_every, checkpoint_every, keep_checkpoints, ...).
+        parallel: as for Trainer(); with several processes every rank reads the checkpoint.
         """
         run_dir = path
         if checkpoint_location(path) != path:
@@ -394,8 +460,14 @@ class Trainer:
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{where}: bad training config in the checkpoint: {e}") from None
         config = dataclasses.replace(config, **overrides)
-        trainer = cls(diffusion, dataset, out_dir=out_dir or run_dir, config=config, data_info=data_info, progress=progress)
+        trainer = cls(diffusion, dataset, out_dir=out_dir or run_dir, config=config, data_info=data_info, progress=progress,
+                      parallel=parallel)
         trainer.load_checkpoint(where)
+        saved_n = (meta.get("rng") or {}).get("world_size", 1)
+        n = 1 if trainer.parallel is None else trainer.parallel.world_size
+        if saved_n != n and (trainer.parallel is None or trainer.parallel.is_main):
+            warnings.warn(f"{where}: the run was trained by {saved_n} process(es) and continues on {n}: "
+                          "same data order, other random draws (exact resume needs the same number)", stacklevel=2)
         return trainer
 
 
