@@ -123,7 +123,7 @@ def cli(argv, kill_before_step=None, fault=None):
         checkpoint.save_checkpoint = save_checkpoint
     if fault in ("nan", "bug") and rank == 1:
         loss = GaussianDiffusion.loss
-        step = Trainer.train_step
+        step = Trainer._step
 
         def nan_loss(self, *args, **kwargs):
             out = loss(self, *args, **kwargs)
@@ -136,17 +136,17 @@ def cli(argv, kill_before_step=None, fault=None):
                 self.diffusion.loss = nan_loss.__get__(self.diffusion)
             return step(self)
 
-        Trainer.train_step = train_step
+        Trainer._step = train_step
 
     if kill_before_step is not None:
-        step = Trainer.train_step
+        step = Trainer._step
 
         def train_step(self):
             if self.step == kill_before_step and (self.parallel is None or self.parallel.is_main):
                 os.kill(os.getpid(), signal.SIGKILL)
             return step(self)
 
-        Trainer.train_step = train_step
+        Trainer._step = train_step
     return refdiff_cli.main(argv)
 
 
