@@ -27,14 +27,16 @@ CONFIG = dict(in_channels=3, base_channels=32, channel_mults=(1, 2, 2), num_res_
 BATCH, SIZE, T = 16, 32, 1000
 
 
-def inputs():
+def inputs(batch=BATCH, size=SIZE, channels=3):
+    """x_t, t, noise of a (batch, channels, size, size) batch, the same for both frameworks
+    (shared with bench_forward_cpu.py)."""
     import numpy as np
 
     import refdiff as rd
 
     rng = np.random.default_rng(0)
-    x0 = rng.uniform(-1, 1, (BATCH, 3, SIZE, SIZE)).astype(np.float32)
-    t = rng.integers(0, T, BATCH)
+    x0 = rng.uniform(-1, 1, (batch, channels, size, size)).astype(np.float32)
+    t = rng.integers(0, T, batch)
     noise = rng.standard_normal(x0.shape).astype(np.float32)  # the eps of x_t: the eps-prediction target
     x_t = rd.q_sample(x0, t, noise, rd.NoiseSchedule.linear(T=T)).astype(np.float32)
     return x_t, t, noise
@@ -126,9 +128,14 @@ def child(args):
     print("RESULT " + json.dumps(result))
 
 
+def thread_env(threads):
+    """The environment that limits NumPy's BLAS and torch's OpenMP pool to `threads` threads
+    (read when the libraries load, so it is set before they are imported)."""
+    return dict(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+
+
 def spawn(framework, args, folder):
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
-               MKL_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, **thread_env(args.threads))
     cmd = [sys.executable, __file__, "--child", "--framework", framework, "--folder", folder,
            "--steps", str(args.steps), "--threads", str(args.threads)] + (["--profile"] if args.profile else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -97,6 +97,25 @@ def test_silu_forward_matches_x_sigmoid(x):
     np.testing.assert_allclose(F.silu(x).data, x / (1 + np.exp(-x)), rtol=1e-14, atol=1e-14)
 
 
+def silu_plain(x):
+    """SiLU by its tanh form, x (1 + tanh(x/2)) / 2, and its derivative s (1 + x (1 - s)):
+    the definition F.silu's faster x / (1 + e^-x) is checked against (issue 13)."""
+    s = (1 + np.tanh(x / 2)) / 2
+    return x * s, s * (1 + x * (1 - s))
+
+
+@given(small_shape().flatmap(lambda s: f64(s, -30, 30)), st.integers(0, 2**32 - 1))
+def test_silu_matches_plain_definition(x, seed):
+    # outputs and gradients in float64; the tanh form loses ~ulp(1) |x| / 2 for x << 0 (see above)
+    xt = Tensor(x, requires_grad=True)
+    y = F.silu(xt)
+    g = np.random.default_rng(seed).standard_normal(x.shape)
+    y.backward(g)
+    y_ref, dy_dx = silu_plain(x)
+    np.testing.assert_allclose(y.data, y_ref, rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(xt.grad, g * dy_dx, rtol=1e-13, atol=1e-14)
+
+
 def test_silu_is_finite_and_warning_free_at_extremes():
     x = np.array([-1e4, -100.0, 100.0, 1e4], dtype=np.float32)
     with warnings.catch_warnings():
@@ -241,6 +260,76 @@ def test_conv2d_forward_matches_naive_loops(args):
     x, w, b, stride, padding = args
     y = F.conv2d(x, w, b, stride=stride, padding=padding).data
     np.testing.assert_allclose(y, conv2d_loops(x, w, b, stride, padding), atol=FORWARD_ATOL)
+
+
+def conv2d_plain(x, w, b, stride, padding, g):
+    """conv2d by its definition, in float64: y = b + sum_{c,i,j} W x_pad over the windows, and
+    the gradients of sum(g * y) with respect to x, W and b. No scratch buffers, no 1x1 path:
+    the definition that F.conv2d's fast paths are checked against (issue 13)."""
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    N, C, H, W = x.shape
+    O, _, kh, kw = w.shape
+    x_pad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    windows = np.lib.stride_tricks.sliding_window_view(x_pad, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :Ho, :Wo]
+    y = np.einsum("nchwij,ocij->nohw", windows, w) + (0 if b is None else b[None, :, None, None])
+    dw = np.einsum("nchwij,nohw->ocij", windows, g)
+    db = g.sum(axis=(0, 2, 3))
+    dwindows = np.einsum("ocij,nohw->nchwij", w, g)  # each window's share of the gradient
+    dx_pad = np.zeros_like(x_pad)
+    for i in range(kh):
+        for j in range(kw):
+            dx_pad[:, :, i : i + sh * Ho : sh, j : j + sw * Wo : sw] += dwindows[..., i, j]
+    return y, dx_pad[:, :, ph : ph + H, pw : pw + W], dw, db
+
+
+@st.composite
+def pointwise_conv_operands(draw):  # the 1x1 fast path: kernel 1x1, stride 1, no padding
+    N, C, O = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    H, W = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    x, w = draw(f64((N, C, H, W))), draw(f64((O, C, 1, 1)))
+    b = draw(st.none() | f64((O,)))
+    return x, w, b, draw(st.sampled_from([1, (1, 1)])), draw(st.sampled_from([0, (0, 0)]))
+
+
+@settings(max_examples=60)
+@given(conv_operands() | pointwise_conv_operands(), st.integers(0, 2**32 - 1))
+def test_conv2d_fast_paths_match_plain_definition(args, seed):
+    # outputs and all three gradients, float64: the same sums in another order (atol as FORWARD_ATOL)
+    x, w, b, stride, padding = args
+    xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+    bt = None if b is None else Tensor(b, requires_grad=True)
+    y = F.conv2d(xt, wt, bt, stride=stride, padding=padding)
+    g = np.random.default_rng(seed).standard_normal(y.shape)
+    y.backward(g)
+    y_ref, dx_ref, dw_ref, db_ref = conv2d_plain(x, w, b, stride, padding, g)
+    np.testing.assert_allclose(y.data, y_ref, atol=FORWARD_ATOL)
+    np.testing.assert_allclose(xt.grad, dx_ref, atol=FORWARD_ATOL)
+    np.testing.assert_allclose(wt.grad, dw_ref, atol=FORWARD_ATOL)
+    if b is not None:
+        np.testing.assert_allclose(bt.grad, db_ref, atol=FORWARD_ATOL)
+
+
+def test_conv2d_outputs_and_gradients_do_not_share_the_scratch_buffers():
+    # conv2d reuses buffers for its temporaries: an output or a gradient it returned must not
+    # change when later calls (same or other shapes, forward or backward) reuse them
+    r = np.random.default_rng(4)
+    x1, x2, w = r.standard_normal((2, 3, 6, 6)), r.standard_normal((2, 3, 6, 6)), r.standard_normal((4, 3, 3, 3))
+    xt = Tensor(x1, requires_grad=True)
+    y1 = F.conv2d(xt, w, padding=1)
+    y1_copy = y1.data.copy()
+    F.conv2d(x2, w, padding=1)
+    F.conv2d(r.standard_normal((1, 5, 9, 7)), r.standard_normal((2, 5, 3, 3)), stride=2)
+    np.testing.assert_array_equal(y1.data, y1_copy)
+    g = r.standard_normal(y1.shape)
+    y1.backward(g)
+    dx = xt.grad.copy()
+    yt = F.conv2d(Tensor(x2, requires_grad=True), Tensor(w, requires_grad=True), padding=1)
+    yt.backward(g)
+    np.testing.assert_array_equal(xt.grad, dx)
+    np.testing.assert_allclose(y1_copy, conv2d_plain(x1, w, None, 1, 1, g)[0], atol=FORWARD_ATOL)
+    np.testing.assert_allclose(dx, conv2d_plain(x1, w, None, 1, 1, g)[1], atol=FORWARD_ATOL)
 
 
 # Fixed stride / padding combinations next to the drawn ones: non-square inputs and kernels,

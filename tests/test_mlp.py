@@ -75,3 +75,32 @@ def test_fits_a_fixed_batch_of_the_ddpm_loss():
             v_p[...] = 0.999 * v_p + 0.001 * p.grad**2
             p.data -= 1e-2 * (m_p / (1 - 0.9**step)) / (np.sqrt(v_p / (1 - 0.999**step)) + 1e-8)
     assert losses[0] > 0.5 and min(losses[-5:]) < 0.1 * losses[0], (losses[0], losses[-5:])
+
+
+@pytest.mark.parametrize("num_classes", [None, 3])
+def test_one_timestep_for_the_batch_matches_the_per_row_path(num_classes):
+    # With one timestep for the whole batch the timestep path runs on one row and broadcasts;
+    # the per-row path (the definition) runs when the timesteps differ: here, an extra last row
+    # with another t. Both in float64: outputs and parameter gradients agree to rounding.
+    model = rd.MLPDenoiser(hidden=16, num_blocks=2, time_dim=8, num_classes=num_classes, seed=3)
+    model.to(dtype=np.float64)
+    for p in model.parameters():  # out_proj starts at zero: give the gradients something to carry
+        p.data[...] += np.random.default_rng(1).uniform(-0.1, 0.1, p.shape)
+    x = np.random.default_rng(2).standard_normal((6, 2))
+    y = None if num_classes is None else np.array([0, 1, 2, 0, 1, 3])
+    g = np.random.default_rng(4).standard_normal((6, 2))
+
+    def output_and_grads(x, t, y, rows):
+        model.zero_grad()
+        out = model(x, t, y)
+        out.backward(np.concatenate([g, np.zeros((len(x) - rows, 2))]))
+        return out.data[:rows], {n: p.grad.copy() for n, p in model.named_parameters()}
+
+    for t in (417, np.full(6, 417)):
+        fast, fast_grads = output_and_grads(x, t, y, 6)
+        x7, t7 = np.concatenate([x, x[:1]]), np.append(np.full(6, 417), 5)
+        y7 = None if y is None else np.append(y, 0)
+        plain, plain_grads = output_and_grads(x7, t7, y7, 6)
+        np.testing.assert_allclose(fast, plain, rtol=1e-12, atol=1e-14)
+        for name in plain_grads:
+            np.testing.assert_allclose(fast_grads[name], plain_grads[name], rtol=1e-12, atol=1e-14, err_msg=name)
