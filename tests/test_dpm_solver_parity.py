@@ -21,6 +21,13 @@ Three views of each case:
    the solver agrees on diffusers' own times).
 3. rd.sample_loop on refdiff's own float64 schedules: diffusers' float32 cumprod of the betas moves
    its sigmas by up to ~1e-4 relative; the outputs differ by no more than that shift allows.
+
+One deliberate difference in the solver: dpmpp_3m_sde's weight of D_2 is k-diffusion's, where
+diffusers 0.42.1 has the sign of a 1/2 flipped (refdiff.samplers.dpm_solver.third_order_weight).
+The three views run the dpmpp_3m_sde cases with diffusers' weight swapped in
+(diffusers_sde_third_order_weight), at the same tolerances, and
+test_dpmpp_3m_sde_differs_from_diffusers_by_its_d2_weight_only shows that without the swap the cases
+that take a third-order step differ, and those that do not are unchanged.
 """
 import json
 import os
@@ -32,6 +39,7 @@ import refdiff as rd
 from refdiff.gaussian.process import DiscreteProcess
 from refdiff.samplers.grids import Grid, build_grid
 from refdiff.samplers.loop import Denoiser
+from refdiff.samplers import dpm_solver
 from refdiff.samplers.registry import sampler_spec
 
 GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "data", "diffusers_dpm_golden.npz"))
@@ -121,6 +129,28 @@ def truncates_karras_times(case):
             and m["options"].get("sigmas") == "karras")
 
 
+def diffusers_third_order_weight(signal_scale_next, h, sde=False):
+    """refdiff's third_order_weight with diffusers' SDE variant (the sign slip) in place of its own."""
+    if sde:
+        return dpm_solver.diffusers_sde_third_order_weight(signal_scale_next, h)
+    return THIRD_ORDER_WEIGHT(signal_scale_next, h, sde)
+
+
+THIRD_ORDER_WEIGHT = dpm_solver.third_order_weight
+
+
+DIFFUSERS_WEIGHT_TESTS = ("test_sampler_on_diffusers_grid_matches_diffusers", "test_sample_loop_matches_diffusers",
+                          "test_own_schedules_differ_from_diffusers_only_by_its_float32_tables")
+
+
+@pytest.fixture(autouse=True)
+def diffusers_weights_for_3m_sde(request, monkeypatch):
+    """The dpmpp_3m_sde cases run with diffusers' D_2 weight (see the module docstring)."""
+    case = request.node.callspec.params.get("case") if hasattr(request.node, "callspec") else None
+    if case is not None and meta(case)["sampler"] == "dpmpp_3m_sde" and request.node.originalname in DIFFUSERS_WEIGHT_TESTS:
+        monkeypatch.setattr(dpm_solver, "third_order_weight", diffusers_third_order_weight)
+
+
 def test_the_golden_file_covers_the_issue():
     seen = {(meta(c)["sampler"], meta(c)["prediction_type"], meta(c)["options"].get("sigmas", "default"))
             for c in CASES}
@@ -202,3 +232,34 @@ def test_own_schedules_differ_from_diffusers_only_by_its_float32_tables(case):
     # a few times shift M (M ~ 2 here), on top of the rounding tolerance
     M = np.abs(GOLDEN[f"case/{case}/out"]).max()
     np.testing.assert_allclose(out, GOLDEN[f"case/{case}/out"], rtol=0, atol=tolerance(case) + 8 * shift * M)
+
+
+# ---- the one deliberate difference: dpmpp_3m_sde's D_2 weight ----------------------------------------
+
+SDE_3M_CASES = [c for c in CASES if meta(c)["sampler"] == "dpmpp_3m_sde"]
+
+
+@pytest.mark.parametrize("case", SDE_3M_CASES)
+def test_dpmpp_3m_sde_differs_from_diffusers_by_its_d2_weight_only(case):
+    """View 1 with refdiff's own weight: a case whose loop takes a third-order step (with a step of
+    non-zero length) differs from diffusers by more than twice the tolerance (measured: 2.1x on the
+    cosine schedule at 7 steps, whose tolerance is large; 11x at 20 steps there, 47-140000x elsewhere);
+    one that takes none matches."""
+    m = meta(case)
+    process = DiscreteProcess(diffusers_schedule(case))
+    sigmas = GOLDEN[f"case/{case}/sigmas"].astype(np.float64)
+    times = np.append(GOLDEN[f"case/{case}/timesteps"].astype(np.float64), 0.0)
+    model = fake_model(diffusers_abar(case), m["prediction_type"])
+    denoise = Denoiser(lambda x, t: (model(x, t), None), process, Grid(sigmas, times), m["prediction_type"])
+    options = sampler_options(case)
+    steps = len(sigmas) - 1
+    third = [i for i in range(steps)
+             if sigmas[i + 1] != sigmas[i] and dpm_solver.multistep_order(
+                 i, steps, 3, i, options.get("lower_order_final", True), options.get("euler_at_final", False),
+                 sigmas[-1] == 0) == 3]
+    x = sampler_spec(m["sampler"]).fn(denoise, X_T / denoise.scales(0)[0], denoise.sigmas, rng_for(case), **options)
+    difference = np.abs(x * denoise.scales(-1)[0] - GOLDEN[f"case/{case}/out"]).max()
+    if third:
+        assert difference > 2 * tolerance(case), (third, difference)
+    else:
+        assert difference <= tolerance(case)

@@ -37,7 +37,8 @@ Parity: each sampler reproduces diffusers' DPMSolverMultistepScheduler / DPMSolv
 (tests/test_dpm_solver.py against tests/data/diffusers_dpm_golden.npz). Deliberate differences:
 diffusers keeps alphas_cumprod, the sigma grid and every coefficient in float32; refdiff in float64
 (its schedules) and in Python floats (the coefficients), so results differ by float32 rounding of
-those tables only. On the cosine schedule diffusers' multistep scheduler does not round the time of a
+those tables only; and dpmpp_3m_sde's D_2 weight is k-diffusion's, not diffusers' (a sign slip
+there: third_order_weight). On the cosine schedule diffusers' multistep scheduler does not round the time of a
 Karras sigma but truncates it (it skips .round() for squaredcos_cap_v2); refdiff rounds on every
 schedule.
 
@@ -109,10 +110,26 @@ def second_order_weight(signal_scale_next, h, solver_type, sde=False):
 def third_order_weight(signal_scale_next, h, sde=False):
     """The weight of D_2 (the second divided difference) in a third-order step:
     -signal_scale_next ((e^-h - 1 + h) / h^2 - 1/2)            (DPM-Solver++ / DPM-Solver phi_3; diffusers);
-    SDE: signal_scale_next ((1 - e^-2h - 2h) / (2h)^2 - 1/2)."""
+    SDE: the same with 2h for h, -signal_scale_next ((e^-2h - 1 + 2h) / (2h)^2 - 1/2)
+    = signal_scale_next ((1 - e^-2h - 2h) / (2h)^2 + 1/2)   (k-diffusion sample_dpmpp_3m_sde, eta = 1:
+    x - phi_3 d2 with phi_3 = phi_2 / 2h - 1/2). It is the integral of the SDE's kernel 2 e^(-2(h - u))
+    against the quadratic term u^2 / 2 of D(lambda_s + u), over h^2: the weight is O(h) and D_2 O(h^2).
+
+    Deliberate difference from diffusers 0.42.1, whose sde-dpmsolver++ third-order step has - 1/2 there
+    (diffusers_sde_third_order_weight): an O(1) weight on D_2, which costs the samples their
+    covariance (tests/test_sampler_convergence.py: 10-25 standard errors at 20-200 steps on the
+    mixture, within sampling error with this weight); tests/test_dpm_solver_parity.py shows that
+    refdiff and diffusers differ by this weight only."""
     if sde:
-        return signal_scale_next * ((-math.expm1(-2.0 * h) - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
+        return signal_scale_next * ((-math.expm1(-2.0 * h) - 2.0 * h) / (2.0 * h) ** 2 + 0.5)
     return -signal_scale_next * ((math.expm1(-h) + h) / h**2 - 0.5)
+
+
+def diffusers_sde_third_order_weight(signal_scale_next, h):
+    """diffusers 0.42.1's weight of D_2 in its sde-dpmsolver++ third-order step (multistep_dpm_solver_
+    third_order_update): signal_scale_next ((1 - e^-2h - 2h) / (2h)^2 - 1/2), the sign of the 1/2
+    flipped against third_order_weight(sde=True). Not used by the samplers; the parity tests swap it in."""
+    return signal_scale_next * ((-math.expm1(-2.0 * h) - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
 
 
 # ---- per-element updates (arithmetic only: arrays here, float32 scalars in the kernels) ------------
@@ -292,9 +309,11 @@ def sample_dpmpp_3m_sde(denoise, x, sigmas, rng, *, solver_type="midpoint", lowe
     """SDE-DPM-Solver++(3M): dpmpp_3m's expansion on the SDE (diffusers sde-dpmsolver++, solver_order=3):
 
         x_{i+1} = (sigma_{i+1} / sigma_i) e^-h x_i + (1 - e^-2h) D_0 + ((1 - e^-2h) / (-2h) + 1) D_1
-                  + ((1 - e^-2h - 2h) / (2h)^2 - 1/2) D_2 + sigma_{i+1} sqrt(1 - e^-2h) z_i
+                  + ((1 - e^-2h - 2h) / (2h)^2 + 1/2) D_2 + sigma_{i+1} sqrt(1 - e^-2h) z_i
 
-    D_1, D_2 as dpmpp_3m; one draw per step. Options as dpmpp_3m.
+    D_1, D_2 as dpmpp_3m; one draw per step. Options as dpmpp_3m. The D_2 weight is k-diffusion's
+    (sample_dpmpp_3m_sde); diffusers 0.42.1 writes - 1/2 in place of + 1/2 and its samples lose the
+    data's covariance (third_order_weight says more): refdiff matches diffusers up to that weight.
     """
     return _multistep(denoise, x, sigmas, rng, 3, True, solver_type, lower_order_final, euler_at_final)
 
