@@ -192,13 +192,22 @@ class GaussianDiffusion:
         if guided:
             y_both = self.backend.asarray(np.concatenate([y, np.full(n, self.num_classes, np.int64)]))
 
+        # refdiff's networks take t as one number for the whole batch (they fill it in where their
+        # parameters live, and the MLP then computes its timestep path once); any other model gets
+        # the array (B,) of the contract model(x, t, y)
+        one_number = getattr(self.model, "takes_scalar_timestep", False)
+
         def model_pair(x_t, t):
             t_dtype = xp.int64 if isinstance(t, (int, np.integer)) else xp.float64
+
+            def timesteps(batch):
+                return t if one_number else xp.full(batch, t, dtype=t_dtype)
+
             if guided:  # one batch of 2n: the conditional half, then the null-label half
                 x_both = xp.concatenate([x_t, x_t])
-                out = _data(self.model(x_both, xp.full(2 * n, t, dtype=t_dtype), y_both))
+                out = _data(self.model(x_both, timesteps(2 * n), y_both))
                 return out[:n], out[n:]
-            return _data(self.model(x_t, xp.full(n, t, dtype=t_dtype), y_dev)), None
+            return _data(self.model(x_t, timesteps(n), y_dev)), None
 
         return model_pair
 

@@ -42,6 +42,8 @@ class MLPDenoiser(Module):
     model(x, t, y=None) -> Tensor (B, dim).  .config: the arguments (without backend).
     """
 
+    takes_scalar_timestep = True  # forward(x, t): t may be one number for the whole batch
+
     def __init__(self, dim=2, hidden=128, num_blocks=3, time_dim=64, num_classes=None, backend="numpy", seed=0):
         super().__init__()
         dim, hidden = _size(dim, "dim", 1), _size(hidden, "hidden", 1)

@@ -64,6 +64,8 @@ class UNet(Module):
     .config is the dict of these arguments (without backend) and UNet(**model.config) rebuilds it.
     """
 
+    takes_scalar_timestep = True  # forward(x, t): t may be one number for the whole batch
+
     def __init__(self, in_channels=3, out_channels=None, base_channels=64, channel_mults=(1, 2, 2), num_res_blocks=2,
                  attention_resolutions=(16,), sample_size=32, dropout=0.0, num_classes=None, norm_groups=32,
                  attention_head_dim=None, norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0, time_embedding_dim=None,
