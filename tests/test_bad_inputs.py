@@ -352,3 +352,26 @@ def test_cli_unwritable_checkpoint_directory_is_one_line(tmp_path, capsys, monke
     monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda path: type("U", (), {"free": 0})())
     _fails_with_one_line(["train", "--data", "moons", "--steps", "2", "--out", str(tmp_path / "r"), *TINY], capsys,
                          "a checkpoint of this run needs about")
+
+
+# ---- the networks' input x ----------------------------------------------------------------------
+# Catches a network that casts an integer, bool or complex array to float without a word (an
+# uint8 image would then be read on the 0..255 scale) or computes on NaN input.
+
+def _networks():
+    return [(rd.UNet(in_channels=1, base_channels=8, channel_mults=(1,), num_res_blocks=1, attention_resolutions=(),
+                     norm_groups=4, sample_size=4), (2, 1, 4, 4)),
+            (rd.MLPDenoiser(dim=2, hidden=8, num_blocks=1), (2, 2))]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.bool_, np.complex64])
+def test_the_networks_refuse_non_float_input_naming_x(dtype):
+    for model, shape in _networks():
+        with pytest.raises(TypeError, match="x must have dtype float32 or float64"):
+            model(np.zeros(shape, dtype=dtype), 0)
+
+
+def test_the_networks_refuse_nan_input_on_the_host():
+    for model, shape in _networks():
+        with pytest.raises(ValueError, match="x contains NaN"):
+            model(np.full(shape, np.nan, dtype=np.float32), 0)

@@ -11,7 +11,7 @@ for classifier-free guidance (Ho & Salimans 2022).
 """
 import numpy as np
 
-from ..checks import check_positive_int, check_seed, model_labels, model_timesteps
+from ..checks import check_float_array, check_positive_int, check_seed, model_labels, model_timesteps
 from ..nn.autograd import Tensor
 from ..backend import array_module, get_backend
 from ..nn import Embedding, Linear, Module, ModuleList
@@ -69,6 +69,7 @@ class MLPDenoiser(Module):
         xp = array_module(self.in_proj.weight.data)
         if not isinstance(x, Tensor):
             x = Tensor(xp.asarray(x))
+        check_float_array(x.data, "x")  # float32/float64, finite where reading it is free
         if x.ndim != 2 or x.shape[1] != self.config["dim"]:
             raise ValueError(f"MLPDenoiser expects x of shape (B, {self.config['dim']}), got {tuple(x.shape)}")
         B = x.shape[0]

@@ -18,7 +18,8 @@ Shapes (B = batch, C = base_channels, L = len(channel_mults)):
 """
 import numpy as np
 
-from ..checks import (check_bool, check_choice, check_choice_int, check_int_sequence, check_optional_positive_int,
+from ..checks import (check_bool, check_choice, check_choice_int, check_float_array, check_int_sequence,
+                      check_optional_positive_int,
                       check_positive_int, check_positive_ints, check_positive_real, check_probability, check_real,
                       check_seed, model_labels, model_timesteps)
 from ..nn.autograd import Tensor
@@ -207,6 +208,7 @@ class UNet(Module):
         xp = array_module(self.conv_in.weight.data)
         if not isinstance(x, Tensor):
             x = Tensor(xp.asarray(x))
+        check_float_array(x.data, "x")  # float32/float64, finite where reading it is free
         if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
             raise ValueError(f"UNet expects x of shape (B, {self.config['in_channels']}, H, W), got {tuple(x.shape)}")
         H, W = x.shape[2], x.shape[3]
