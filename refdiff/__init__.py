@@ -34,6 +34,13 @@ _EXPORTS = {
     "x0_eps_from_model_output": "refdiff.gaussian.parameterization",
     # the exact analytic denoiser of a Gaussian mixture (PRML sec. 2.3; EDM appendix B.3)
     "GaussianMixture": "refdiff.gaussian.mixture",
+    # the variational bound and bits per dimension (DDPM eq. 5; improved DDPM sec. 2-3)
+    "normal_kl": "refdiff.gaussian.likelihood",
+    "discretized_gaussian_log_likelihood": "refdiff.gaussian.likelihood",
+    "prior_kl": "refdiff.gaussian.likelihood",
+    "vlb_terms": "refdiff.gaussian.likelihood",
+    "vlb": "refdiff.gaussian.likelihood",
+    "bits_per_dim": "refdiff.gaussian.likelihood",
     # loss weighting (min-SNR-gamma)
     "loss_weight": "refdiff.gaussian.losses",
     # reverse updates

@@ -637,3 +637,22 @@ def check_int_choice(value, choices, name):
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
     return int(value)
+
+
+# ---- the likelihood (refdiff.gaussian.likelihood) ----------------------------------------------------
+
+
+def check_likelihood_data(x, name="x0"):
+    """`x` as a host float array (B, ...) of data in [-1, 1] (8-bit values k / 127.5 - 1): the
+    discretized decoder gives each value the probability of its bin, and the outer bins reach to
+    -inf and +inf; data outside [-1, 1] have no bin."""
+    check_float_array(x, name)
+    if is_device_array(x):
+        raise TypeError(f"{name} must be a NumPy array (the likelihood is computed on the host); use .get()")
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} must hold at least one sample, got shape {tuple(x.shape)}")
+    low, high = float(x.min()), float(x.max())
+    if low < -1 - 1e-6 or high > 1 + 1e-6:
+        raise ValueError(f"{name} must lie in [-1, 1] (8-bit data scaled as k / 127.5 - 1), got values in "
+                         f"[{low:.4g}, {high:.4g}]")
+    return x

@@ -8,6 +8,7 @@
     guidance.py          classifier-free guidance (Ho & Salimans 2022, eq. 6)
     losses.py            loss weights per timestep (L_simple, min-SNR-gamma)
     embedding.py         the sinusoidal timestep embedding (Vaswani et al. sec. 3.5)
+    likelihood.py        the variational bound L_vlb and bits/dim: Gaussian KL, discretized decoder, prior (DDPM eq. 5, 13)
     mixture.py           GaussianMixture: exact q(x_t), E[x_0 | x_t], eps, v and score of a mixture (PRML 2.3, EDM app. B.3)
 
 A math folder: it imports NumPy, refdiff.checks and refdiff.backend only, never the networks,

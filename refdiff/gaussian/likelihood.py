@@ -1,0 +1,207 @@
+"""The variational bound on -log p(x_0) and bits per dimension (DDPM eq. 5; improved DDPM sec. 2-3).
+
+    L_vlb = L_0 + L_1 + ... + L_{T-1} + L_T                                 improved DDPM eq. 4 (DDPM eq. 5)
+    L_0   = -log p(x_0 | x_1)                  the discretized decoder        DDPM eq. 13; improved DDPM eq. 5
+    L_t   = KL(q(x_t | x_{t+1}, x_0) || p(x_t | x_{t+1}))   (paper steps)    DDPM eq. 5; improved DDPM eq. 6
+    L_T   = KL(q(x_T | x_0) || N(0, I))        the prior term, no parameter   DDPM eq. 5; improved DDPM eq. 7
+
+In refdiff's indices (t = 0..T-1 holds the paper's step t+1, docs/NOTATION.md) the term of index t
+is the paper's L_t: index 0 is the decoder, index t >= 1 compares the posterior q(x_{t-1} | x_t, x_0)
+(DDPM eqs. 6-7, refdiff.gaussian.posterior) with the model's step, and the prior term reads
+abar_{T-1}. The model's step is p(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I) with
+
+    mu_theta  = mu_tilde_t(x_t, x0_pred)       the posterior mean at the predicted x_0   DDPM eq. 11 (as eq. 7)
+    sigma_t^2 = beta_tilde_t ("fixed_small") or beta_t ("fixed_large")                   DDPM sec. 3.2
+
+as in the improved-DDPM code (gaussian_diffusion.py): "fixed_small" reads the clipped log of
+beta_tilde (the schedule's posterior_log_variance_clipped: log beta_tilde_1 at index 0, where
+beta_tilde is 0), "fixed_large" log beta_t with beta_tilde_1 at index 0.
+
+Data x_0 are 8-bit images scaled to [-1, 1] (x = k / 127.5 - 1, k = 0..255): the decoder gives each
+value the probability of its bin [x - 1/255, x + 1/255], the outer bins extended to -inf and +inf,
+so L_vlb bounds the negative log-probability of the discrete data and
+bits/dim = L_vlb / (D ln 2) is comparable with the numbers papers report (improved DDPM Table 1-2).
+
+The terms are in nats per sample (summed over the D = prod(x_0.shape[1:]) dimensions). Each KL
+term takes one draw x_t ~ q(x_t | x_0): L_vlb of a sample is an unbiased estimate over x_t, exact
+in t (every index is visited, as improved DDPM's calc_bpd_loop). Everything is computed in float64.
+
+References
+- Ho, Jain, Abbeel 2020, DDPM, arXiv:2006.11239, eqs. 5, 11, 13, sec. 3.2-3.3.
+- Nichol, Dhariwal 2021, Improved Denoising Diffusion Probabilistic Models, arXiv:2102.09672,
+  sec. 2-3, eqs. 4-7; code: improved_diffusion/losses.py, gaussian_diffusion.py (_vb_terms_bpd,
+  _prior_bpd, calc_bpd_loop).
+"""
+import math
+
+import numpy as np
+
+from ..checks import (check_float_array, check_likelihood_data, check_positive_int, check_prediction_type,
+                      check_variance_type)
+from .forward import q_sample
+from .parameterization import x0_eps_from_model_output
+from .posterior import q_posterior
+
+LOG_2 = math.log(2.0)
+# a bin's probability is floored here before its log is taken, only so that log 0 is never taken
+# (the improved-DDPM code clamps at 1e-12, which raises the probability of a bin the model
+# misses by more than 27.6 nats and so is not a bound there)
+MIN_BIN_PROBABILITY = np.finfo(np.float64).tiny
+
+
+# ---- the three kinds of term, elementwise ----------------------------------------------------------
+
+
+def normal_kl(mean_1, log_var_1, mean_2, log_var_2):
+    """KL(N(mean_1, e^log_var_1) || N(mean_2, e^log_var_2)) elementwise, in nats:
+
+        1/2 (log_var_2 - log_var_1 + e^(log_var_1 - log_var_2) + (mean_1 - mean_2)^2 e^-log_var_2 - 1)
+
+    (the KL of two Gaussians, improved DDPM code losses.normal_kl; DDPM eq. 5's terms in closed form).
+    Arguments broadcast against each other.
+    """
+    return 0.5 * (log_var_2 - log_var_1 + np.exp(log_var_1 - log_var_2)
+                  + (mean_1 - mean_2) ** 2 * np.exp(-log_var_2) - 1.0)
+
+
+_erfc = np.frompyfunc(math.erfc, 1, 1)
+
+
+def standard_normal_cdf(z):
+    """Phi(z) = erfc(-z / sqrt(2)) / 2, exactly (math.erfc elementwise; float64).
+
+    The improved-DDPM code uses a tanh approximation of Phi (losses.approx_standard_normal_cdf,
+    off by up to ~1e-4); refdiff computes the cdf itself. Accurate in the left tail (erfc of a
+    large argument does not cancel); use standard_normal_sf on the right.
+    """
+    return 0.5 * _erfc(-np.asarray(z, dtype=np.float64) / math.sqrt(2.0)).astype(np.float64)
+
+
+def standard_normal_sf(z):
+    """1 - Phi(z) = Phi(-z) = erfc(z / sqrt(2)) / 2, accurate in the right tail (see standard_normal_cdf)."""
+    return standard_normal_cdf(-np.asarray(z, dtype=np.float64))
+
+
+def bin_probability(x0, mean, log_var, bin_half_width=1 / 255):
+    """P(x in the bin of x_0) under N(mean, e^log_var), elementwise (DDPM eq. 13):
+
+        Phi((x_0 + w - mean) / std) - Phi((x_0 - w - mean) / std),   w = bin_half_width = 1/255,
+
+    with the lower edge at -inf where x_0 = -1 and the upper at +inf where x_0 = 1 (read as
+    x_0 < -0.999 and x_0 > 0.999, the improved-DDPM code's test, so float32 data work). The difference
+    is taken between upper tails where both edges are above the mean, so that it does not cancel.
+    """
+    std = np.exp(0.5 * log_var)
+    z_plus = (x0 + bin_half_width - mean) / std
+    z_min = (x0 - bin_half_width - mean) / std
+    z_plus = np.where(x0 > 0.999, np.inf, z_plus)     # the last bin extends to +inf   (DDPM eq. 13)
+    z_min = np.where(x0 < -0.999, -np.inf, z_min)     # the first bin extends to -inf
+    right = z_min > 0
+    return np.where(right, standard_normal_sf(z_min) - standard_normal_sf(z_plus),
+                    standard_normal_cdf(z_plus) - standard_normal_cdf(z_min))
+
+
+def discretized_gaussian_log_likelihood(x0, mean, log_var, bin_half_width=1 / 255):
+    """log p(x_0 | x_1) of 8-bit data in [-1, 1] under N(mean, e^log_var), elementwise, in nats:
+    the log of bin_probability (DDPM eq. 13; improved DDPM code losses.discretized_gaussian_log_likelihood,
+    which clamps the probability at 1e-12; refdiff only at the smallest positive float64)."""
+    return np.log(np.maximum(bin_probability(x0, mean, log_var, bin_half_width), MIN_BIN_PROBABILITY))
+
+
+# ---- the terms of L_vlb for a sample ----------------------------------------------------------------
+
+
+def _sum_per_sample(x):
+    """Sum over every axis but the batch axis: (B, ...) -> (B,)."""
+    return x.reshape(x.shape[0], -1).sum(axis=1)
+
+
+def prior_kl(x0, schedule):
+    """L_T = KL(q(x_T | x_0) || N(0, I)) per sample, in nats (DDPM eq. 5; improved DDPM eq. 7):
+    q(x_T | x_0) = N(sqrt(abar_{T-1}) x_0, (1 - abar_{T-1}) I) (DDPM eq. 4 at the last index).
+    x0: (B, ...) float array. Returns (B,) float64."""
+    x0 = check_float_array(x0, "x0").astype(np.float64)
+    abar_last = schedule.alphas_cumprod[-1]
+    mean = math.sqrt(abar_last) * x0
+    return _sum_per_sample(normal_kl(mean, math.log1p(-abar_last), 0.0, 0.0))
+
+
+def model_log_variance(t, schedule, variance_type):
+    """log sigma_t^2 of the model's step at index t (DDPM sec. 3.2; improved DDPM code):
+    "fixed_small" log beta_tilde_t, clipped (log beta_tilde_1 at t = 0: the schedule's
+    posterior_log_variance_clipped); "fixed_large" log beta_t, with beta_tilde_1 at t = 0."""
+    if variance_type == "fixed_small":
+        return float(schedule.posterior_log_variance_clipped[t])
+    if t == 0 and schedule.T > 1:
+        return float(np.log(schedule.posterior_variance[1]))
+    return float(np.log(schedule.betas[t]))
+
+
+def p_mean(model_output, x_t, t, schedule, prediction_type="epsilon", clip_sample=False):
+    """mu_theta(x_t, t) = mu_tilde_t(x_t, x0_pred): the posterior mean (DDPM eq. 7, refdiff.gaussian.posterior)
+    at the x_0 the model predicts (DDPM eq. 11 for eps; eq. 15 for x0_pred), clipped to [-1, 1] if
+    clip_sample (the improved-DDPM evaluation's clip_denoised). float64 (B, ...)."""
+    abar_t = np.full(x_t.shape[0], schedule.alphas_cumprod[t])
+    x0_pred, _ = x0_eps_from_model_output(x_t, model_output, abar_t, prediction_type)
+    if clip_sample:
+        x0_pred = np.clip(x0_pred, -1.0, 1.0)
+    return q_posterior(x0_pred, x_t, t, schedule)[0]
+
+
+def vlb_terms(model, x0, schedule, rng=None, prediction_type="epsilon", variance_type="fixed_small",
+              clip_sample=False):
+    """The terms of L_vlb per sample, in nats: (terms (B, T), prior (B,)) (DDPM eq. 5; improved DDPM eqs. 4-7).
+
+    terms[:, t] is the paper's L_t: terms[:, 0] = L_0 = -log p(x_0 | x_1), the discretized decoder
+    (DDPM eq. 13); terms[:, t] for t >= 1 = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) at one draw
+    x_t ~ q(x_t | x_0) (DDPM eq. 4); prior = L_T = KL(q(x_T | x_0) || N(0, I)) (prior_kl).
+
+    model(x, t): the network as a plain function (the sample_loop contract), called with x_t of x0's
+    dtype and t a Python int, returning the output read by prediction_type ("epsilon", "sample",
+    "v_prediction"). x0: (B, ...) float array of 8-bit data in [-1, 1]. rng: a numpy Generator for
+    the draws of x_t (default: a fresh one). variance_type: "fixed_small" | "fixed_large" (the
+    model's sigma_t^2, model_log_variance). clip_sample: clip x0_pred to [-1, 1] (improved DDPM's
+    image_nll.py clips by default; the bound is then that of the clipped model).
+    """
+    x0 = check_likelihood_data(x0, "x0")
+    check_prediction_type(prediction_type)
+    check_variance_type(variance_type)
+    rng = np.random.default_rng() if rng is None else rng
+    x0_64 = x0.astype(np.float64)
+    terms = np.empty((x0.shape[0], schedule.T))
+    for t in range(schedule.T):
+        noise = rng.standard_normal(x0.shape).astype(x0.dtype)
+        x_t = q_sample(x0, t, noise, schedule)                                          # DDPM eq. 4
+        model_output = np.asarray(model(x_t, t), dtype=np.float64)
+        mean = p_mean(model_output, x_t.astype(np.float64), t, schedule, prediction_type, clip_sample)
+        log_var = model_log_variance(t, schedule, variance_type)
+        if t == 0:
+            terms[:, 0] = -_sum_per_sample(discretized_gaussian_log_likelihood(x0_64, mean, log_var))  # L_0
+        else:
+            true_mean, _, true_log_var = q_posterior(x0_64, x_t.astype(np.float64), t, schedule)  # DDPM eqs. 6-7
+            terms[:, t] = _sum_per_sample(normal_kl(true_mean, true_log_var, mean, log_var))      # L_t
+    return terms, prior_kl(x0_64, schedule)
+
+
+def vlb(model, x0, schedule, rng=None, **options):
+    """L_vlb = L_0 + ... + L_{T-1} + L_T per sample, in nats (DDPM eq. 5; improved DDPM eq. 4): (B,).
+    Arguments as vlb_terms."""
+    terms, prior = vlb_terms(model, x0, schedule, rng, **options)
+    return terms.sum(axis=1) + prior
+
+
+def bits_per_dim(model, data, schedule, batch_size=256, rng=None, **options):
+    """The mean of L_vlb / (D ln 2) over a dataset: bits per dimension (improved DDPM sec. 2.2,
+    Table 1-2; D = the number of values per sample).
+
+    data: (N, ...) float array of 8-bit data in [-1, 1]; evaluated batch_size samples at a time,
+    each with T model calls. Other arguments as vlb_terms. Returns a float.
+    """
+    data = check_likelihood_data(data, "data")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    rng = np.random.default_rng() if rng is None else rng
+    dims = int(np.prod(data.shape[1:]))
+    total = 0.0
+    for start in range(0, data.shape[0], batch_size):
+        total += float(vlb(model, data[start:start + batch_size], schedule, rng, **options).sum())
+    return total / (data.shape[0] * dims * LOG_2)
