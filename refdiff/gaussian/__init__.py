@@ -8,7 +8,9 @@
     guidance.py          classifier-free guidance (Ho & Salimans 2022, eq. 6)
     losses.py            loss weights per timestep (L_simple, min-SNR-gamma)
     embedding.py         the sinusoidal timestep embedding (Vaswani et al. sec. 3.5)
-    mixture.py           GaussianMixture: exact q(x_t), E[x_0 | x_t], eps, v and score of a mixture (PRML 2.3, EDM app. B.3)
+    mixture.py           GaussianMixture: exact q(x_t), E[x_0 | x_t], eps, v, score and flow velocity of a mixture (PRML 2.3, EDM app. B.3)
+    flow_matching.py     the straight path, its velocity target, uniform / logit-normal times, straightness
+                         (Lipman et al. 2023; Liu et al. 2022; Esser et al. 2024 eq. 19)
 
 A math folder: it imports NumPy, refdiff.checks and refdiff.backend only, never the networks,
 the autograd or the training code (tests/test_layout.py keeps it so). The names follow
