@@ -69,15 +69,16 @@ def logit_normal_density(t, mean=0.0, std=1.0):
 
 
 def sample_time(gen, B, time_sampling="uniform", logit_mean=0.0, logit_std=1.0):
-    """Flow times (B,) for a training batch: "uniform" or "logit_normal" (see the functions above)."""
+    """Flow times (B,) for a training batch: "uniform" (Lipman et al. 2023 eq. 9) or "logit_normal"
+    (Esser et al. 2024 eq. 19)."""
     if time_sampling == "uniform":
         return sample_time_uniform(gen, B)
     return sample_time_logit_normal(gen, B, logit_mean, logit_std)
 
 
 def straightness_formula(displacement, velocities, dts):
-    """S = sum_i dt_i mean_b ||(z_1 - z_0) - u_i||^2, the straightness of Liu et al. 2022 Definition 3.5
-    as a Riemann sum over the steps of an ODE solve.
+    """S = sum_i dt_i mean_b ||(z_1 - z_0) - u_i||^2, the straightness of Liu et al. 2022 sec. 3.2
+    (Definition 3.5) as a Riemann sum over the steps of an ODE solve.
 
     displacement: (B, ...) the end minus the start of each trajectory (z_1 - z_0, in either time
     direction as long as velocities point the same way); velocities: the velocities u_i (B, ...) used
