@@ -66,6 +66,7 @@ _EXPORTS = {
     "MLPDenoiser": "refdiff.models.mlp",
     # training and sampling
     "GaussianDiffusion": "refdiff.diffusion",
+    "FlowMatching": "refdiff.flow_matching",
     "Trainer": "refdiff.training.trainer",
     # backends
     "get_backend": "refdiff.backend",

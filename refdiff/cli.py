@@ -6,6 +6,8 @@
     refdiff sample runs/digits --n 64 --sampler ddim --steps 50 --guidance-scale 3 --out digits.png
     refdiff sample runs/digits --sampler dpmpp_2m --sigmas karras --steps 20 --out digits.png
     refdiff sample runs/moons --sampler euler --steps 20 --option s_churn=0.5 --out moons.png
+    refdiff train --data moons --objective flow_matching --steps 3000 --out runs/moons-fm
+    refdiff sample runs/moons-fm --sampler flow_euler --steps 8 --out moons-fm.png
     refdiff demo                                                    # ~1-2 minutes on a laptop CPU
     mpiexec -n 2 refdiff train --data digits --steps 4000 --out runs/digits   # data-parallel, 2 processes
 
@@ -142,6 +144,12 @@ def build_parser():
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--n", type=_positive_int, default=None, help="number of data points to generate/load")
     p.add_argument("--image-size", type=_positive_int, default=None, help="resize images to this size")
+    p.add_argument("--objective", choices=("diffusion", "flow_matching"), default="diffusion",
+                   help="diffusion: DDPM's noise regression on --schedule (GaussianDiffusion); flow_matching: the "
+                   "velocity of the straight path x_t = (1 - t) x0 + t eps (FlowMatching; sample with flow_euler/flow_heun)")
+    p.add_argument("--time-sampling", choices=("uniform", "logit_normal"), default="uniform",
+                   help="flow_matching: how training draws t (logit_normal: SD3's, Esser et al. 2024 eq. 19)")
+    p.add_argument("--shift", type=_positive_float, default=1.0, help="flow_matching: the sampling grid's shift (SD3 eq. 23)")
     p.add_argument("--T", type=_positive_int, default=1000, help="diffusion steps")
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default="epsilon")
@@ -172,8 +180,9 @@ def build_parser():
     p.add_argument("run", help="run directory (or a checkpoint step_*.json file)")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples")
     p.add_argument("--out", required=True, help="output: .png (image grid or 2-D scatter) or .npz (samples, labels)")
-    p.add_argument("--sampler", default="ddpm", help="a registered sampler: ddpm, ddim, euler, euler_ancestral, heun, "
-                   "lms, dpmpp_2m, ... (the README's table)")
+    p.add_argument("--sampler", default=None, help="a registered sampler: ddpm, ddim, euler, euler_ancestral, heun, "
+                   "lms, dpmpp_2m, flow_euler, flow_heun, ... (the README's table; default ddpm, flow_euler for a "
+                   "flow-matching run)")
     p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: all T for ddpm/ddim)")
     p.add_argument("--sigmas", type=_sigma_grid, default=None,
                    help="noise levels: default, karras, exponential, or comma-separated descending sigmas")
@@ -339,8 +348,13 @@ def _start_training(args, parallel):
         dataset = _load_data(args.data, n=args.n, seed=args.seed, image_size=args.image_size)
         model = _make_model(args, dataset)
         is_images = np.asarray(dataset.x).ndim == 4
-        diffusion = GaussianDiffusion(model, _make_schedule(args.schedule, args.T), prediction_type=args.prediction_type,
-                                      loss_weighting=args.loss_weighting)
+        if args.objective == "flow_matching":
+            from .flow_matching import FlowMatching
+
+            diffusion = FlowMatching(model, time_sampling=args.time_sampling, shift=args.shift)
+        else:
+            diffusion = GaussianDiffusion(model, _make_schedule(args.schedule, args.T),
+                                          prediction_type=args.prediction_type, loss_weighting=args.loss_weighting)
         data_info = {"spec": args.data, "n": args.n, "seed": args.seed, "image_size": args.image_size,
                      "kind": getattr(dataset, "kind", None), "num_classes": getattr(dataset, "num_classes", None)}
         try:
@@ -433,6 +447,8 @@ def cmd_sample(args):
         raise CLIError(f"--steps {args.steps} exceeds the T={diffusion.T} steps of the model")
     from .samplers import SAMPLERS
 
+    if args.sampler is None:
+        args.sampler = "flow_euler" if diffusion.objective == "flow_matching" else "ddpm"
     if args.sampler not in SAMPLERS:
         raise CLIError(f"--sampler {args.sampler!r}: choose from {sorted(SAMPLERS)}")
     options = dict(args.options)

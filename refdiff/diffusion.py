@@ -100,6 +100,8 @@ class GaussianDiffusion:
         self.variance_type = variance_type
         self.num_classes = model_num_classes(model)
 
+    objective = "diffusion"
+
     @property
     def T(self):
         return self.schedule.T
@@ -116,10 +118,19 @@ class GaussianDiffusion:
             "variance_type": self.variance_type,
         }
 
+    def schedule_arrays(self):
+        """Arrays a checkpoint stores for the process: the schedule's betas (float64)."""
+        return {"schedule/betas": np.asarray(self.schedule.betas)}
+
+    def preview_sampling(self, steps):
+        """The sampler of the trainer's pictures: DDIM with min(steps, T) steps and the eps of the
+        clipped x0 (steady early in training)."""
+        return dict(sampler="ddim", steps=min(steps, self.T), use_clipped_model_output=True)
+
     # ----------------------------------------------------------------------------------------
     # training
 
-    def loss(self, x0, y=None, cond_drop_prob=0.0, rng=None):
+    def loss(self, x0, y=None, cond_drop_prob=0.0, rng=None, noise=None):
         """The training loss on a batch x0 (B, ...) with optional labels y (B,): a scalar Tensor.
 
         rng: numpy Generator or int seed. On the numpy backend t, the label dropout and the noise
@@ -128,6 +139,12 @@ class GaussianDiffusion:
         seeded from rng at the first call: a new CuPy generator per call would allocate and seed
         its states each time (about 270k for XORWOW), and host draws would be copied to the
         device at every step. Then the only host data a call copies are x0 and y.
+        noise: (B, ...) the eps to pair with x0 instead of a fresh draw (a coupling, as reflow's
+        pairs; Liu et al. 2022 sec. 2.2); the draws are made all the same, so rng's stream is unchanged.
+
+        The objective's own parts are the methods a sibling class replaces (refdiff.FlowMatching):
+        _draw_t (the times), _noised_and_target (x_t and the regression target), _model_time
+        (the time the network is given) and _loss_weights.
         """
         if not 0.0 <= cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
@@ -142,13 +159,27 @@ class GaussianDiffusion:
         B = x0.shape[0]
         y = check_class_labels(y, B, self.num_classes)
 
-        t, y, noise = self._draws(rng, B, y, cond_drop_prob, x0.shape, dtype)  # t ~ U{0..T-1}, eps ~ N(0, I)
-        x_t, target = self.backend.q_sample_with_target(x0, t, noise, self.schedule, prediction_type=self.prediction_type)
-        model_output = self.model(x_t, t, y)  # (B, ...)
-        weights = None
-        if self.loss_weighting != "none":
-            weights = self._loss_weights(t, dtype)  # (B,)
-        return mse_loss(model_output, target, weights=weights)
+        t, y, drawn_noise = self._draws(rng, B, y, cond_drop_prob, x0.shape, dtype)  # t, eps ~ N(0, I)
+        if noise is not None:
+            noise = self.backend.asarray(noise.data if isinstance(noise, Tensor) else noise, dtype=dtype)
+            if noise.shape != x0.shape:
+                raise ValueError(f"noise must have x0's shape {x0.shape}, got {noise.shape}")
+        x_t, target = self._noised_and_target(x0, t, drawn_noise if noise is None else noise)
+        model_output = self.model(x_t, self._model_time(t), y)  # (B, ...)
+        return mse_loss(model_output, target, weights=self._loss_weights(t, dtype))
+
+    def _draw_t(self, gen, B):
+        """t ~ Uniform{0, ..., T-1}   (DDPM Algorithm 1), on gen's device."""
+        return gen.integers(0, self.T, size=B)  # (B,) int64
+
+    def _noised_and_target(self, x0, t, noise):
+        """(x_t, target): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (DDPM eq. 4) and the target of
+        prediction_type, through the backend's fused op."""
+        return self.backend.q_sample_with_target(x0, t, noise, self.schedule, prediction_type=self.prediction_type)
+
+    def _model_time(self, t):
+        """The time the network is given for t: the integer step itself."""
+        return t
 
     def _draws(self, rng, B, y, cond_drop_prob, shape, dtype):
         """(t, y with the null label where dropped, noise): on the host from rng (numpy backend), or
@@ -161,7 +192,7 @@ class GaussianDiffusion:
                 self._device_rng = self.backend.rng(seed)
             gen = self._device_rng
             y = None if y is None else self.backend.asarray(y)
-        t = gen.integers(0, self.T, size=B)  # (B,) int64
+        t = self._draw_t(gen, B)  # (B,)
         if y is not None and cond_drop_prob > 0:
             drop = gen.random(B) < cond_drop_prob
             y = xp.where(drop, self.num_classes, y)  # the null label for CFG
@@ -169,8 +200,10 @@ class GaussianDiffusion:
         return t, y, noise
 
     def _loss_weights(self, t, dtype):
-        """w(t) per sample: on the host from loss_weight, on the device gathered from a table of
-        loss_weight over 0..T-1 copied to the device once."""
+        """w(t) per sample (None: all ones): on the host from loss_weight, on the device gathered from
+        a table of loss_weight over 0..T-1 copied to the device once."""
+        if self.loss_weighting == "none":
+            return None
         kwargs = dict(weighting=self.loss_weighting, gamma=self.min_snr_gamma, prediction_type=self.prediction_type)
         if self.backend.xp is np:
             return loss_weight(t, self.schedule, **kwargs).astype(dtype)

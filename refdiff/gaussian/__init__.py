@@ -9,7 +9,9 @@
     losses.py            loss weights per timestep (L_simple, min-SNR-gamma)
     embedding.py         the sinusoidal timestep embedding (Vaswani et al. sec. 3.5)
     likelihood.py        the variational bound L_vlb and bits/dim: Gaussian KL, discretized decoder, prior (DDPM eq. 5, 13)
-    mixture.py           GaussianMixture: exact q(x_t), E[x_0 | x_t], eps, v and score of a mixture (PRML 2.3, EDM app. B.3)
+    mixture.py           GaussianMixture: exact q(x_t), E[x_0 | x_t], eps, v, score and flow velocity of a mixture (PRML 2.3, EDM app. B.3)
+    flow_matching.py     the straight path, its velocity target, uniform / logit-normal times, straightness
+                         (Lipman et al. 2023; Liu et al. 2022; Esser et al. 2024 eq. 19)
 
 A math folder: it imports NumPy, refdiff.checks and refdiff.backend only, never the networks,
 the autograd or the training code (tests/test_layout.py keeps it so). The names follow

@@ -239,12 +239,17 @@ class GaussianMixture:
         a, s, _, _ = self._posterior(x_t, signal_scale, noise_std)
         return a * self.eps(x_t, signal_scale, noise_std) - s * self.denoised(x_t, signal_scale, noise_std)
 
+    def velocity(self, x_t, signal_scale, noise_std):
+        """u* = E[eps - x_0 | x_t] = eps - E[x_0 | x_t]: the flow-matching velocity that minimises the
+        conditional flow-matching loss (Lipman et al. 2023 Theorem 2; Liu et al. 2022 eq. 1): (B, d)."""
+        return self.eps(x_t, signal_scale, noise_std) - self.denoised(x_t, signal_scale, noise_std)
+
     # ---- the mixture as a model ------------------------------------------------------------
 
     def model(self, process, prediction_type="epsilon"):
         """A function model(x, t) -> the exact prediction at time t, like a trained network's
         (diffusers' prediction_type: "epsilon" eps, "sample" E[x_0 | x_t], "v_prediction" v;
-        Salimans & Ho 2022 sec. 4 for v).
+        Salimans & Ho 2022 sec. 4 for v; "flow" the velocity E[eps - x_0 | x_t], Lipman et al. 2023).
 
         process: gives (a, s) at t: any object with signal_scale(t) and noise_std(t) methods
         (refdiff's processes, in their own time units), or a NoiseSchedule (t an index in
@@ -253,8 +258,9 @@ class GaussianMixture:
         array (B,). Computed in float64; returned in x's shape and dtype.
         """
         signal_noise = signal_noise_of(process)
-        check_prediction_type(prediction_type)
-        output = {"epsilon": self.eps, "sample": self.denoised, "v_prediction": self.v}[prediction_type]
+        if prediction_type != "flow":
+            check_prediction_type(prediction_type)
+        output = {"epsilon": self.eps, "sample": self.denoised, "v_prediction": self.v, "flow": self.velocity}[prediction_type]
 
         def model(x, t):
             signal_scale, noise_std = signal_noise(t)

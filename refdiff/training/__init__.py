@@ -5,4 +5,5 @@
     data.py     built-in and file datasets (nothing downloads), batching
     metrics.py  sample-quality metrics: energy distance, sliced Wasserstein, a judge classifier, Frechet distance
     distributed.py  data parallelism over N processes (MPI; NCCL on GPUs): shards, gradient Allreduce, agreement
+    reflow.py   rectified flow (Liu et al. 2022): reflow pairs from a trained flow, retraining on them, straightness
 """

@@ -17,7 +17,7 @@ and the label dropout come from the diffusion's one device generator, seeded at 
 a resumed cuda run draws differently from the uninterrupted one. See GaussianDiffusion.loss.)
 
 A checkpoint (refdiff.io.checkpoint) holds the model weights, the EMA weights, the optimizer state
-and the schedule's betas in a safetensors file, and the configs (model, diffusion, training,
+and the schedule's betas (GaussianDiffusion; a FlowMatching run's path is all config) in a safetensors file, and the configs (model, diffusion, training,
 data), the step and the loss history in a JSON file. load_diffusion() rebuilds a model for
 sampling from one; Trainer.resume() continues a run. Both read it through read_checkpoint(),
 which checks the files' integrity and then the structure of what they hold (check_run_meta)
@@ -54,10 +54,13 @@ from ..io.checkpoint import CheckpointError
 from .data import batch_indices
 from .distributed import data_parallel
 from ..diffusion import GaussianDiffusion, model_num_classes
+from ..flow_matching import FlowMatching
 from .optim import EMA, AdamW, clip_grad_norm, warmup_lr
 
 # classes a checkpoint may name: a checkpoint never makes us import arbitrary code
 MODEL_CLASSES = {"UNet": "refdiff.models.unet", "MLPDenoiser": "refdiff.models.mlp"}
+# a checkpoint's diffusion config names its objective ("objective"; absent: "diffusion")
+DIFFUSION_CLASSES = {"diffusion": GaussianDiffusion, "flow_matching": FlowMatching}
 
 
 @dataclasses.dataclass
@@ -173,6 +176,12 @@ class Trainer:
             raise ValueError(f"dataset.x must be a non-empty batch of samples, got shape {self.x.shape}")
         check_data_range(self.x, diffusion)
         self.num_classes = model_num_classes(self.model)
+        # a coupling (Liu et al. 2022 sec. 2.2, reflow): dataset.noise[i] is the eps paired with dataset.x[i]
+        self.noise = getattr(dataset, "noise", None)
+        if self.noise is not None:
+            self.noise = np.asarray(self.noise)
+            if self.noise.shape != self.x.shape:
+                raise ValueError(f"dataset.noise must have dataset.x's shape {self.x.shape}, got {self.noise.shape}")
         self.y = None
         if self.num_classes is not None:
             if getattr(dataset, "y", None) is None:
@@ -220,9 +229,11 @@ class Trainer:
         idx = self.batch_indices(self.step)
         x0 = self.x[idx]
         y = None if self.y is None else self.y[idx]
+        coupled = {} if self.noise is None else {"noise": self.noise[idx]}  # reflow's (sample, noise) pairs
         self.optimizer.lr = warmup_lr(self.step, cfg.lr, cfg.warmup_steps)
         self.optimizer.zero_grad()
-        loss = self.diffusion.loss(x0, y, cond_drop_prob=cfg.cond_drop_prob if y is not None else 0.0, rng=self.loss_rng(self.step))
+        loss = self.diffusion.loss(x0, y, cond_drop_prob=cfg.cond_drop_prob if y is not None else 0.0, rng=self.loss_rng(self.step),
+                                   **coupled)
         loss.backward()
         if self.parallel is not None:  # gradients and loss: their mean over the ranks, the same on every rank
             loss = self.parallel.average(self.params, loss)
@@ -338,7 +349,8 @@ class Trainer:
     def save_samples(self, path=None, n=None, seed=0):
         """Sample with the EMA weights and write a picture; returns its path.
 
-        DDIM with sample_steps steps and use_clipped_model_output (steady early in training).
+        The diffusion's preview sampler (diffusion.preview_sampling: DDIM with sample_steps steps and
+        use_clipped_model_output for GaussianDiffusion, flow_euler for FlowMatching).
         With several processes the samples are split across the ranks and rank 0 writes.
         """
         cfg = self.config
@@ -347,8 +359,7 @@ class Trainer:
         y = None if self.num_classes is None else np.arange(n) % self.num_classes
         sample = self.diffusion.sample if self.parallel is None else partial(self.parallel.sample, self.diffusion)
         with self.ema_weights():
-            steps = min(cfg.sample_steps, self.diffusion.T)
-            x = sample(n, sampler="ddim", steps=steps, y=y, seed=seed, progress=False, use_clipped_model_output=True)
+            x = sample(n, y=y, seed=seed, progress=False, **self.diffusion.preview_sampling(cfg.sample_steps))
         return self._on_main(self._write_samples, x, path)
 
     def _write_samples(self, x, path):
@@ -372,7 +383,7 @@ class Trainer:
         model_skel, model_arrays = ckpt.flatten_state(self.model.state_dict(), "model")
         ema_skel, ema_arrays = ckpt.flatten_state(self.ema.state_dict(), "ema")
         opt_skel, opt_arrays = ckpt.flatten_state(self.optimizer.state_dict(), "optimizer")
-        arrays = {**model_arrays, **ema_arrays, **opt_arrays, "schedule/betas": np.asarray(self.diffusion.schedule.betas)}
+        arrays = {**model_arrays, **ema_arrays, **opt_arrays, **self.diffusion.schedule_arrays()}
         meta = {
             "model": {"class": type(self.model).__name__, "config": _jsonable(self.model.config)},
             "diffusion": self.diffusion.config(),
@@ -414,9 +425,10 @@ class Trainer:
         _check_same(where, "model class", meta.get("model", {}).get("class"), type(self.model).__name__)
         _check_same(where, "model config", _comparable(meta["model"].get("config")), _comparable(self.model.config))
         _check_same(where, "diffusion config", meta.get("diffusion"), self.diffusion.config())
-        betas = arrays.get("schedule/betas")
-        if betas is None or betas.shape != np.shape(self.diffusion.schedule.betas) or not np.array_equal(betas, self.diffusion.schedule.betas):
-            raise CheckpointError(f"{where}: checkpoint does not match: its noise schedule differs")
+        for key, expected in self.diffusion.schedule_arrays().items():
+            saved = arrays.get(key)
+            if saved is None or saved.shape != expected.shape or not np.array_equal(saved, expected):
+                raise CheckpointError(f"{where}: checkpoint does not match: its noise schedule differs")
         load_model_state(self.model, arrays, meta, where)
         try:
             self.optimizer.load_state_dict(ckpt.unflatten_state(meta["states"]["optimizer"], arrays, where))
@@ -489,7 +501,7 @@ def check_run_meta(meta, arrays, where):
 
     Required records and their types (model class and config, diffusion and training configs,
     the model / EMA / optimizer states); the loss history (real numbers, at most one per step);
-    the schedule's betas (a 1-D float array with T entries); every float array finite (model,
+    a known objective, and for a GaussianDiffusion the schedule's betas (a 1-D float array with T entries); every float array finite (model,
     EMA and optimizer alike); every size in the model config bounded by the number of model
     weights in the arrays file (so a corrupt size cannot allocate more than the file holds).
     """
@@ -513,14 +525,18 @@ def check_run_meta(meta, arrays, where):
     if len(losses) > meta["step"]:
         raise bad(f"{len(losses)} losses recorded for {meta['step']} steps")
 
-    betas = arrays.get("schedule/betas")
-    if betas is None:
-        raise CheckpointError(f"{where}: the arrays file has no schedule/betas")
-    if betas.ndim != 1 or len(betas) < 1 or not np.issubdtype(betas.dtype, np.floating):
-        raise bad(f"schedule/betas must be a 1-D float array, got {betas.dtype} {betas.shape}")
-    T = meta["diffusion"].get("T", len(betas))
-    if T != len(betas):
-        raise bad(f"the diffusion config says T={T!r}, the arrays file holds {len(betas)} betas")
+    objective = meta["diffusion"].get("objective", "diffusion")
+    if objective not in DIFFUSION_CLASSES:
+        raise bad(f"unknown objective {objective!r} (expected one of {sorted(DIFFUSION_CLASSES)})")
+    if objective == "diffusion":  # a NoiseSchedule, stored as its betas; the flow path is all config
+        betas = arrays.get("schedule/betas")
+        if betas is None:
+            raise CheckpointError(f"{where}: the arrays file has no schedule/betas")
+        if betas.ndim != 1 or len(betas) < 1 or not np.issubdtype(betas.dtype, np.floating):
+            raise bad(f"schedule/betas must be a 1-D float array, got {betas.dtype} {betas.shape}")
+        T = meta["diffusion"].get("T", len(betas))
+        if T != len(betas):
+            raise bad(f"the diffusion config says T={T!r}, the arrays file holds {len(betas)} betas")
 
     for key, a in arrays.items():
         if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
@@ -567,7 +583,8 @@ def load_model_state(model, arrays, meta, where, prefix="model"):
 
 
 def diffusion_from_checkpoint(arrays, meta, where, backend=None, ema=True):
-    """A GaussianDiffusion with the model of a checkpoint (EMA weights if ema and present)."""
+    """A GaussianDiffusion (or FlowMatching, by the config's "objective") with the model of a
+    checkpoint (EMA weights if ema and present)."""
     from ..gaussian.schedule import NoiseSchedule
 
     model = build_model(meta, where, backend=backend)
@@ -582,9 +599,14 @@ def diffusion_from_checkpoint(arrays, meta, where, backend=None, ema=True):
         except Exception as e:
             raise CheckpointError(f"{where}: EMA state does not match the model: {e}") from None
         shadow.copy_to(params)
+    d = dict(meta.get("diffusion") or {})
+    if d.pop("objective", "diffusion") == "flow_matching":
+        try:
+            return FlowMatching(model, **d)
+        except Exception as e:
+            raise CheckpointError(f"{where}: bad flow-matching config in the checkpoint: {e}") from None
     if "schedule/betas" not in arrays:
         raise CheckpointError(f"{where}: the arrays file has no schedule/betas")
-    d = dict(meta.get("diffusion") or {})
     d.pop("T", None)
     try:
         return GaussianDiffusion(model, NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64)), **d)
