@@ -147,13 +147,17 @@ def build_parser():
     p.add_argument("--objective", choices=("diffusion", "flow_matching"), default="diffusion",
                    help="diffusion: DDPM's noise regression on --schedule (GaussianDiffusion); flow_matching: the "
                    "velocity of the straight path x_t = (1 - t) x0 + t eps (FlowMatching; sample with flow_euler/flow_heun)")
-    p.add_argument("--time-sampling", choices=("uniform", "logit_normal"), default="uniform",
-                   help="flow_matching: how training draws t (logit_normal: SD3's, Esser et al. 2024 eq. 19)")
-    p.add_argument("--shift", type=_positive_float, default=1.0, help="flow_matching: the sampling grid's shift (SD3 eq. 23)")
-    p.add_argument("--T", type=_positive_int, default=1000, help="diffusion steps")
-    p.add_argument("--schedule", choices=SCHEDULES, default="linear")
-    p.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default="epsilon")
-    p.add_argument("--loss-weighting", choices=("none", "min_snr"), default="none")
+    # each objective's own options: default None here, so that one given to the other objective
+    # is refused instead of ignored (OBJECTIVE_OPTIONS below holds their defaults)
+    p.add_argument("--time-sampling", choices=("uniform", "logit_normal"), default=None,
+                   help="flow_matching: how training draws t (logit_normal: SD3's, Esser et al. 2024 eq. 19); default uniform")
+    p.add_argument("--shift", type=_positive_float, default=None,
+                   help="flow_matching: the sampling grid's shift (SD3 eq. 23); default 1")
+    p.add_argument("--T", type=_positive_int, default=None, help="diffusion: steps of the schedule; default 1000")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="diffusion: default linear")
+    p.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=None,
+                   help="diffusion: default epsilon")
+    p.add_argument("--loss-weighting", choices=("none", "min_snr"), default=None, help="diffusion: default none")
     p.add_argument("--hidden", type=_positive_int, default=128, help="mlp: hidden width")
     p.add_argument("--num-blocks", type=_positive_int, default=3, help="mlp: residual blocks")
     p.add_argument("--base-channels", type=_positive_int, default=32, help="unet: channels at the first level")
@@ -287,6 +291,24 @@ def _make_schedule(name, T):
     return getattr(NoiseSchedule, name)(T=T)
 
 
+# each training objective's own options and their defaults
+OBJECTIVE_OPTIONS = {
+    "diffusion": {"T": 1000, "schedule": "linear", "prediction_type": "epsilon", "loss_weighting": "none"},
+    "flow_matching": {"time_sampling": "uniform", "shift": 1.0},
+}
+
+
+def _objective_options(args):
+    """The options of args.objective with their defaults filled in; an option of the other
+    objective given on the command line is an error (it would be ignored)."""
+    for objective, options in OBJECTIVE_OPTIONS.items():
+        given = [name for name in options if getattr(args, name) is not None]
+        if objective != args.objective and given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise CLIError(f"{flags}: an option of --objective {objective}, not of --objective {args.objective}")
+    return {name: default if getattr(args, name) is None else getattr(args, name)
+            for name, default in OBJECTIVE_OPTIONS[args.objective].items()}
+
 def cmd_train(args):
     """Train on one process, or data-parallel on N (mpiexec -n N refdiff train ...).
 
@@ -348,13 +370,15 @@ def _start_training(args, parallel):
         dataset = _load_data(args.data, n=args.n, seed=args.seed, image_size=args.image_size)
         model = _make_model(args, dataset)
         is_images = np.asarray(dataset.x).ndim == 4
+        options = _objective_options(args)
         if args.objective == "flow_matching":
             from .flow_matching import FlowMatching
 
-            diffusion = FlowMatching(model, time_sampling=args.time_sampling, shift=args.shift)
+            diffusion = FlowMatching(model, time_sampling=options["time_sampling"], shift=options["shift"])
         else:
-            diffusion = GaussianDiffusion(model, _make_schedule(args.schedule, args.T),
-                                          prediction_type=args.prediction_type, loss_weighting=args.loss_weighting)
+            diffusion = GaussianDiffusion(model, _make_schedule(options["schedule"], options["T"]),
+                                          prediction_type=options["prediction_type"],
+                                          loss_weighting=options["loss_weighting"])
         data_info = {"spec": args.data, "n": args.n, "seed": args.seed, "image_size": args.image_size,
                      "kind": getattr(dataset, "kind", None), "num_classes": getattr(dataset, "num_classes", None)}
         try:

@@ -106,6 +106,11 @@ def _exit_code_and_error(argv, capsys):
         (["train", "--data", "shapes", "--n", "8", "--base-channels", "12", "--steps", "5", "--out", "{tmp}/x"],
          "bad U-Net options: every level's channels [12, 24] must be divisible by norm_groups=8"),
         (["train", "--resume", "--steps", "5", "--out", "{tmp}/nothing"], "no checkpoint"),
+        # an option of the other objective is refused, not ignored
+        (["train", "--data", "moons", "--objective", "flow_matching", "--T", "50", "--steps", "5", "--out", "{tmp}/x"],
+         "--T: an option of --objective diffusion, not of --objective flow_matching"),
+        (["train", "--data", "moons", "--shift", "3", "--steps", "5", "--out", "{tmp}/x"],
+         "--shift: an option of --objective flow_matching, not of --objective diffusion"),
         (["sample", "{tmp}/nothing", "--out", "{tmp}/a.png"], "nothing: no such checkpoint directory or file"),
         (["sample", "{tmp}/nothing", "--out", "{tmp}/a.jpg"], "must end in .png or .npz"),
         (["sample", "{tmp}/nothing", "--out", "a.png", "--eta", "2"], "probability in [0, 1]"),
