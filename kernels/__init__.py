@@ -35,6 +35,7 @@ TWINS = {
     "ddim_step": "refdiff.samplers.ddim:ddim_step",
     "dpmpp_2m_step": "refdiff.samplers.dpm_solver:dpmpp_2m_step",
     "euler_step": "refdiff.samplers.k_diffusion:euler_step",
+    "heun_step": "refdiff.samplers.k_diffusion:heun_step",
 }
 
 __all__ = [*TWINS, "TWINS"]

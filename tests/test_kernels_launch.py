@@ -153,6 +153,8 @@ def test_every_launch_uses_its_kernels_one_signature():
             kernels.dpmpp_2m_step(x, x, None, 2.0, 0.0, None, solver_type="heun")
             kernels.euler_step(x, x, 2.0, 1.0)
             kernels.euler_step(x, x, 3, 0)
+            kernels.heun_step(x, x, x, x, 2.0, 1.0)
+            kernels.heun_step(x, x, x, x, 3, 1)
     assert {name: sorted(map(str, sigs)) for name, sigs in seen.items()} == \
         {name: sorted(map(str, sigs)) for name, sigs in launch_signatures().items()}
 

@@ -39,6 +39,25 @@ def euler_step(x, denoised, sigma, sigma_next):
     return x + (sigma_next - sigma) * to_d(x, sigma, denoised)
 
 
+def heun_update_formula(x, d, d_next, half_dt):
+    """x + half_dt (d + d_next): the trapezoidal rule with half_dt = (sigma_next - sigma) / 2 (EDM Algorithm 2, line 10)."""
+    return x + half_dt * (d + d_next)
+
+
+def heun_step(x, denoised, x_euler, denoised_next, sigma, sigma_next):
+    """Heun's second-order correction of an Euler step (EDM Algorithm 2, lines 9-11):
+
+        x_next = x + (sigma_next - sigma) (d + d') / 2,
+        d = to_d(x, sigma, denoised),  d' = to_d(x_euler, sigma_next, denoised_next)
+
+    x_euler = euler_step(x, denoised, sigma, sigma_next) and denoised_next = D(x_euler; sigma_next);
+    sigma_next > 0 (a step to 0 keeps x_euler: d' is undefined there). (sigma_next - sigma) / 2 is
+    formed once, in the scalars' precision (halving is exact, so this equals dt (d + d') / 2).
+    """
+    return heun_update_formula(x, to_d(x, sigma, denoised), to_d(x_euler, sigma_next, denoised_next),
+                               (sigma_next - sigma) / 2)
+
+
 def get_ancestral_step(sigma, sigma_next, eta=1.0):
     """(sigma_down, sigma_up): a step to sigma_next split into a deterministic step to sigma_down and
     fresh noise of std sigma_up, sigma_down^2 + sigma_up^2 = sigma_next^2 (k-diffusion
@@ -127,12 +146,9 @@ def sample_heun(denoise, x, sigmas, rng, *, s_churn=0.0, s_tmin=0.0, s_tmax=floa
     for i in range(steps):
         gamma = churn_gamma(sigmas[i], steps, s_churn, s_tmin, s_tmax)
         x_hat, sigma_hat, denoised = churned(denoise, x, i, sigmas[i], gamma, s_noise, rng)
-        d = to_d(x_hat, sigma_hat, denoised)
-        dt = sigmas[i + 1] - sigma_hat
-        x = x_hat + dt * d
+        x = euler_step(x_hat, denoised, sigma_hat, sigmas[i + 1])  # line 8
         if sigmas[i + 1] > 0:  # the trapezoidal correction (EDM Algorithm 2, lines 9-11)
-            d_next = to_d(x, sigmas[i + 1], denoise(x, i + 1))
-            x = x_hat + dt * (d + d_next) / 2
+            x = heun_step(x_hat, denoised, x, denoise(x, i + 1), sigma_hat, sigmas[i + 1])
     return x
 
 
