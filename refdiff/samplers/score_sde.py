@@ -91,12 +91,17 @@ def sample_score_sde_euler(denoise, x, sigmas, rng):
     First order (weak), stochastic; one model evaluation and one noise draw per step.
     """
     for i in range(len(sigmas) - 1):
-        if sigmas[i + 1] == 0:
-            x = denoising_step(denoise, x, i)
-            continue
-        score = score_from_denoised(x, denoise(x, i), sigmas[i])
-        x = reverse_diffusion_step(x, score, sigmas[i], sigmas[i + 1], draw_noise(rng, x))
+        x = predictor_step(denoise, x, sigmas, i, rng)
     return x
+
+
+def predictor_step(denoise, x, sigmas, i, rng):
+    """One reverse-diffusion step from sigmas[i] to sigmas[i + 1] (Song et al. 2021 eq. 47), or the
+    denoising step x = D(x; sigma_i) where the grid ends at sigma = 0."""
+    if sigmas[i + 1] == 0:
+        return denoising_step(denoise, x, i)
+    score = score_from_denoised(x, denoise(x, i), sigmas[i])
+    return reverse_diffusion_step(x, score, sigmas[i], sigmas[i + 1], draw_noise(rng, x))
 
 
 @register_sampler("score_sde_pc", grid="euler")
@@ -121,11 +126,7 @@ def sample_score_sde_pc(denoise, x, sigmas, rng, *, snr=0.15, correct_steps=1):
             score = score_from_denoised(x, denoise(x, i), sigmas[i])
             noise = draw_noise(rng, x)
             x = langevin_step(x, score, snr_step_size(score, noise, snr), noise)
-        if sigmas[i + 1] == 0:
-            x = denoising_step(denoise, x, i)
-            continue
-        score = score_from_denoised(x, denoise(x, i), sigmas[i])
-        x = reverse_diffusion_step(x, score, sigmas[i], sigmas[i + 1], draw_noise(rng, x))
+        x = predictor_step(denoise, x, sigmas, i, rng)
     return x
 
 
