@@ -64,6 +64,7 @@ _EXPORTS = {
     "no_grad": "refdiff.nn.autograd",
     "UNet": "refdiff.models.unet",
     "MLPDenoiser": "refdiff.models.mlp",
+    "AutoencoderKL": "refdiff.models.autoencoder",
     # training and sampling
     "GaussianDiffusion": "refdiff.diffusion",
     "FlowMatching": "refdiff.flow_matching",

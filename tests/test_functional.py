@@ -569,6 +569,57 @@ def test_mse_loss_shape_mismatch_names_shapes():
         F.mse_loss(np.zeros((2, 3)), np.zeros((3, 2)))
 
 
+# ---- l1 loss and clamp (the autoencoder's) ---------------------------------------------------
+
+
+def away_from_kinks(a, kinks, margin=1e-3):
+    """`a` with every entry within `margin` of a kink moved 2 margins off it: central differences
+    (eps = 1e-6) must not straddle the point where the derivative jumps."""
+    a = a.copy()
+    for k in kinks:
+        near = np.abs(a - k) < margin
+        a[near] = k + 2 * margin
+    return a
+
+
+@given(small_shape(min_dims=1, max_dims=4).flatmap(lambda s: st.tuples(f64(s), f64(s))))
+def test_l1_loss_gradient_matches_finite_differences(pair):
+    pred, target = pair
+    pred = target + away_from_kinks(pred - target, [0.0])
+    check_gradients(F.l1_loss, [pred, target])
+
+
+@given(small_shape(min_dims=1, max_dims=4).flatmap(lambda s: st.tuples(f64(s), f64(s))))
+def test_l1_loss_forward_is_the_mean_absolute_difference(pair):
+    pred, target = pair
+    np.testing.assert_allclose(F.l1_loss(pred, target).data, np.abs(pred - target).mean(), atol=FORWARD_ATOL)
+
+
+def test_l1_loss_gradient_at_zero_difference_is_zero_and_shapes_must_match():
+    pred = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    F.l1_loss(pred, np.array([1.0, 0.0])).backward()
+    np.testing.assert_array_equal(pred.grad, [0.0, 0.5])  # sign(0) = 0, as PyTorch
+    with pytest.raises(ValueError, match="l1_loss: pred of shape"):
+        F.l1_loss(np.ones(2), np.ones(3))
+
+
+@given(small_shape().flatmap(lambda s: f64(s, -3, 3)))
+def test_clamp_gradient_matches_finite_differences(x):
+    check_gradients(lambda x: F.clamp(x, -1.0, 1.5), [away_from_kinks(x, [-1.0, 1.5])])
+
+
+@given(small_shape().flatmap(lambda s: f64(s, -3, 3)))
+def test_clamp_forward_is_np_clip_and_keeps_dtype(x):
+    assert np.array_equal(F.clamp(x, -1.0, 1.5).data, np.clip(x, -1.0, 1.5))
+    assert F.clamp(x.astype(np.float32), -1.0, 1.5).dtype == np.float32
+
+
+def test_clamp_passes_the_gradient_at_the_bounds_as_pytorch():
+    x = Tensor(np.array([-2.0, -1.0, 0.0, 1.5, 2.0]), requires_grad=True)
+    F.clamp(x, -1.0, 1.5).sum().backward()
+    np.testing.assert_array_equal(x.grad, [0.0, 1.0, 1.0, 1.0, 0.0])
+
+
 # ---- attention -------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Reading and writing diffusers UNet2DModel folders without PyTorch.
+"""Reading and writing diffusers UNet2DModel and AutoencoderKL folders without PyTorch.
 
 A diffusers model folder holds config.json (the constructor arguments of UNet2DModel) and
 diffusion_pytorch_model.safetensors (the state dict). refdiff's UNet names its parameters
@@ -12,6 +12,12 @@ to_q/to_k/to_v/to_out.0 as diffusers itself does when it loads them.
 Class labels: diffusers' class embedding has num_class_embeds rows; refdiff's has
 num_classes + 1 (the last row is the null label of classifier-free guidance), so a checkpoint
 with num_class_embeds = K loads as num_classes = K - 1 and every label 0..K-1 stays valid.
+
+AutoencoderKL folders (a pipeline's vae/) load the same way: refdiff.models.autoencoder's
+AutoencoderKL takes diffusers' own argument names, so the translation
+(autoencoder_kwargs_from_diffusers_config) only checks the values and refuses what refdiff
+does not implement (other block types, act_fn other than silu, shift_factor, latents_mean /
+latents_std), naming every such option at once.
 
 This is plumbing: file formats and names, no math.
 """
@@ -203,16 +209,16 @@ def rename_deprecated_attention_keys(state_dict):
     return out
 
 
-def resolve_folder(path):
-    """The folder holding config.json: `path` itself, or `path`/unet for a saved pipeline."""
+def resolve_folder(path, subfolder="unet", kind="UNet2DModel"):
+    """The folder holding config.json: `path` itself, or `path`/`subfolder` for a saved pipeline."""
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path!r} is not a folder (expected a diffusers UNet2DModel folder)")
+        raise FileNotFoundError(f"{path!r} is not a folder (expected a diffusers {kind} folder)")
     if os.path.exists(os.path.join(path, CONFIG_NAME)):
         return path
-    if os.path.exists(os.path.join(path, "unet", CONFIG_NAME)):
-        return os.path.join(path, "unet")
-    raise FileNotFoundError(f"no {CONFIG_NAME} in {path!r} (nor in {path!r}/unet)")
+    if os.path.exists(os.path.join(path, subfolder, CONFIG_NAME)):
+        return os.path.join(path, subfolder)
+    raise FileNotFoundError(f"no {CONFIG_NAME} in {path!r} (nor in {path!r}/{subfolder})")
 
 
 def read_config(folder):
@@ -279,3 +285,120 @@ def save_unet2d(model, path):
 
 def get_backend_name(backend):
     return backend if isinstance(backend, str) else backend.name
+
+
+# ---- AutoencoderKL ---------------------------------------------------------------------------
+
+# AutoencoderKL.__init__'s defaults (diffusers 0.42), used for keys a config.json leaves out
+AUTOENCODER_KL_DEFAULTS = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+    block_out_channels=(64,), layers_per_block=1, act_fn="silu", latent_channels=4, norm_num_groups=32,
+    sample_size=32, scaling_factor=0.18215, shift_factor=None, latents_mean=None, latents_std=None,
+    force_upcast=True, use_quant_conv=True, use_post_quant_conv=True, mid_block_add_attention=True,
+)
+
+
+def autoencoder_kwargs_from_diffusers_config(config):
+    """AutoencoderKL(**kwargs) arguments for a diffusers AutoencoderKL config dict; ValueError
+    naming every unsupported option."""
+    from ..checks import check_bool, check_positive_int, check_positive_ints, check_positive_real
+
+    config = dict(config)
+    class_name = config.get("_class_name", "AutoencoderKL")
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in AUTOENCODER_KL_DEFAULTS)
+    c = {**AUTOENCODER_KL_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
+    problems = []
+    if class_name != "AutoencoderKL":
+        problems.append(f"_class_name={class_name!r} (only 'AutoencoderKL' is supported)")
+    if unknown:
+        problems.append(f"unknown options {unknown}")
+
+    def collect(check, *args):
+        try:
+            check(*args)
+        except (TypeError, ValueError) as e:
+            problems.append(str(e))
+
+    for key in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
+        collect(check_positive_int, c[key], key)
+    collect(check_positive_ints, c["block_out_channels"], "block_out_channels")
+    if isinstance(c["sample_size"], (list, tuple)):
+        collect(check_positive_ints, c["sample_size"], "sample_size")
+    else:
+        collect(check_positive_int, c["sample_size"], "sample_size")
+    collect(check_positive_real, c["scaling_factor"], "scaling_factor")
+    for key in ("force_upcast", "use_quant_conv", "use_post_quant_conv", "mid_block_add_attention"):
+        collect(check_bool, c[key], key)
+    for key in ("down_block_types", "up_block_types"):
+        if isinstance(c[key], (str, bytes)) or not isinstance(c[key], (list, tuple)):
+            problems.append(f"{key} must be a list of block type names, got {c[key]!r}")
+    if problems:  # wrong types: nothing below is safe to read
+        raise ValueError("unsupported diffusers AutoencoderKL config: " + "; ".join(problems))
+
+    if c["act_fn"] not in ("silu", "swish"):
+        problems.append(f"act_fn={c['act_fn']!r} (supported: 'silu', 'swish')")
+    for key in ("shift_factor", "latents_mean", "latents_std"):
+        if c[key] is not None:
+            problems.append(f"{key}={c[key]!r} (supported: None; refdiff scales latents by scaling_factor only)")
+    down, up = list(c["down_block_types"]), list(c["up_block_types"])
+    bad_down = [b for b in down if b != "DownEncoderBlock2D"]
+    bad_up = [b for b in up if b != "UpDecoderBlock2D"]
+    if bad_down:
+        problems.append(f"down_block_types {bad_down} (supported: ['DownEncoderBlock2D'])")
+    if bad_up:
+        problems.append(f"up_block_types {bad_up} (supported: ['UpDecoderBlock2D'])")
+    L = len(c["block_out_channels"])
+    if len(down) != L or len(up) != L:
+        problems.append(f"{len(down)} down_block_types and {len(up)} up_block_types for {L} block_out_channels")
+    if problems:
+        raise ValueError("unsupported diffusers AutoencoderKL config: " + "; ".join(problems))
+    sample_size = c["sample_size"]
+    return dict(
+        in_channels=int(c["in_channels"]), out_channels=int(c["out_channels"]),
+        block_out_channels=[int(ch) for ch in c["block_out_channels"]], layers_per_block=int(c["layers_per_block"]),
+        latent_channels=int(c["latent_channels"]), norm_num_groups=int(c["norm_num_groups"]),
+        sample_size=[int(s) for s in sample_size] if isinstance(sample_size, (list, tuple)) else int(sample_size),
+        scaling_factor=float(c["scaling_factor"]), use_quant_conv=bool(c["use_quant_conv"]),
+        use_post_quant_conv=bool(c["use_post_quant_conv"]),
+        mid_block_add_attention=bool(c["mid_block_add_attention"]), force_upcast=bool(c["force_upcast"]),
+    )
+
+
+def diffusers_config_from_autoencoder_kwargs(config):
+    """The AutoencoderKL config.json dict for a refdiff AutoencoderKL config (inverse of the above)."""
+    L = len(config["block_out_channels"])
+    out = {"_class_name": "AutoencoderKL"}
+    for key in AUTOENCODER_KL_DEFAULTS:
+        out[key] = config.get(key, AUTOENCODER_KL_DEFAULTS[key])
+    out.update(down_block_types=["DownEncoderBlock2D"] * L, up_block_types=["UpDecoderBlock2D"] * L, act_fn="silu",
+               block_out_channels=list(config["block_out_channels"]))
+    return out
+
+
+def load_autoencoder_kl(path, backend="numpy"):
+    """A refdiff AutoencoderKL with the weights of the diffusers AutoencoderKL folder at `path`
+    (or at `path`/vae for a saved pipeline)."""
+    from .autoencoder import AutoencoderKL
+
+    folder = resolve_folder(path, subfolder="vae", kind="AutoencoderKL")
+    try:
+        kwargs = autoencoder_kwargs_from_diffusers_config(read_config(folder))
+    except ValueError as e:
+        raise ValueError(f"{os.path.join(folder, CONFIG_NAME)}: {e}") from None
+    model = AutoencoderKL(**kwargs)
+    model.load_state_dict(rename_deprecated_attention_keys(read_weights(folder)), strict=True)
+    if get_backend_name(backend) != "numpy":
+        model.to(backend)
+    return model
+
+
+def save_autoencoder_kl(model, path):
+    """Write `model` as a diffusers AutoencoderKL folder (config.json + safetensors weights)."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, CONFIG_NAME), "w") as f:
+        json.dump(diffusers_config_from_autoencoder_kwargs(model.config), f, indent=2)
+    state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(path, WEIGHTS_NAME))
+    return path

@@ -7,13 +7,14 @@
     init.py       PyTorch's default initialisation from a seeded generator
     layers.py     Linear, Conv2d, GroupNorm, SiLU, Dropout, Embedding
     attention.py  Attention: multi-head self-attention over H*W
-    resnet.py     ResnetBlock: residual block with timestep-embedding injection
+    resnet.py     ResnetBlock: residual block with timestep-embedding injection (or none: temb_channels=None)
     sampling.py   Downsample, Upsample
     timestep.py   TimestepEmbedding: the MLP on the sinusoidal timestep features
-    blocks.py     DownBlock, MidBlock, UpBlock: the U-Net's stages
+    blocks.py     DownBlock, MidBlock, UpBlock: the U-Net's stages; DownEncoderBlock, UpDecoderBlock:
+                  the autoencoder's
 """
 from .attention import Attention
-from .blocks import DownBlock, MidBlock, UpBlock
+from .blocks import DownBlock, DownEncoderBlock, MidBlock, UpBlock, UpDecoderBlock
 from .layers import Conv2d, Dropout, Embedding, GroupNorm, Linear, SiLU
 from .module import Module, ModuleList
 from .resnet import ResnetBlock
@@ -21,4 +22,5 @@ from .sampling import Downsample, Upsample
 from .timestep import TimestepEmbedding
 
 __all__ = ["Module", "ModuleList", "Linear", "Conv2d", "GroupNorm", "SiLU", "Dropout", "Embedding",
-           "Attention", "ResnetBlock", "Downsample", "Upsample", "TimestepEmbedding", "DownBlock", "MidBlock", "UpBlock"]
+           "Attention", "ResnetBlock", "Downsample", "Upsample", "TimestepEmbedding", "DownBlock", "MidBlock", "UpBlock",
+           "DownEncoderBlock", "UpDecoderBlock"]

@@ -8,6 +8,11 @@ concatenated on the channel axis (the skip connections), and then an upsampling.
 
 One class per kind, with or without attention; attribute names equal diffusers' DownBlock2D /
 AttnDownBlock2D, UNetMidBlock2D and UpBlock2D / AttnUpBlock2D, so the parameter names do too.
+
+The autoencoder's stages (Rombach et al. 2022, the VQGAN / KL-f encoder and decoder of Esser et al.
+2021) are the same residual blocks with no timestep embedding and no skip connections:
+DownEncoderBlock and UpDecoderBlock (diffusers' DownEncoderBlock2D / UpDecoderBlock2D), and
+MidBlock with temb_channels=None.
 """
 from .autograd import concat
 from .attention import Attention
@@ -122,6 +127,59 @@ class UpBlock(Module):
             h = resnet(h, emb)
             if attn is not None:
                 h = attn(h)
+        if self.upsamplers is not None:
+            h = self.upsamplers[0](h)
+        return h
+
+
+class DownEncoderBlock(Module):
+    """num_layers x ResnetBlock (no timestep embedding), then an optional Downsample.
+
+    The autoencoder's encoder stage (diffusers' DownEncoderBlock2D): (B, in, H, W) -> (B, out, H/2, W/2),
+    or (B, out, H, W) without the downsampling. downsample_padding=0 is what diffusers' Encoder uses.
+    """
+
+    def __init__(self, in_channels, out_channels, num_layers, add_downsample=True, groups=32, eps=1e-6,
+                 dropout=0.0, downsample_padding=0, rng=None):
+        super().__init__()
+        rng = as_rng(rng)
+        self.resnets = ModuleList([
+            ResnetBlock(in_channels if i == 0 else out_channels, out_channels, temb_channels=None, groups=groups,
+                        eps=eps, dropout=dropout, rng=rng)
+            for i in range(num_layers)])
+        if add_downsample:
+            self.downsamplers = ModuleList([Downsample(out_channels, padding=downsample_padding, rng=rng)])
+        else:
+            self.downsamplers = None
+
+    def forward(self, h):
+        for resnet in self.resnets:
+            h = resnet(h)
+        if self.downsamplers is not None:
+            h = self.downsamplers[0](h)
+        return h
+
+
+class UpDecoderBlock(Module):
+    """num_layers x ResnetBlock (no timestep embedding, no skips), then an optional Upsample.
+
+    The autoencoder's decoder stage (diffusers' UpDecoderBlock2D): (B, in, H, W) -> (B, out, 2H, 2W),
+    or (B, out, H, W) without the upsampling.
+    """
+
+    def __init__(self, in_channels, out_channels, num_layers, add_upsample=True, groups=32, eps=1e-6, dropout=0.0,
+                 rng=None):
+        super().__init__()
+        rng = as_rng(rng)
+        self.resnets = ModuleList([
+            ResnetBlock(in_channels if i == 0 else out_channels, out_channels, temb_channels=None, groups=groups,
+                        eps=eps, dropout=dropout, rng=rng)
+            for i in range(num_layers)])
+        self.upsamplers = ModuleList([Upsample(out_channels, rng=rng)]) if add_upsample else None
+
+    def forward(self, h):
+        for resnet in self.resnets:
+            h = resnet(h)
         if self.upsamplers is not None:
             h = self.upsamplers[0](h)
         return h

@@ -6,8 +6,8 @@ the chain rule could build from Tensor primitives (group norm, softmax, attentio
 are fused here instead: one graph node each, a hand-derived backward with fewer temporaries,
 and the formula in one place.
 
-Ops: linear, embedding, silu, gelu (tanh approximation), softmax, pad2d, conv2d, group_norm,
-upsample_nearest2x, avg_pool2d, dropout, mse_loss, scaled_dot_product_attention.
+Ops: linear, embedding, silu, gelu (tanh approximation), softmax, clamp, pad2d, conv2d, group_norm,
+upsample_nearest2x, avg_pool2d, dropout, mse_loss, l1_loss, scaled_dot_product_attention.
 
 Shapes: images are NCHW (batch, channels, height, width); a conv weight is
 (out_channels, in_channels, kh, kw) and a linear weight is (out_features, in_features), as in
@@ -172,6 +172,23 @@ def softmax(x, axis=-1):
     def backward():  # dx_i = y_i (dy_i - sum_j dy_j y_j)
         g = out.grad
         x._accumulate(y * (g - (g * y).sum(axis=axis, keepdims=True)))
+
+    return out._set_backward(backward)
+
+
+def clamp(x, min_value, max_value):
+    """y = min(max(x, min_value), max_value), elementwise (torch.clamp; the autoencoder clamps its log-variance).
+
+    The gradient passes where min_value <= x <= max_value (bounds included, as PyTorch) and is 0 outside.
+    """
+    x = _tensor(x)
+    xp = x.xp
+    a = x.data
+    out = _node(xp.clip(a, min_value, max_value), x)
+
+    def backward():  # dy/dx = 1 inside [min_value, max_value], 0 outside
+        inside = (a >= min_value) & (a <= max_value)
+        x._accumulate(out.grad * inside)
 
     return out._set_backward(backward)
 
@@ -570,6 +587,28 @@ def mse_loss(pred, target, weights=None):
         g = out.grad * (2 * scale) * diff
         if weights is not None:
             g = g * w
+        pred._accumulate(g)
+        if target.requires_grad:
+            target._accumulate(-g)
+
+    return out._set_backward(backward)
+
+
+def l1_loss(pred, target):
+    """Mean absolute error: L = mean_i |pred_i - target_i| (the autoencoder's reconstruction loss, LDM).
+
+    The derivative of |d| is sign(d), taken as 0 at d = 0 (PyTorch's choice). Returns a 0-d Tensor.
+    """
+    pred, target = _tensor(pred), _tensor(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"l1_loss: pred of shape {pred.shape} and target of shape {target.shape} differ")
+    xp = pred.xp
+    diff = pred.data - target.data
+    scale = 1.0 / max(diff.size, 1)
+    out = _node(xp.abs(diff).sum() * scale, pred, target)
+
+    def backward():  # dL/dpred = sign(pred - target) / (number of elements) = -dL/dtarget
+        g = out.grad * scale * xp.sign(diff)
         pred._accumulate(g)
         if target.requires_grad:
             target._accumulate(-g)
