@@ -41,6 +41,9 @@ _EXPORTS = {
     "vlb_terms": "refdiff.gaussian.likelihood",
     "vlb": "refdiff.gaussian.likelihood",
     "bits_per_dim": "refdiff.gaussian.likelihood",
+    # the exact likelihood through the probability-flow ODE (Song et al. 2021 app. D)
+    "ode_log_likelihood": "refdiff.gaussian.ode_likelihood",
+    "ode_bits_per_dim": "refdiff.gaussian.ode_likelihood",
     # loss weighting (min-SNR-gamma)
     "loss_weight": "refdiff.gaussian.losses",
     # reverse updates

@@ -345,6 +345,39 @@ class GaussianDiffusion:
         return samples
 
 
+    # ----------------------------------------------------------------------------------------
+    # likelihood: the network as the plain functions refdiff.gaussian.likelihood and
+    # refdiff.gaussian.ode_likelihood take
+
+    def _likelihood_labels(self, n):
+        """The null label for every sample of a class-conditional model (the unconditional model
+        that classifier-free training also learns); None for an unconditional one."""
+        return None if self.num_classes is None else np.full(n, self.num_classes, dtype=np.int64)
+
+    def model_function(self):
+        """model(x, t) -> the network's output (host float64 array) at x (B, ...) and time t (a
+        number, the schedule's units): for rd.bits_per_dim and rd.ode_log_likelihood."""
+
+        def model(x, t):
+            with no_grad():
+                out = self.model(self.backend.asarray(x), t, self._likelihood_labels(x.shape[0]))
+            return np.asarray(self.backend.to_numpy(_data(out)), dtype=np.float64)
+
+        return model
+
+    def model_trace(self, x, t, probes=None):
+        """(output, trace of d output / dx per sample) by the autograd (refdiff.nn.jacobian): exact
+        (probes None, d backward passes) or Hutchinson's estimate (probes (n, B, ...)). The
+        model_trace of rd.ode_log_likelihood; x on the host, float64 in and out."""
+        from .nn.jacobian import jacobian_trace
+
+        labels = self._likelihood_labels(x.shape[0])
+        parameters = self.model.parameters() if hasattr(self.model, "parameters") else ()
+        out, trace = jacobian_trace(lambda x_in: self.model(x_in, t, labels), np.asarray(x, dtype=np.float64),
+                                    parameters, probes)
+        return np.asarray(out, dtype=np.float64), trace
+
+
 def _diverged_message(sampler, t, options):
     where = "" if t is None else f" after the step at t={t}"
     hint = ""

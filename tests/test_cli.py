@@ -160,3 +160,23 @@ def test_sample_draws_a_run_on_flattened_images_as_an_image_grid(tmp_path):
     width, height = Image.open(out).size
     assert width == height > 48  # a 2x2 grid of upscaled 8x8 tiles, not a scatter plot (512x512)
     assert width != 512
+
+
+def test_eval_prints_bits_per_dim_of_the_bound_and_the_ode(tmp_path, capsys):
+    """One line per metric; the ODE run on a T=50 toy with loose tolerances (a few seconds)."""
+    out = str(tmp_path / "g8")
+    assert cli.main(["train", "--data", "gaussians8", "--steps", "5", "--out", out, *TINY_MLP]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", out, "--data", "gaussians8", "--n", "16", "--rtol", "1e-3", "--atol", "1e-3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["bpd", "ode-bpd"]
+    values = [float(line.split()[1]) for line in lines]
+    assert all(np.isfinite(v) and v > 0 for v in values)
+    assert "exact divergence" in lines[1]
+
+
+def test_eval_refuses_data_outside_minus_one_one(moons_run, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["eval", moons_run, "--data", "moons", "--n", "500", "--metric", "bpd"])
+    assert exit_.value.code == 2
+    assert "[-1, 1]" in capsys.readouterr().err

@@ -9,6 +9,8 @@
     losses.py            loss weights per timestep (L_simple, min-SNR-gamma)
     embedding.py         the sinusoidal timestep embedding (Vaswani et al. sec. 3.5)
     likelihood.py        the variational bound L_vlb and bits/dim: Gaussian KL, discretized decoder, prior (DDPM eq. 5, 13)
+    ode_likelihood.py    log p(x) by the probability-flow ODE and its divergence, Dormand-Prince 5(4),
+                         exact or Hutchinson traces; ODE bits/dim (Song et al. 2021 app. D)
     mixture.py           GaussianMixture: exact q(x_t), E[x_0 | x_t], eps, v, score and flow velocity of a mixture (PRML 2.3, EDM app. B.3)
     flow_matching.py     the straight path, its velocity target, uniform / logit-normal times, straightness
                          (Lipman et al. 2023; Liu et al. 2022; Esser et al. 2024 eq. 19)

@@ -2,6 +2,7 @@
 
     autograd.py   Tensor: reverse-mode autodiff, each op's forward and backward side by side
     functional.py the ops of the networks (linear, conv2d, group_norm, attention, ...), with gradients
+    jacobian.py   the trace of a network's Jacobian, exact or by Hutchinson's estimator (the ODE likelihood)
     testing.py    check_gradients: autograd against central finite differences
     module.py     Module, ModuleList (parameters, state_dict / load_state_dict, train / eval, to)
     init.py       PyTorch's default initialisation from a seeded generator
