@@ -86,7 +86,7 @@ def test_every_stage_grid_is_every_other_step_of_its_teacher():
 
 
 def _teacher(hidden=16, seed=0):
-    net = rd.MLPDenoiser(dim=2, hidden=hidden, num_blocks=1, seed=seed)
+    net = rd.MLPDenoiser(dim=2, hidden=hidden, num_blocks=2, seed=seed)
     return rd.GaussianDiffusion(net, SCHEDULE, prediction_type="v_prediction", clip_sample=False)
 
 
@@ -131,10 +131,10 @@ def test_a_distilled_student_keeps_the_teachers_quality_at_half_the_steps():
 
 
 @pytest.mark.slow
-def test_progressive_distillation_from_64_steps_down_to_1():
-    # seen (2-core CPU, ~3 min): see benchmarks/RESULTS.md, "Progressive distillation"
-    teacher_quality, students = _distill_run(teacher_steps=1500, hidden=64, start=64, final=1, steps_per_stage=400)
+def test_two_stages_of_distillation_keep_the_teachers_quality_at_a_quarter_of_the_steps():
+    # seen (2-core CPU, ~80 s): teacher DDIM-8 energy distance 0.210; students 4 steps 0.209 and
+    # 2 steps 0.211, against 0.435 and 0.644 for the teacher's own DDIM-4 and DDIM-2
+    teacher_quality, students = _distill_run(teacher_steps=800, hidden=64, start=8, final=2, steps_per_stage=300)
     for n, (student, teacher_same_steps) in students.items():
-        assert student < teacher_same_steps, (n, teacher_quality, students)
-    for n in (32, 16, 8, 4):
-        assert students[n][0] < 1.5 * teacher_quality, (teacher_quality, students)
+        assert student < 1.25 * teacher_quality, (n, teacher_quality, students)
+        assert student < 0.8 * teacher_same_steps, (n, teacher_quality, students)
