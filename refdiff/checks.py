@@ -656,3 +656,20 @@ def check_likelihood_data(x, name="x0"):
         raise ValueError(f"{name} must lie in [-1, 1] (8-bit data scaled as k / 127.5 - 1), got values in "
                          f"[{low:.4g}, {high:.4g}]")
     return x
+
+
+def check_distillation_steps(student_steps, T):
+    """A progressive-distillation stage's student steps N: an int with 2N <= T (the teacher takes 2N
+    distinct timesteps of the T-step schedule; Salimans & Ho 2022 Algorithm 2)."""
+    student_steps = check_positive_int(student_steps, "student_steps")
+    if 2 * student_steps > T:
+        raise ValueError(f"student_steps={student_steps}: the teacher would take {2 * student_steps} steps, more "
+                         f"than the T={T} steps of the schedule")
+    return student_steps
+
+
+def check_nested_grids(student, teacher):
+    """The student's timesteps are every other one of the teacher's (each student step spans two teacher steps)."""
+    if len(teacher) != 2 * len(student) or not np.array_equal(teacher[0::2], student):
+        raise ValueError(f"the {len(teacher)}-step teacher grid does not contain the {len(student)}-step student "
+                         f"grid as every other timestep")

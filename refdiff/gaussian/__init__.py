@@ -14,6 +14,9 @@
     mixture.py           GaussianMixture: exact q(x_t), E[x_0 | x_t], eps, v, score and flow velocity of a mixture (PRML 2.3, EDM app. B.3)
     flow_matching.py     the straight path, its velocity target, uniform / logit-normal times, straightness
                          (Lipman et al. 2023; Liu et al. 2022; Esser et al. 2024 eq. 19)
+    distillation.py      progressive distillation: the target x_tilde of two teacher DDIM steps folded into one,
+                         its v, the truncated-SNR weight (Salimans & Ho 2022 Algorithm 2, sec. 4)
+    consistency.py       consistency models' c_skip / c_out: f(x, sigma_min) = x by construction (Song et al. 2023 eq. 5, app. C)
 
 A math folder: it imports NumPy, refdiff.checks and refdiff.backend only, never the networks,
 the autograd or the training code (tests/test_layout.py keeps it so). The names follow

@@ -55,12 +55,14 @@ from .data import batch_indices
 from .distributed import data_parallel
 from ..diffusion import GaussianDiffusion, model_num_classes
 from ..flow_matching import FlowMatching
+from ..distillation import ProgressiveDistillation
 from .optim import EMA, AdamW, clip_grad_norm, warmup_lr
 
 # classes a checkpoint may name: a checkpoint never makes us import arbitrary code
 MODEL_CLASSES = {"UNet": "refdiff.models.unet", "MLPDenoiser": "refdiff.models.mlp"}
 # a checkpoint's diffusion config names its objective ("objective"; absent: "diffusion")
-DIFFUSION_CLASSES = {"diffusion": GaussianDiffusion, "flow_matching": FlowMatching}
+DIFFUSION_CLASSES = {"diffusion": GaussianDiffusion, "flow_matching": FlowMatching,
+                     "progressive_distillation": ProgressiveDistillation}
 
 
 @dataclasses.dataclass
@@ -528,7 +530,7 @@ def check_run_meta(meta, arrays, where):
     objective = meta["diffusion"].get("objective", "diffusion")
     if objective not in DIFFUSION_CLASSES:
         raise bad(f"unknown objective {objective!r} (expected one of {sorted(DIFFUSION_CLASSES)})")
-    if objective == "diffusion":  # a NoiseSchedule, stored as its betas; the flow path is all config
+    if objective != "flow_matching":  # a NoiseSchedule, stored as its betas; the flow path is all config
         betas = arrays.get("schedule/betas")
         if betas is None:
             raise CheckpointError(f"{where}: the arrays file has no schedule/betas")
@@ -600,7 +602,8 @@ def diffusion_from_checkpoint(arrays, meta, where, backend=None, ema=True):
             raise CheckpointError(f"{where}: EMA state does not match the model: {e}") from None
         shadow.copy_to(params)
     d = dict(meta.get("diffusion") or {})
-    if d.pop("objective", "diffusion") == "flow_matching":
+    objective = d.pop("objective", "diffusion")
+    if objective == "flow_matching":
         try:
             return FlowMatching(model, **d)
         except Exception as e:
@@ -608,10 +611,30 @@ def diffusion_from_checkpoint(arrays, meta, where, backend=None, ema=True):
     if "schedule/betas" not in arrays:
         raise CheckpointError(f"{where}: the arrays file has no schedule/betas")
     d.pop("T", None)
+    if objective == "progressive_distillation":
+        return _distillation_from_checkpoint(model, arrays, meta, where, d, backend)
     try:
         return GaussianDiffusion(model, NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64)), **d)
     except Exception as e:
         raise CheckpointError(f"{where}: bad diffusion config in the checkpoint: {e}") from None
+
+
+def _distillation_from_checkpoint(model, arrays, meta, where, d, backend):
+    """A ProgressiveDistillation stage: the student `model`, its teacher rebuilt from the checkpoint's
+    "teacher/..." arrays (a network of the student's class and config)."""
+    from ..gaussian.schedule import NoiseSchedule
+
+    teacher_model = build_model(meta, where, backend=backend)
+    skeleton, _ = ckpt.flatten_state(teacher_model.state_dict(), "teacher")
+    load_model_state(teacher_model, arrays, {"states": {"teacher": skeleton}}, where, prefix="teacher")
+    try:
+        student_steps = d.pop("student_steps")
+        d.pop("prediction_type", None)
+        teacher = GaussianDiffusion(teacher_model, NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64)),
+                                    prediction_type=d.pop("teacher_prediction_type"), **d)
+        return ProgressiveDistillation(model, teacher, student_steps)
+    except Exception as e:
+        raise CheckpointError(f"{where}: bad progressive-distillation config in the checkpoint: {e}") from None
 
 
 def checkpoint_location(path):
