@@ -257,27 +257,37 @@ def load_unet2d(path, backend="numpy"):
     """A refdiff UNet with the weights of the diffusers UNet2DModel folder at `path`."""
     from .unet import UNet
 
-    folder = resolve_folder(path)
+    return load_folder(resolve_folder(path), UNet, unet_kwargs_from_diffusers_config, backend)
+
+
+def save_unet2d(model, path):
+    """Write `model` as a diffusers UNet2DModel folder (config.json + safetensors weights)."""
+    return save_folder(model, path, diffusers_config_from_unet_kwargs(model.config))
+
+
+def load_folder(folder, model_class, kwargs_from_config, backend="numpy"):
+    """A `model_class` built from the config.json of the diffusers folder `folder` (translated by
+    kwargs_from_config; an error names the file) with its safetensors weights, strictly by name."""
     try:
-        kwargs = unet_kwargs_from_diffusers_config(read_config(folder))
+        kwargs = kwargs_from_config(read_config(folder))
     except ValueError as e:
         if str(e).startswith(folder):
             raise
         raise ValueError(f"{os.path.join(folder, CONFIG_NAME)}: {e}") from None
-    model = UNet(**kwargs)
+    model = model_class(**kwargs)
     model.load_state_dict(rename_deprecated_attention_keys(read_weights(folder)), strict=True)
     if get_backend_name(backend) != "numpy":
         model.to(backend)
     return model
 
 
-def save_unet2d(model, path):
-    """Write `model` as a diffusers UNet2DModel folder (config.json + safetensors weights)."""
+def save_folder(model, path, config):
+    """Write a diffusers model folder: `config` as config.json, the model's weights as float32 safetensors."""
     from safetensors.numpy import save_file
 
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, CONFIG_NAME), "w") as f:
-        json.dump(diffusers_config_from_unet_kwargs(model.config), f, indent=2)
+        json.dump(config, f, indent=2)
     state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in model.state_dict().items()}
     save_file(state, os.path.join(path, WEIGHTS_NAME))
     return path
@@ -381,24 +391,9 @@ def load_autoencoder_kl(path, backend="numpy"):
     from .autoencoder import AutoencoderKL
 
     folder = resolve_folder(path, subfolder="vae", kind="AutoencoderKL")
-    try:
-        kwargs = autoencoder_kwargs_from_diffusers_config(read_config(folder))
-    except ValueError as e:
-        raise ValueError(f"{os.path.join(folder, CONFIG_NAME)}: {e}") from None
-    model = AutoencoderKL(**kwargs)
-    model.load_state_dict(rename_deprecated_attention_keys(read_weights(folder)), strict=True)
-    if get_backend_name(backend) != "numpy":
-        model.to(backend)
-    return model
+    return load_folder(folder, AutoencoderKL, autoencoder_kwargs_from_diffusers_config, backend)
 
 
 def save_autoencoder_kl(model, path):
     """Write `model` as a diffusers AutoencoderKL folder (config.json + safetensors weights)."""
-    from safetensors.numpy import save_file
-
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, CONFIG_NAME), "w") as f:
-        json.dump(diffusers_config_from_autoencoder_kwargs(model.config), f, indent=2)
-    state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in model.state_dict().items()}
-    save_file(state, os.path.join(path, WEIGHTS_NAME))
-    return path
+    return save_folder(model, path, diffusers_config_from_autoencoder_kwargs(model.config))
