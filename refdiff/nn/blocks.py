@@ -132,6 +132,15 @@ class UpBlock(Module):
         return h
 
 
+def _resnets_without_embedding(in_channels, out_channels, num_layers, groups, eps, dropout, rng):
+    """num_layers ResnetBlocks with no timestep embedding, in_channels -> out_channels at the first:
+    the stack of the autoencoder's encoder and decoder stages."""
+    return ModuleList([
+        ResnetBlock(in_channels if i == 0 else out_channels, out_channels, temb_channels=None, groups=groups,
+                    eps=eps, dropout=dropout, rng=rng)
+        for i in range(num_layers)])
+
+
 class DownEncoderBlock(Module):
     """num_layers x ResnetBlock (no timestep embedding), then an optional Downsample.
 
@@ -143,10 +152,7 @@ class DownEncoderBlock(Module):
                  dropout=0.0, downsample_padding=0, rng=None):
         super().__init__()
         rng = as_rng(rng)
-        self.resnets = ModuleList([
-            ResnetBlock(in_channels if i == 0 else out_channels, out_channels, temb_channels=None, groups=groups,
-                        eps=eps, dropout=dropout, rng=rng)
-            for i in range(num_layers)])
+        self.resnets = _resnets_without_embedding(in_channels, out_channels, num_layers, groups, eps, dropout, rng)
         if add_downsample:
             self.downsamplers = ModuleList([Downsample(out_channels, padding=downsample_padding, rng=rng)])
         else:
@@ -171,10 +177,7 @@ class UpDecoderBlock(Module):
                  rng=None):
         super().__init__()
         rng = as_rng(rng)
-        self.resnets = ModuleList([
-            ResnetBlock(in_channels if i == 0 else out_channels, out_channels, temb_channels=None, groups=groups,
-                        eps=eps, dropout=dropout, rng=rng)
-            for i in range(num_layers)])
+        self.resnets = _resnets_without_embedding(in_channels, out_channels, num_layers, groups, eps, dropout, rng)
         self.upsamplers = ModuleList([Upsample(out_channels, rng=rng)]) if add_upsample else None
 
     def forward(self, h):
