@@ -43,6 +43,7 @@ from .parameterization import x0_eps_from_model_output
 from .posterior import q_posterior
 
 LOG_2 = math.log(2.0)
+BIN_HALF_WIDTH = 1 / 255  # half the width of an 8-bit value's bin on [-1, 1]: [x - 1/255, x + 1/255]
 # a bin's probability is floored here before its log is taken, only so that log 0 is never taken
 # (the improved-DDPM code clamps at 1e-12, which raises the probability of a bin the model
 # misses by more than 27.6 nats and so is not a bound there)
@@ -82,7 +83,7 @@ def standard_normal_sf(z):
     return standard_normal_cdf(-np.asarray(z, dtype=np.float64))
 
 
-def bin_probability(x0, mean, log_var, bin_half_width=1 / 255):
+def bin_probability(x0, mean, log_var, bin_half_width=BIN_HALF_WIDTH):
     """P(x in the bin of x_0) under N(mean, e^log_var), elementwise (DDPM eq. 13):
 
         Phi((x_0 + w - mean) / std) - Phi((x_0 - w - mean) / std),   w = bin_half_width = 1/255,
@@ -101,7 +102,7 @@ def bin_probability(x0, mean, log_var, bin_half_width=1 / 255):
                     standard_normal_cdf(z_plus) - standard_normal_cdf(z_min))
 
 
-def discretized_gaussian_log_likelihood(x0, mean, log_var, bin_half_width=1 / 255):
+def discretized_gaussian_log_likelihood(x0, mean, log_var, bin_half_width=BIN_HALF_WIDTH):
     """log p(x_0 | x_1) of 8-bit data in [-1, 1] under N(mean, e^log_var), elementwise, in nats:
     the log of bin_probability (DDPM eq. 13; improved DDPM code losses.discretized_gaussian_log_likelihood,
     which clamps the probability at 1e-12; refdiff only at the smallest positive float64)."""
@@ -197,11 +198,19 @@ def bits_per_dim(model, data, schedule, batch_size=256, rng=None, **options):
     data: (N, ...) float array of 8-bit data in [-1, 1]; evaluated batch_size samples at a time,
     each with T model calls. Other arguments as vlb_terms. Returns a float.
     """
+    rng = np.random.default_rng() if rng is None else rng
+    return mean_bits_per_dim(data, batch_size, lambda x0: vlb(model, x0, schedule, rng, **options))
+
+
+def mean_bits_per_dim(data, batch_size, nats):
+    """sum of nats(batch) over the dataset / (N D ln 2): bits per dimension from a function giving
+    each sample's negative log-likelihood (or bound) in nats, evaluated batch_size samples at a time.
+
+    data: (N, ...) 8-bit data in [-1, 1], checked here; D = the number of values per sample.
+    """
     data = check_likelihood_data(data, "data")
     batch_size = check_positive_int(batch_size, "batch_size")
-    rng = np.random.default_rng() if rng is None else rng
-    dims = int(np.prod(data.shape[1:]))
     total = 0.0
     for start in range(0, data.shape[0], batch_size):
-        total += float(vlb(model, data[start:start + batch_size], schedule, rng, **options).sum())
-    return total / (data.shape[0] * dims * LOG_2)
+        total += float(np.sum(nats(data[start:start + batch_size])))
+    return total / (data.shape[0] * int(np.prod(data.shape[1:])) * LOG_2)

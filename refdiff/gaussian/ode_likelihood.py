@@ -58,13 +58,12 @@ import math
 
 import numpy as np
 
-from ..checks import check_choice, check_float_array, check_likelihood_data, check_positive_int, check_positive_real
+from ..checks import check_choice, check_float_array, check_positive_int, check_positive_real
+from .likelihood import BIN_HALF_WIDTH, mean_bits_per_dim  # the 8-bit bins of rd.bits_per_dim
 from .parameterization import x0_from_model_output
 from .process import as_process
 
 LOG_2PI = math.log(2 * math.pi)
-LOG_2 = math.log(2.0)
-BIN_HALF_WIDTH = 1 / 255  # the 8-bit bins of rd.bits_per_dim: [x - 1/255, x + 1/255]
 
 # ---- Dormand-Prince 5(4): the Butcher tableau (Hairer I, Table 5.2) -----------------------------
 
@@ -268,14 +267,12 @@ def ode_bits_per_dim(model, data, process, batch_size=256, rng=None, **options):
 
     an upper bound on -log2 P(k) / d, as rd.bits_per_dim's. data (N, ...); rng draws the
     dequantization noise and the probes. Other options as ode_log_likelihood. Returns a float."""
-    data = check_likelihood_data(data, "data")
-    batch_size = check_positive_int(batch_size, "batch_size")
     rng = np.random.default_rng() if rng is None else rng
-    d = int(np.prod(data.shape[1:]))
-    total = 0.0
-    for start in range(0, data.shape[0], batch_size):
-        x = data[start:start + batch_size].astype(np.float64)
+
+    def nats(batch):
+        x = batch.astype(np.float64)
         x = x + rng.uniform(-BIN_HALF_WIDTH, BIN_HALF_WIDTH, size=x.shape)   # uniform dequantization
         log_p = ode_log_likelihood(model, x, process, rng=rng, **options)
-        total += float(np.sum(-log_p + d * math.log(1 / (2 * BIN_HALF_WIDTH))))
-    return total / (data.shape[0] * d * LOG_2)
+        return -log_p + x[0].size * math.log(1 / (2 * BIN_HALF_WIDTH))      # (B,)
+
+    return mean_bits_per_dim(data, batch_size, nats)
