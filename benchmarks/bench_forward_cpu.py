@@ -66,7 +66,6 @@ def unet_pair(config, folder):
 
 
 def forward_case(config, batch, folder):
-    import numpy as np
     import torch
 
     from refdiff.nn.autograd import no_grad
@@ -88,8 +87,6 @@ def forward_case(config, batch, folder):
 
 
 def unet_train_case(folder):
-    import torch
-
     from refdiff.nn import functional as F
     from refdiff.training.optim import AdamW
 

@@ -23,8 +23,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_bench_common as common  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 
 def probes(cupy):
     """[(name, fn, check)]: fn() is captured; check(), if given, runs after a replay and returns

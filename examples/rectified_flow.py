@@ -19,8 +19,6 @@ t = 1/1000 before t = 0, so "2 steps" is one full step plus a tiny one.
 import os
 import time
 
-import numpy as np
-
 from common import parser, plt, run, save_json, train
 
 import refdiff as rd

@@ -41,7 +41,6 @@ from refdiff.checks import (
     check_t_prev_below_t,
     check_timestep_range,
 )
-from refdiff.gaussian.parameterization import PREDICTION_CODES
 
 SIMULATED = bool(_numba_config.ENABLE_CUDASIM)
 # REFDIFF_KERNEL_CHECKS=1, read once by refdiff.checks: the one switch (and rule) that the

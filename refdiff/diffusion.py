@@ -20,7 +20,6 @@ Sampling runs a registered sampler (refdiff.samplers, through the loop of rd.sam
 """
 import numpy as np
 
-from . import samplers as _samplers
 from .nn.autograd import Tensor, no_grad
 from .checks import (check_choice, check_class_labels, check_clip, check_finite, check_positive_real,
                      check_prediction_type, check_variance_type, value_checks_on)
