@@ -436,8 +436,12 @@ def cupy_stream_ptr():
 
 
 def output_view(a):
-    """An output array as a kernel argument (in the simulator: written back, never copied in)."""
-    return cuda.Out(a) if SIMULATED else device_view(a)
+    """An output array as a kernel argument (in the simulator: written back, never copied in).
+    Not through ARG_CACHE: a launcher's output is a new array at every launch (a cached conversion
+    would never be hit again and would only keep the array alive)."""
+    if SIMULATED:
+        return cuda.Out(a)
+    return a if ARG_MODE == "direct" else _as_numba_array(a)
 
 
 def launch(kernel, B, N, *args):
