@@ -3,8 +3,9 @@
 Nothing here is diffusion math (that is in the kernel files and kernels/_device.py). A launcher
 in kernels/<name>.py validates its arguments with the helpers below, allocates its outputs,
 and calls `launch(kernel, B, N, *args)`. Everything that costs host time and can be reused
-(device tables of a schedule, the launch configuration, numba stream objects, placeholder
-arrays) is computed once and cached here.
+(device tables of a schedule, the launch configuration and the configured kernel, numba stream
+objects, placeholder arrays, the numba view of each input buffer: ArgumentCache) is computed
+once and cached here.
 
 Two modes, fixed when numba is first imported:
 - GPU: arrays are CuPy arrays. Each launch runs on CuPy's current stream (a numba external

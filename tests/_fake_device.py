@@ -8,7 +8,12 @@ device on a real GPU goes through `_transfer()`:
                                  np.asarray(a) (the __array__ protocol)
     copying host data in         xp.asarray / xp.array of host data (NumPy arrays, lists,
                                  Python numbers), a NumPy array as an operand or index
-Inside `capturing()` (a CUDA-graph capture) also a cuBLAS or cuRAND call raises CaptureError.
+Inside `capturing()` (a CUDA-graph capture) also a cuBLAS or cuRAND call, a stream
+synchronisation or a kernel cache's numba.cuda.to_device raises CaptureError. `xp.cuda` stands for
+cupy.cuda: Stream (begin_capture / end_capture record every device op into a Graph, whose launch()
+replays them on the same memory; an allocation that grows the current MemoryPool raises during
+the recording), MemoryPool, using_allocator, get_current_stream; `cupyx.cutensor.contraction`
+(np.einsum on the device memory; allowed during a capture) is installed with the fake.
 Inside `no_host_transfers()` a transfer raises HostTransfer (naming what did it); outside, it
 is allowed and counted in `TRANSFERS`. Python scalars as operands (`a * 2.0`) and
 `xp.full(shape, 2.0)` are no transfer: on a GPU they are kernel arguments.
