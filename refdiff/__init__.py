@@ -70,6 +70,7 @@ _EXPORTS = {
     "AutoencoderKL": "refdiff.models.autoencoder",
     # training and sampling
     "GaussianDiffusion": "refdiff.diffusion",
+    "CapturedSampler": "refdiff.capture",  # GaussianDiffusion.capture_sampler: a step replayed from a CUDA graph
     "FlowMatching": "refdiff.flow_matching",
     "Trainer": "refdiff.training.trainer",
     # backends

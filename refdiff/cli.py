@@ -205,6 +205,9 @@ def build_parser():
     p.add_argument("--backend", choices=("numpy", "cuda"), default=None, help="default: the run's backend")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="ddpm/ddim on the cuda backend: capture one step (network + fused update) into a CUDA graph "
+                   "and replay it per step (diffusion.capture_sampler; needs cuTENSOR)")
 
     # ---- eval ----
     p = sub.add_parser(
@@ -468,6 +471,7 @@ def _train(args, parallel):
 
 
 def cmd_sample(args):
+    from .backend import BackendUnavailable
     from .io.checkpoint import CheckpointError
     from .io.images import save_image_grid, save_scatter
     from .training.trainer import load_diffusion
@@ -506,12 +510,19 @@ def cmd_sample(args):
     steps = args.steps
     if steps is None and args.sampler not in ("ddpm", "ddim") and not isinstance(args.sigmas, list):
         raise CLIError(f"--sampler {args.sampler} needs --steps (or an explicit --sigmas grid)")
+    if args.cuda_graph:
+        _check_cuda_graph(args, diffusion, options)
     t0 = time.perf_counter()
     try:
-        x = diffusion.sample(args.n, sampler=args.sampler, steps=steps, y=y,
-                             guidance_scale=args.guidance_scale, seed=args.seed, spacing=args.spacing,
-                             sigmas=args.sigmas, progress=not args.no_progress, **options)
-    except (ValueError, TypeError) as e:  # a bad option or grid: one line, exit 2
+        if args.cuda_graph:
+            captured = diffusion.capture_sampler(args.n, sampler=args.sampler, steps=steps, eta=options.get("eta", 0.0),
+                                                 y=y, spacing=args.spacing or "leading")
+            x = captured.sample(seed=args.seed)
+        else:
+            x = diffusion.sample(args.n, sampler=args.sampler, steps=steps, y=y,
+                                 guidance_scale=args.guidance_scale, seed=args.seed, spacing=args.spacing,
+                                 sigmas=args.sigmas, progress=not args.no_progress, **options)
+    except (ValueError, TypeError, BackendUnavailable) as e:  # a bad option or grid, no cuTENSOR: one line, exit 2
         raise CLIError(str(e).splitlines()[0]) from None
     seconds = time.perf_counter() - t0
     shape = (meta.get("data") or {}).get("shape")  # images flattened for an MLP: draw them as images
@@ -530,6 +541,18 @@ def cmd_sample(args):
     n_steps = steps or (len(args.sigmas) - 1 if isinstance(args.sigmas, list) else diffusion.T)
     print(f"{args.n} samples ({args.sampler}, {n_steps} steps) in {seconds:.1f} s -> {args.out}")
     return 0
+
+
+def _check_cuda_graph(args, diffusion, options):
+    """--cuda-graph: what diffusion.capture_sampler can capture, or one line and exit 2."""
+    if getattr(diffusion.backend, "name", "numpy") != "cuda":
+        raise CLIError("--cuda-graph needs the cuda backend (--backend cuda): CUDA graphs are captured on a GPU")
+    if not hasattr(diffusion, "capture_sampler") or args.sampler not in ("ddpm", "ddim"):
+        raise CLIError(f"--cuda-graph captures the ddpm and ddim samplers of a diffusion run, not {args.sampler!r}")
+    extra = sorted(set(options) - {"eta"})
+    if extra or args.guidance_scale != 1.0 or args.sigmas is not None:
+        raise CLIError("--cuda-graph takes --steps, --eta, --spacing, --class and --seed only "
+                       "(not --guidance-scale, --sigmas, --clipped-eps or --option)")
 
 
 def cmd_eval(args):

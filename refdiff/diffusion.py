@@ -348,6 +348,15 @@ class GaussianDiffusion:
     # likelihood: the network as the plain functions refdiff.gaussian.likelihood and
     # refdiff.gaussian.ode_likelihood take
 
+    def capture_sampler(self, n, sampler="ddim", steps=None, eta=0.0, y=None, **options):
+        """A refdiff.capture.CapturedSampler: the ddim/ddpm loop with each step (network + fused
+        update) captured once into a CUDA graph and replayed; .sample(seed) equals
+        self.sample(n, sampler, steps, eta, y=y, seed=seed) (device backends only)."""
+        from .capture import CapturedSampler
+
+        y = check_class_labels(y, n, self.num_classes) if y is not None else None
+        return CapturedSampler(self, n, sampler, steps, eta, y, **options)
+
     def _likelihood_labels(self, n):
         """The null label for every sample of a class-conditional model (the unconditional model
         that classifier-free training also learns); None for an unconditional one."""
