@@ -17,7 +17,11 @@ pipeline with a fixed torch generator and records:
 - <case>/images: the pipeline's output, output_type="np": (n, H, W, C) in [0, 1];
 - <case>/meta: JSON with the steps, the number of images and the pipeline call.
 
-Cases:
+And tests/data/tiny_pipelines/scheduler_configs.json: for one configuration of each diffusers scheduler
+class refdiff maps (SCHEDULER_CASES), the config diffusers' save_config writes, the timesteps of its
+set_timesteps(10) and its float32 alphas_cumprod at every 50th t and the last.
+
+Pipeline cases:
   ddpm      DDPMPipeline, DDPMScheduler (linear betas, fixed_small, clip_sample), 10 steps of 1000
   ddim      DDIMPipeline, DDIMScheduler (scaled_linear, v_prediction, trailing spacing, no clipping), 8 steps
   ldm       LDMPipeline with the AutoencoderKL tiny_vae as its autoencoder (diffusers types it VQModel but
@@ -40,13 +44,16 @@ import torch
 
 import diffusers
 from diffusers import (AutoencoderKL, DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler,
-                       EulerDiscreteScheduler, LDMPipeline, UNet2DModel)
+                       DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, HeunDiscreteScheduler, LDMPipeline, LMSDiscreteScheduler, UNet2DModel,
+                       UniPCMultistepScheduler)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from _pipelines import PIPELINES  # noqa: E402
 
 OUT = os.path.join(HERE, "tiny_pipelines_golden.npz")
+SCHEDULER_OUT = os.path.join(PIPELINES, "scheduler_configs.json")
 N = 2
 
 CASES = {
@@ -59,6 +66,41 @@ CASES = {
     "ldm_euler": (LDMPipeline, EulerDiscreteScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
                                                       beta_start=0.0015, beta_end=0.0195, use_karras_sigmas=True), 6, {}),
 }
+
+
+# one config per scheduler class refdiff maps (and a second where options change the sampler), written by
+# diffusers' own save_config; with the timesteps its set_timesteps(STEPS) chooses and its alphas_cumprod
+SCHEDULER_CASES = {
+    "ddpm_fixed_large": DDPMScheduler(variance_type="fixed_large", clip_sample_range=2.0, timestep_spacing="trailing",
+                                      beta_schedule="squaredcos_cap_v2"),
+    "ddim_offset": DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                                 clip_sample=False, prediction_type="v_prediction", rescale_betas_zero_snr=True),
+    "euler_karras": EulerDiscreteScheduler(use_karras_sigmas=True, timestep_spacing="leading"),
+    "euler_ancestral": EulerAncestralDiscreteScheduler(prediction_type="v_prediction", timestep_spacing="trailing"),
+    "heun_exponential": HeunDiscreteScheduler(use_exponential_sigmas=True),
+    "lms": LMSDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+    "dpmpp_2m": DPMSolverMultistepScheduler(),
+    "dpmpp_3m_sde": DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=3, solver_type="heun",
+                                                final_sigmas_type="sigma_min", euler_at_final=True),
+    "dpmpp_3s": DPMSolverSinglestepScheduler(solver_order=3, lower_order_final=True),
+    "unipc": UniPCMultistepScheduler(solver_order=3, lower_order_final=False, timestep_spacing="trailing"),
+}
+STEPS = 10
+ABAR_INDEX = list(range(0, 1000, 50)) + [999]  # alphas_cumprod recorded at these t (the file stays small)
+
+
+def record_schedulers():
+    configs = {}
+    for name, scheduler in SCHEDULER_CASES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            scheduler.save_config(tmp)
+            config = json.load(open(os.path.join(tmp, "scheduler_config.json")))
+        scheduler.set_timesteps(STEPS)
+        configs[name] = dict(config=config, steps=STEPS, timesteps=scheduler.timesteps.numpy().tolist(),
+                             abar_index=ABAR_INDEX, alphas_cumprod=[float(scheduler.alphas_cumprod[i]) for i in ABAR_INDEX])
+    with open(SCHEDULER_OUT, "w") as f:
+        json.dump(configs, f)
+    print("wrote", SCHEDULER_OUT, f"({os.path.getsize(SCHEDULER_OUT)} bytes)")
 
 
 def recording(module, store):
@@ -126,6 +168,7 @@ def main():
               float(images.min()), float(images.max()))
     np.savez_compressed(OUT, **out)
     print("wrote", OUT)
+    record_schedulers()
 
 
 if __name__ == "__main__":
