@@ -24,7 +24,9 @@ from refdiff.samplers.timesteps import inference_timesteps
 from _pipelines import DATA, PIPELINES, assemble
 
 GOLDEN = np.load(os.path.join(DATA, "tiny_pipelines_golden.npz"))
-SCHEDULER_CASES = json.load(open(os.path.join(PIPELINES, "scheduler_configs.json")))
+SCHEDULER_RECORDS = json.load(open(os.path.join(PIPELINES, "scheduler_configs.json")))
+SCHEDULER_CASES = {k: v for k, v in SCHEDULER_RECORDS.items() if not k.startswith("default/")}
+DEFAULT_CONFIGS = {k.split("/")[1]: v["config"] for k, v in SCHEDULER_RECORDS.items() if k.startswith("default/")}
 
 
 class RecordedNoise:
@@ -60,7 +62,7 @@ def test_a_pipeline_folder_samples_diffusers_images_from_the_same_noise(case, tm
     diffusers' images. Catches: a scheduler key mapped to the wrong option (spacing, clip_sample,
     prediction_type, Karras sigmas), the wrong beta schedule, DDPM's variance or strided steps, the
     latent decode without / scaling_factor, the wrong start scale for a sigma-grid sampler
-    (init_noise_sigma), DDIMPipeline's scheduler conversion."""
+    (init_noise_sigma)."""
     meta = json.loads(str(GOLDEN[f"{case}/meta"]))
     pipe = rd.load_pipeline(assemble(case, tmp_path / case))
     rng = RecordedNoise(GOLDEN[f"{case}/noise"]) if f"{case}/noise" in GOLDEN else None
@@ -158,6 +160,32 @@ def test_the_mapped_sampler_calls_the_model_at_diffusers_timesteps(case):
         np.testing.assert_array_equal(times, expected)
     else:
         np.testing.assert_allclose(times, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("class_name", sorted(DEFAULT_CONFIGS))
+def test_a_config_that_leaves_keys_out_gets_diffusers_defaults(class_name):
+    """{"_class_name": X} alone maps like the full config diffusers writes for X() (its constructor's
+    defaults). Catches: a default in refdiff.pipeline.SCHEDULERS that is not diffusers' (Heun's
+    beta_start, the Euler family's "linspace" spacing, the singlestep lower_order_final=False)."""
+    partial = scheduler_from_config({"_class_name": class_name})
+    full = scheduler_from_config(DEFAULT_CONFIGS[class_name])
+    assert (partial.sampler, partial.options, partial.prediction_type) == (full.sampler, full.options,
+                                                                           full.prediction_type)
+    np.testing.assert_array_equal(partial.schedule.betas, full.schedule.betas)
+
+
+def test_a_ddim_pipeline_samples_any_scheduler_as_ddim(tmp_path):
+    """DDIMPipeline runs DDIMScheduler.from_config(its scheduler's config): a DDPMScheduler folder samples
+    with ddim, the DDPM-only variance_type dropped as diffusers drops it. Catches: sampling such a
+    folder with ddpm, or refusing the key DDIMScheduler never reads."""
+    folder = assemble("ddim", tmp_path / "p")
+    path = os.path.join(folder, "scheduler", "scheduler_config.json")
+    config = json.load(open(path))
+    config.update(_class_name="DDPMScheduler", variance_type="fixed_large")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    pipe = rd.load_pipeline(folder)
+    assert pipe.sampler == "ddim" and "variance_type" not in pipe.scheduler.options
 
 
 # ---- refusals --------------------------------------------------------------------------------------

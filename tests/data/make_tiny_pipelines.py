@@ -19,7 +19,8 @@ pipeline with a fixed torch generator and records:
 
 And tests/data/tiny_pipelines/scheduler_configs.json: for one configuration of each diffusers scheduler
 class refdiff maps (SCHEDULER_CASES), the config diffusers' save_config writes, the timesteps of its
-set_timesteps(10) and its float32 alphas_cumprod at every 50th t and the last.
+set_timesteps(10) and its float32 alphas_cumprod at every 50th t and the last; and under
+"default/<class>" the config each class writes with diffusers' defaults.
 
 Pipeline cases:
   ddpm      DDPMPipeline, DDPMScheduler (linear betas, fixed_small, clip_sample), 10 steps of 1000
@@ -86,6 +87,9 @@ SCHEDULER_CASES = {
     "unipc": UniPCMultistepScheduler(solver_order=3, lower_order_final=False, timestep_spacing="trailing"),
 }
 STEPS = 10
+DEFAULT_CLASSES = (DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
+                   HeunDiscreteScheduler, LMSDiscreteScheduler, DPMSolverMultistepScheduler,
+                   DPMSolverSinglestepScheduler, UniPCMultistepScheduler)
 ABAR_INDEX = list(range(0, 1000, 50)) + [999]  # alphas_cumprod recorded at these t (the file stays small)
 
 
@@ -98,6 +102,11 @@ def record_schedulers():
         scheduler.set_timesteps(STEPS)
         configs[name] = dict(config=config, steps=STEPS, timesteps=scheduler.timesteps.numpy().tolist(),
                              abar_index=ABAR_INDEX, alphas_cumprod=[float(scheduler.alphas_cumprod[i]) for i in ABAR_INDEX])
+    for scheduler_class in DEFAULT_CLASSES:  # every class with diffusers' defaults: the config it writes
+        with tempfile.TemporaryDirectory() as tmp:
+            scheduler_class().save_config(tmp)
+            configs[f"default/{scheduler_class.__name__}"] = dict(
+                config=json.load(open(os.path.join(tmp, "scheduler_config.json"))))
     with open(SCHEDULER_OUT, "w") as f:
         json.dump(configs, f)
     print("wrote", SCHEDULER_OUT, f"({os.path.getsize(SCHEDULER_OUT)} bytes)")
