@@ -145,6 +145,11 @@ DPM_SAMPLERS = {
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 # keys every diffusers config may carry that say nothing about sampling
 _META_KEYS = ("_class_name", "_diffusers_version")
+# keys of configs written by early diffusers (0.1-0.3, e.g. google/ddpm-*) that 0.42 ignores:
+# tensor_format (the array library, "pt" or "np") means nothing to sampling; timestep_values must be
+# null; predict_epsilon=True is prediction_type="epsilon" (False, an x_0 model, is refused: say
+# prediction_type="sample" instead, as diffusers 0.42 would silently read it as epsilon)
+LEGACY_KEYS = ("tensor_format", "timestep_values", "predict_epsilon")
 
 
 class SchedulerConfig:
@@ -175,10 +180,12 @@ def scheduler_from_config(config, class_name=None):
         raise ValueError(f"scheduler class {class_name!r} is not supported (supported: {', '.join(sorted(SCHEDULERS))})")
     default_sampler, keys = SCHEDULERS[class_name]
     given = {k: v for k, v in config.items() if k not in _META_KEYS and (not converted or k in keys)}
-    unknown = sorted(k for k in given if k not in keys)
+    problems = _legacy_problems(config)
+    unknown = sorted(k for k in given if k not in keys and k not in LEGACY_KEYS)
     c = {k: spec[1] for k, spec in keys.items()}
-    c.update(given)
-    problems = [f"unknown keys {unknown} (not arguments of diffusers' {class_name})"] if unknown else []
+    c.update({k: v for k, v in given.items() if k in keys})
+    if unknown:
+        problems.append(f"unknown keys {unknown} (not arguments of diffusers' {class_name})")
     for key, spec in keys.items():
         if spec[0] == "fixed" and c[key] not in spec[2]:  # ("inert" keys: their switch is a "fixed" key)
             problems.append(_refusal(key, c[key], class_name, spec[2]))
@@ -215,6 +222,19 @@ def scheduler_from_config(config, class_name=None):
     elif c.get("use_exponential_sigmas"):
         options["sigmas"] = "exponential"
     return SchedulerConfig(class_name, schedule, c["prediction_type"], sampler, options)
+
+
+def _legacy_problems(config):
+    """The refusals among an early diffusers config's LEGACY_KEYS."""
+    problems = []
+    if config.get("timestep_values") is not None:
+        problems.append("timestep_values (custom timesteps of early diffusers; refdiff supports null only)")
+    if config.get("predict_epsilon", True) is not True:
+        problems.append(f"predict_epsilon={config['predict_epsilon']!r} (write prediction_type=\"sample\" for an x_0 "
+                        f"model: diffusers 0.42 ignores predict_epsilon)")
+    elif "predict_epsilon" in config and config.get("prediction_type", "epsilon") != "epsilon":
+        problems.append(f"predict_epsilon=True contradicts prediction_type={config['prediction_type']!r}")
+    return problems
 
 
 def _refusal(key, value, class_name, allowed):

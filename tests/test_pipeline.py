@@ -222,6 +222,18 @@ def test_a_learned_variance_is_refused_by_name(class_name):
         scheduler_from_config({"_class_name": class_name, "variance_type": "learned_range"})
 
 
+def test_an_early_diffusers_config_maps_like_todays():
+    """google/ddpm-*'s scheduler configs were written by diffusers 0.1-0.3, with keys 0.42 ignores
+    (tensor_format, timestep_values null, predict_epsilon true): they map as without them, and
+    predict_epsilon=False (an x_0 model diffusers 0.42 would misread) is refused by name. Catches:
+    refusing the README's own example folder, or sampling an x_0 model as an eps model."""
+    old = dict(DEFAULT_CONFIGS["DDPMScheduler"], tensor_format="pt", timestep_values=None, predict_epsilon=True)
+    mapped, today = scheduler_from_config(old), scheduler_from_config(DEFAULT_CONFIGS["DDPMScheduler"])
+    assert (mapped.sampler, mapped.options, mapped.prediction_type) == (today.sampler, today.options, "epsilon")
+    with pytest.raises(ValueError, match="predict_epsilon"):
+        scheduler_from_config(dict(old, predict_epsilon=False))
+
+
 def test_an_unknown_scheduler_class_is_refused_naming_it():
     """PNDM (and any class refdiff does not map) raises naming the class and the supported ones."""
     with pytest.raises(ValueError, match="PNDMScheduler.*DDPMScheduler"):
