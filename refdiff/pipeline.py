@@ -34,8 +34,11 @@ diffusers pipelines compute. Two diffusers quirks are kept:
   - DDIMPipeline turns any scheduler into a DDIMScheduler (DDIMScheduler.from_config): refdiff's
     default sampler for it is "ddim", with the config keys DDIMScheduler takes (the others are
     dropped, as diffusers drops them), and eta = 0 (DDIMPipeline's default);
-  - LDMPipeline decodes vae.decode(latents / scaling_factor) (LDM sec. 3; the scaling factor of the
-    autoencoder's config).
+  - LDMPipeline decodes vae.decode(latents / scaling_factor) (LDM, Rombach et al. 2022, sec. 4.3.2
+    and app. D.1; the scaling factor of the autoencoder's config).
+One difference stays: diffusers' DDIMScheduler steps from t to t - T // steps, refdiff's ddim to the next
+timestep of the grid (refdiff.samplers.timesteps.timestep_pairs); the two agree for "leading" spacing and
+for "trailing" when steps divides T, and differ for "linspace" (refdiff's is the DDIM sub-sequence).
 DDPMPipeline and DDIMPipeline skip scale_model_input and init_noise_sigma, so with a sigma-grid
 scheduler (Euler, DPM-Solver, ...) in such a folder diffusers itself samples at the wrong scale;
 refdiff samples correctly there (as LDMPipeline's loop does) and does not copy that.
@@ -434,8 +437,9 @@ class Pipeline:
 
 
 def decode_latents(vae, latents, scaling_factor):
-    """images = vae.decode(latents / scaling_factor): latent diffusion's decoder step (Rombach et al.
-    2022 sec. 3-4; diffusers' LDMPipeline). The latents were scaled by scaling_factor for diffusion."""
+    """images = vae.decode(latents / scaling_factor): latent diffusion's decoder step (LDM, Rombach et al.
+    2022, sec. 4.3.2 and app. D.1: diffusion runs on z * scaling_factor; diffusers' LDMPipeline).
+    To be replaced by refdiff.latent.LatentDiffusion's decoding once that lands."""
     out = vae.decode(latents / scaling_factor)
     return getattr(out, "data", out)
 
