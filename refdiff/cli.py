@@ -544,8 +544,9 @@ def cmd_sample_pipeline(args, ext):
     from .pipeline import load_pipeline
     from .samplers import SAMPLERS
 
-    refused = [flag for flag, given in (("--class", args.label is not None), ("--guidance-scale", args.guidance_scale != 1.0),
-                                        ("--no-ema", args.no_ema)) if given]
+    given = (("--class", args.label is not None), ("--guidance-scale", args.guidance_scale != 1.0),
+             ("--no-ema", args.no_ema))
+    refused = [flag for flag, is_given in given if is_given]
     if refused:
         raise CLIError(f"{', '.join(refused)}: not for a diffusers pipeline folder (unconditional, one set of weights)")
     if args.sampler is not None and args.sampler not in SAMPLERS:

@@ -84,7 +84,8 @@ _SCHEDULE_KEYS = {
 }
 _ZERO_SNR = {"rescale_betas_zero_snr": ("schedule", False)}
 _SPACING = {"timestep_spacing": ("option", "leading", "spacing"), "steps_offset": ("option", 0, "steps_offset")}
-_THRESHOLDING = {"thresholding": ("fixed", False, (False,)), "dynamic_thresholding_ratio": ("inert", 0.995, "thresholding"),
+_THRESHOLDING = {"thresholding": ("fixed", False, (False,)),
+                 "dynamic_thresholding_ratio": ("inert", 0.995, "thresholding"),
                  "sample_max_value": ("inert", 1.0, "thresholding")}
 _SIGMAS = {"use_karras_sigmas": ("sigmas", False), "use_exponential_sigmas": ("sigmas", False),
            "use_beta_sigmas": ("fixed", False, (False,))}
@@ -180,7 +181,8 @@ def scheduler_from_config(config, class_name=None):
     converted = class_name is not None
     class_name = class_name or config.get("_class_name")
     if class_name not in SCHEDULERS:
-        raise ValueError(f"scheduler class {class_name!r} is not supported (supported: {', '.join(sorted(SCHEDULERS))})")
+        raise ValueError(f"scheduler class {class_name!r} is not supported "
+                         f"(supported: {', '.join(sorted(SCHEDULERS))})")
     default_sampler, keys = SCHEDULERS[class_name]
     given = {k: v for k, v in config.items() if k not in _META_KEYS and (not converted or k in keys)}
     problems = _legacy_problems(config)
@@ -317,7 +319,9 @@ def pipeline_parts(model_index, path=MODEL_INDEX):
     if problems:
         raise ValueError(f"{path}: " + "; ".join(problems))
     vae_parts = [p for p in ("vae", "vqvae") if p in classes]
-    needed = ["unet", "scheduler"] + (["vae (an AutoencoderKL)"] if class_name == "LDMPipeline" and not vae_parts else [])
+    needed = ["unet", "scheduler"]
+    if class_name == "LDMPipeline" and not vae_parts:
+        needed.append("vae (an AutoencoderKL)")
     missing = [p for p in needed if p.split()[0] not in classes]
     if missing:
         raise ValueError(f"{path}: {class_name} without {', '.join(missing)}")
@@ -421,8 +425,9 @@ class Pipeline:
         backend = self.diffusion.backend
         self.unet.eval()
         with no_grad():
-            x, _ = run_sampler(self.diffusion._model_pair(int(n), None, 1.0), backend.asarray(x_T), self.scheduler.schedule,
-                               sampler, steps, rng, self.scheduler.prediction_type, backend=backend,
+            model_pair = self.diffusion._model_pair(int(n), None, 1.0)  # the unet at (x, t), unconditional
+            x, _ = run_sampler(model_pair, backend.asarray(x_T), self.scheduler.schedule, sampler, steps, rng,
+                               self.scheduler.prediction_type, backend=backend,
                                **self.sampler_options(sampler, **options))
             if self.vae is not None:
                 x = decode_latents(self.vae, x, self.vae.config["scaling_factor"])
