@@ -68,6 +68,8 @@ _EXPORTS = {
     "UNet": "refdiff.models.unet",
     "MLPDenoiser": "refdiff.models.mlp",
     "AutoencoderKL": "refdiff.models.autoencoder",
+    # diffusers pipeline folders (model_index.json, unet/, scheduler/, vae/), sampled by refdiff
+    "load_pipeline": "refdiff.pipeline",
     # training and sampling
     "GaussianDiffusion": "refdiff.diffusion",
     "CapturedSampler": "refdiff.capture",  # GaussianDiffusion.capture_sampler: a step replayed from a CUDA graph

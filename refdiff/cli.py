@@ -8,6 +8,7 @@
     refdiff sample runs/moons --sampler euler --steps 20 --option s_churn=0.5 --out moons.png
     refdiff train --data moons --objective flow_matching --steps 3000 --out runs/moons-fm
     refdiff sample runs/moons-fm --sampler flow_euler --steps 8 --out moons-fm.png
+    refdiff sample path/to/google-ddpm-cifar10-32 --n 16 --out cifar.png   # a diffusers pipeline folder
     refdiff demo                                                    # ~1-2 minutes on a laptop CPU
     mpiexec -n 2 refdiff train --data digits --steps 4000 --out runs/digits   # data-parallel, 2 processes
 
@@ -181,7 +182,8 @@ def build_parser():
         help="draw samples from a trained run",
         description="Draw samples from the latest checkpoint of a run (EMA weights) and write a picture or arrays.",
     )
-    p.add_argument("run", help="run directory (or a checkpoint step_*.json file)")
+    p.add_argument("run", help="run directory (or a checkpoint step_*.json file), or a diffusers pipeline folder "
+                   "(model_index.json, unet/, scheduler/, vae/: sampled with its own scheduler unless --sampler)")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples")
     p.add_argument("--out", required=True, help="output: .png (image grid or 2-D scatter) or .npz (samples, labels)")
     p.add_argument("--sampler", default=None, help="a registered sampler: ddpm, ddim, euler, euler_ancestral, heun, "
@@ -479,6 +481,10 @@ def cmd_sample(args):
     ext = os.path.splitext(args.out)[1].lower()
     if ext not in (".png", ".npz"):
         raise CLIError(f"--out {args.out}: the file name must end in .png or .npz")
+    from .pipeline import is_pipeline_folder
+
+    if is_pipeline_folder(args.run):
+        return cmd_sample_pipeline(args, ext)
     try:
         diffusion, meta = load_diffusion(args.run, backend=args.backend, ema=not args.no_ema)
     except CheckpointError as e:
@@ -553,6 +559,46 @@ def _check_cuda_graph(args, diffusion, options):
     if extra or args.guidance_scale != 1.0 or args.sigmas is not None:
         raise CLIError("--cuda-graph takes --steps, --eta, --spacing, --class and --seed only "
                        "(not --guidance-scale, --sigmas, --clipped-eps or --option)")
+def cmd_sample_pipeline(args, ext):
+    """refdiff sample on a diffusers pipeline folder (refdiff.pipeline): its own scheduler unless --sampler."""
+    from .io.images import save_image_grid
+    from .pipeline import load_pipeline
+    from .samplers import SAMPLERS
+
+    given = (("--class", args.label is not None), ("--guidance-scale", args.guidance_scale != 1.0),
+             ("--no-ema", args.no_ema))
+    refused = [flag for flag, is_given in given if is_given]
+    if refused:
+        raise CLIError(f"{', '.join(refused)}: not for a diffusers pipeline folder (unconditional, one set of weights)")
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        raise CLIError(f"--sampler {args.sampler!r}: choose from {sorted(SAMPLERS)}")
+    try:
+        pipe = load_pipeline(args.run, backend=args.backend or "numpy")
+    except (OSError, ValueError, TypeError) as e:  # a missing file, a part or key refdiff cannot run
+        raise CLIError(str(e)) from None
+    options = dict(args.options)
+    for name, value in (("eta", args.eta), ("spacing", args.spacing), ("sigmas", args.sigmas)):
+        if value is not None:
+            options[name] = value
+    if args.clipped_eps:
+        options["use_clipped_model_output"] = True
+    sampler = args.sampler or pipe.sampler
+    if args.steps is not None and args.steps > pipe.scheduler.schedule.T:
+        raise CLIError(f"--steps {args.steps} exceeds the T={pipe.scheduler.schedule.T} steps of the scheduler")
+    t0 = time.perf_counter()
+    try:
+        x = pipe(args.n, steps=args.steps, seed=args.seed, sampler=sampler, **options)
+    except (ValueError, TypeError, FloatingPointError) as e:  # a bad option or grid: one line, exit 2
+        raise CLIError(str(e).splitlines()[0]) from None
+    seconds = time.perf_counter() - t0
+    if ext == ".npz":
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        np.savez(args.out, samples=x)
+    else:
+        save_image_grid(x, args.out)
+    steps = args.steps or pipe.steps_for(sampler) or pipe.scheduler.schedule.T
+    print(f"{args.n} samples ({pipe.class_name}, {sampler}, {steps} steps) in {seconds:.1f} s -> {args.out}")
+    return 0
 
 
 def cmd_eval(args):
