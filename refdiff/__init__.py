@@ -68,6 +68,11 @@ _EXPORTS = {
     "UNet": "refdiff.models.unet",
     "MLPDenoiser": "refdiff.models.mlp",
     "AutoencoderKL": "refdiff.models.autoencoder",
+    # classifier guidance (Dhariwal & Nichol 2021): the noise-conditional classifier, its objective, the math
+    "NoiseClassifier": "refdiff.models.classifier",
+    "NoisyClassification": "refdiff.training.classifier",
+    "classifier_guided_eps": "refdiff.gaussian.guidance",
+    "classifier_guided_mean": "refdiff.gaussian.guidance",
     # training and sampling
     "GaussianDiffusion": "refdiff.diffusion",
     "FlowMatching": "refdiff.flow_matching",
