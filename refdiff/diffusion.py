@@ -13,6 +13,9 @@ of Hang et al. 2023):
 For classifier-free guidance (Ho & Salimans 2022) the label is replaced by the null label
 num_classes with probability cond_drop_prob during training; sampling then evaluates the model
 with the label and with the null label and combines eps_uncond + s (eps_cond - eps_uncond).
+Classifier guidance (Dhariwal & Nichol 2021) instead adds the gradient of a separate classifier's
+log p_phi(y | x_t), taken by the autograd: the ddpm sampler moves its mean by s Sigma_t grad
+(Algorithm 1), the others use eps - sqrt(1 - abar_t) s grad (eq. 14); see sample(guidance=).
 
 Sampling runs a registered sampler (refdiff.samplers, through the loop of rd.sample_loop) under no_grad. The fused ops
 (q_sample_with_target, ddpm_step, ddim_step) are called through the model's backend, so the
