@@ -21,7 +21,7 @@ arXiv:2105.05233; guided-diffusion's EncoderUNetModel (guided_diffusion/unet.py)
 import numpy as np
 
 from ..backend import array_module, get_backend
-from ..checks import check_optional_positive_int, check_positive_int
+from ..checks import check_positive_int
 from ..nn import Conv2d, GroupNorm, Linear, Module, SiLU
 from ..nn.autograd import Tensor, enable_grad, no_grad
 from .unet import UNet
@@ -49,8 +49,7 @@ class NoiseClassifier(Module):
                  norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0, time_embedding_dim=None, downsample_padding=1,
                  resnet_time_scale_shift="default", mid_attention=True, backend="numpy", seed=0):
         super().__init__()
-        num_classes = check_positive_int(num_classes, "num_classes")
-        check_optional_positive_int(time_embedding_dim, "time_embedding_dim")
+        num_classes = check_positive_int(num_classes, "num_classes")  # the encoder's arguments: checked by UNet
         trunk = UNet(in_channels=in_channels, base_channels=base_channels, channel_mults=channel_mults,
                      num_res_blocks=num_res_blocks, attention_resolutions=attention_resolutions,
                      sample_size=sample_size, dropout=dropout, num_classes=None, norm_groups=norm_groups,
