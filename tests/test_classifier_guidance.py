@@ -94,12 +94,12 @@ class MixturePosterior:
 
 
 class MixtureDenoiser:
-    """The exact eps of MIXTURE as a network for GaussianDiffusion (unconditional)."""
+    """The exact eps (or x_0, v) of MIXTURE as a network for GaussianDiffusion (unconditional)."""
 
     sample_shape = (2,)
 
-    def __init__(self, schedule):
-        self.fn = MIXTURE.model(schedule)
+    def __init__(self, schedule, prediction_type="epsilon"):
+        self.fn = MIXTURE.model(schedule, prediction_type)
 
     def __call__(self, x, t, y=None):
         return self.fn(x, t)
@@ -164,6 +164,21 @@ def test_guidance_with_exact_posterior_samples_the_class_component(sampler, step
     np.testing.assert_allclose(x.mean(axis=0), MIXTURE.means[k], atol=0.07)
     np.testing.assert_allclose(np.cov(x.T), MIXTURE.covariances[k], atol=0.07)
     assert (MIXTURE.responsibilities(x, 1.0, 1e-3)[:, k] > 0.5).mean() > 0.99
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", "v_prediction"])
+def test_classifier_guidance_reads_x0_and_v_models_as_their_eps(prediction_type):
+    """The same exact model written as x_0 or v prediction gives the same guided samples as its eps
+    form (eq. 14 applies to eps: the output is read as eps at the step's own noise level first).
+    Catches: the eps shift applied to an x_0 or v output as if it were eps, the conversion done at
+    another t. Tolerance 1e-8: float64 samples of the same computation, rounded differently."""
+    schedule = rd.NoiseSchedule.linear(T=1000)
+    kw = dict(sampler="ddim", steps=20, y=np.zeros(64, np.int64), guidance="classifier", guidance_scale=2.0, seed=3,
+              classifier=MixturePosterior(schedule), progress=False, dtype=np.float64)
+    eps_model = rd.GaussianDiffusion(MixtureDenoiser(schedule), schedule, clip_sample=False)
+    other = rd.GaussianDiffusion(MixtureDenoiser(schedule, prediction_type), schedule, prediction_type=prediction_type,
+                                 clip_sample=False)
+    np.testing.assert_allclose(other.sample(64, **kw), eps_model.sample(64, **kw), atol=1e-8)
 
 
 def test_unguided_sampling_of_the_mixture_keeps_both_components():
