@@ -335,7 +335,9 @@ class GaussianDiffusion:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         guidance = check_guidance(guidance, classifier, y, guidance_scale, self.num_classes)
         spec = sampler_spec(sampler)
-        if guidance == "classifier":
+        if guidance == "classifier":  # eq. 14 reads eps: a flow-matching velocity model is not covered
+            check_choice(self.prediction_type, ("epsilon", "sample", "v_prediction"),
+                         "prediction_type of a classifier-guided model")
             y = check_class_labels(y, n, classifier.num_classes)
             model_pair = self._model_pair(int(n), None, 1.0)  # the unconditional model
             model_pair, guided_options = self._classifier_guided(model_pair, classifier, y, guidance_scale,
