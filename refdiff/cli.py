@@ -145,17 +145,19 @@ def build_parser():
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--n", type=_positive_int, default=None, help="number of data points to generate/load")
     p.add_argument("--image-size", type=_positive_int, default=None, help="resize images to this size")
-    p.add_argument("--objective", choices=("diffusion", "flow_matching"), default="diffusion",
+    p.add_argument("--objective", choices=("diffusion", "flow_matching", "classifier"), default="diffusion",
                    help="diffusion: DDPM's noise regression on --schedule (GaussianDiffusion); flow_matching: the "
-                   "velocity of the straight path x_t = (1 - t) x0 + t eps (FlowMatching; sample with flow_euler/flow_heun)")
+                   "velocity of the straight path x_t = (1 - t) x0 + t eps (FlowMatching; sample with flow_euler/flow_heun); "
+                   "classifier: a noise-conditional classifier p(y | x_t) on labelled images (NoiseClassifier, the "
+                   "U-Net's encoder half; cross-entropy at uniform t on --schedule) for `refdiff sample --guidance classifier`")
     # each objective's own options: default None here, so that one given to the other objective
     # is refused instead of ignored (OBJECTIVE_OPTIONS below holds their defaults)
     p.add_argument("--time-sampling", choices=("uniform", "logit_normal"), default=None,
                    help="flow_matching: how training draws t (logit_normal: SD3's, Esser et al. 2024 eq. 19); default uniform")
     p.add_argument("--shift", type=_positive_float, default=None,
                    help="flow_matching: the sampling grid's shift (SD3 eq. 23); default 1")
-    p.add_argument("--T", type=_positive_int, default=None, help="diffusion: steps of the schedule; default 1000")
-    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="diffusion: default linear")
+    p.add_argument("--T", type=_positive_int, default=None, help="diffusion, classifier: steps of the schedule; default 1000")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="diffusion, classifier: default linear")
     p.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=None,
                    help="diffusion: default epsilon")
     p.add_argument("--loss-weighting", choices=("none", "min_snr"), default=None, help="diffusion: default none")
@@ -200,7 +202,13 @@ def build_parser():
     p.add_argument("--clipped-eps", action="store_true",
                    help="DDIM: use the eps of the clipped x0 prediction (diffusers' use_clipped_model_output); "
                    "steadier with an imperfect model")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
+    p.add_argument("--guidance-scale", type=float, default=1.0,
+                   help="guidance scale s: classifier-free (class-conditional runs; 1: off) or classifier guidance's")
+    p.add_argument("--guidance", choices=("classifier_free", "classifier"), default=None,
+                   help="classifier: classifier guidance (Dhariwal & Nichol 2021) with the run at --classifier; "
+                   "default: classifier-free when --guidance-scale != 1")
+    p.add_argument("--classifier", default=None,
+                   help="run directory of a classifier (refdiff train --objective classifier) for --guidance classifier")
     p.add_argument("--class", dest="label", type=_nonnegative_int, default=None,
                    help="class label for all samples (class-conditional runs; default: cycle through the classes)")
     p.add_argument("--seed", type=_nonnegative_int, default=0)
@@ -268,6 +276,8 @@ def _make_model(args, dataset):
     """The network for `dataset` from the command's options."""
     kind = getattr(dataset, "kind", "points")
     model = args.model
+    if args.objective == "classifier":
+        return _make_classifier(args, dataset)
     if model == "auto":
         model = "unet" if kind == "images" else "mlp"
     x = np.asarray(dataset.x)
@@ -313,6 +323,30 @@ def _make_model(args, dataset):
         raise CLIError(f"bad U-Net options: {e}") from None
 
 
+def _make_classifier(args, dataset):
+    """The NoiseClassifier of `refdiff train --objective classifier` (the U-Net options size its encoder)."""
+    x = np.asarray(dataset.x)
+    if args.model == "mlp" or x.ndim != 4:
+        raise CLIError(f"--objective classifier trains a U-Net encoder on images (N, C, H, W); dataset {args.data!r} "
+                       f"has shape {x.shape}" + (" (--model mlp is not a classifier)" if args.model == "mlp" else ""))
+    if getattr(dataset, "y", None) is None or not getattr(dataset, "num_classes", 0):
+        raise CLIError(f"--objective classifier: dataset {args.data!r} has no class labels")
+    if args.sample_every:
+        raise CLIError("--sample-every: a classifier run draws no samples")
+    C, H, W = x.shape[1:]
+    if H != W or H % (2 ** (len(args.channel_mults) - 1)):
+        raise CLIError(f"--objective classifier needs square images divisible by 2^{len(args.channel_mults) - 1}, got {H}x{W}")
+    from .models.classifier import NoiseClassifier
+
+    try:
+        return NoiseClassifier(int(dataset.num_classes), in_channels=int(C), base_channels=args.base_channels,
+                               channel_mults=args.channel_mults, num_res_blocks=args.num_res_blocks,
+                               attention_resolutions=(), sample_size=int(H), norm_groups=min(8, args.base_channels),
+                               backend=args.backend, seed=args.seed)
+    except (ValueError, TypeError) as e:
+        raise CLIError(f"bad classifier options: {e}") from None
+
+
 def _make_schedule(name, T):
     from .gaussian.schedule import NoiseSchedule
 
@@ -323,14 +357,16 @@ def _make_schedule(name, T):
 OBJECTIVE_OPTIONS = {
     "diffusion": {"T": 1000, "schedule": "linear", "prediction_type": "epsilon", "loss_weighting": "none"},
     "flow_matching": {"time_sampling": "uniform", "shift": 1.0},
+    "classifier": {"T": 1000, "schedule": "linear"},
 }
 
 
 def _objective_options(args):
     """The options of args.objective with their defaults filled in; an option of the other
     objective given on the command line is an error (it would be ignored)."""
+    own = OBJECTIVE_OPTIONS[args.objective]
     for objective, options in OBJECTIVE_OPTIONS.items():
-        given = [name for name in options if getattr(args, name) is not None]
+        given = [name for name in options if getattr(args, name) is not None and name not in own]
         if objective != args.objective and given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise CLIError(f"{flags}: an option of --objective {objective}, not of --objective {args.objective}")
@@ -403,6 +439,10 @@ def _start_training(args, parallel):
             from .flow_matching import FlowMatching
 
             diffusion = FlowMatching(model, time_sampling=options["time_sampling"], shift=options["shift"])
+        elif args.objective == "classifier":
+            from .training.classifier import NoisyClassification
+
+            diffusion = NoisyClassification(model, _make_schedule(options["schedule"], options["T"]))
         else:
             diffusion = GaussianDiffusion(model, _make_schedule(options["schedule"], options["T"]),
                                           prediction_type=options["prediction_type"],
@@ -424,7 +464,7 @@ def _start_training(args, parallel):
                 grad_clip=args.grad_clip,
                 ema_decay=args.ema_decay,
                 seed=args.seed,
-                cond_drop_prob=args.cond_drop_prob,
+                cond_drop_prob=0.0 if args.objective == "classifier" else args.cond_drop_prob,
                 sample_every=args.sample_every,
                 sample_n=args.sample_n,
                 sample_steps=args.sample_steps,
@@ -461,14 +501,15 @@ def _train(args, parallel):
     except FloatingPointError as e:  # diverged (on every rank at once): the last checkpoint is kept
         raise CLIError(f"{e}; the latest checkpoint in {ckpt_dir} is kept (try a lower --lr)") from None
     seconds = time.perf_counter() - t0
-    picture = trainer.save_samples()
+    picture = None if trainer.diffusion.objective == "classifier" else trainer.save_samples()
     if main:
         with open(os.path.join(args.out, "losses.json"), "w") as f:
             json.dump(trainer.losses, f)
     say(f"trained {remaining} steps in {seconds:.1f} s ({remaining / seconds:.1f} steps/s), "
         f"final loss (mean of last 100) {np.mean(losses[-100:]):.4f}")
     say(f"checkpoint: {latest_checkpoint(ckpt_dir)}")
-    say(f"samples:    {picture}")
+    if picture is not None:
+        say(f"samples:    {picture}")
     return 0
 
 
@@ -489,17 +530,23 @@ def cmd_sample(args):
         diffusion, meta = load_diffusion(args.run, backend=args.backend, ema=not args.no_ema)
     except CheckpointError as e:
         raise CLIError(str(e)) from None
-    num_classes = diffusion.num_classes
+    if diffusion.objective == "classifier":
+        raise CLIError(f"{args.run} is a classifier run: sample a diffusion run, with --guidance classifier "
+                       f"--classifier {args.run}")
+    classifier = _load_classifier(args, diffusion)
+    num_classes = diffusion.num_classes if classifier is None else classifier.num_classes
     y = None
     if num_classes is not None:
         if args.label is not None:
             if args.label >= num_classes:
-                raise CLIError(f"--class {args.label}: the model has classes 0..{num_classes - 1}")
+                owner = "model" if classifier is None else "classifier"
+                raise CLIError(f"--class {args.label}: the {owner} has classes 0..{num_classes - 1}")
             y = np.full(args.n, args.label, dtype=np.int64)
         else:
             y = np.arange(args.n, dtype=np.int64) % num_classes
     elif args.label is not None or args.guidance_scale != 1.0:
-        raise CLIError("--class and --guidance-scale need a class-conditional run (train with --classes)")
+        raise CLIError("--class and --guidance-scale need a class-conditional run (train with --classes) "
+                       "or --guidance classifier")
     if args.steps is not None and args.steps > diffusion.T:
         raise CLIError(f"--steps {args.steps} exceeds the T={diffusion.T} steps of the model")
     from .samplers import SAMPLERS
@@ -525,9 +572,9 @@ def cmd_sample(args):
                                                  y=y, spacing=args.spacing or "leading")
             x = captured.sample(seed=args.seed)
         else:
-            x = diffusion.sample(args.n, sampler=args.sampler, steps=steps, y=y,
-                                 guidance_scale=args.guidance_scale, seed=args.seed, spacing=args.spacing,
-                                 sigmas=args.sigmas, progress=not args.no_progress, **options)
+            x = diffusion.sample(args.n, sampler=args.sampler, steps=steps, y=y, guidance=args.guidance,
+                                 classifier=classifier, guidance_scale=args.guidance_scale, seed=args.seed,
+                                 spacing=args.spacing, sigmas=args.sigmas, progress=not args.no_progress, **options)
     except (ValueError, TypeError, BackendUnavailable) as e:  # a bad option or grid, no cuTENSOR: one line, exit 2
         raise CLIError(str(e).splitlines()[0]) from None
     seconds = time.perf_counter() - t0
@@ -556,9 +603,11 @@ def _check_cuda_graph(args, diffusion, options):
     if not hasattr(diffusion, "capture_sampler") or args.sampler not in ("ddpm", "ddim"):
         raise CLIError(f"--cuda-graph captures the ddpm and ddim samplers of a diffusion run, not {args.sampler!r}")
     extra = sorted(set(options) - {"eta"})
-    if extra or args.guidance_scale != 1.0 or args.sigmas is not None:
+    if extra or args.guidance_scale != 1.0 or args.guidance is not None or args.sigmas is not None:
         raise CLIError("--cuda-graph takes --steps, --eta, --spacing, --class and --seed only "
-                       "(not --guidance-scale, --sigmas, --clipped-eps or --option)")
+                       "(not --guidance, --guidance-scale, --sigmas, --clipped-eps or --option)")
+
+
 def cmd_sample_pipeline(args, ext):
     """refdiff sample on a diffusers pipeline folder (refdiff.pipeline): its own scheduler unless --sampler."""
     from .io.images import save_image_grid
@@ -599,6 +648,30 @@ def cmd_sample_pipeline(args, ext):
     steps = args.steps or pipe.steps_for(sampler) or pipe.scheduler.schedule.T
     print(f"{args.n} samples ({pipe.class_name}, {sampler}, {steps} steps) in {seconds:.1f} s -> {args.out}")
     return 0
+
+
+def _load_classifier(args, diffusion):
+    """The NoiseClassifier of --classifier for --guidance classifier (None without it); CLIError when one
+    is given without the other, when the run is not a classifier, or trained on another schedule."""
+    from .io.checkpoint import CheckpointError
+    from .training.trainer import load_diffusion
+
+    if args.guidance != "classifier":
+        if args.classifier is not None:
+            raise CLIError("--classifier is only read with --guidance classifier")
+        return None
+    if args.classifier is None:
+        raise CLIError("--guidance classifier needs --classifier RUN (refdiff train --objective classifier)")
+    try:
+        objective, _ = load_diffusion(args.classifier, backend=args.backend, ema=not args.no_ema)
+    except (CheckpointError, OSError) as e:
+        raise CLIError(f"--classifier {args.classifier}: {_one_line(e)}") from None
+    if objective.objective != "classifier":
+        raise CLIError(f"--classifier {args.classifier}: not a classifier run (its objective is {objective.objective!r})")
+    betas = getattr(getattr(diffusion, "schedule", None), "betas", None)
+    if betas is None or not np.array_equal(np.asarray(objective.schedule.betas), np.asarray(betas)):
+        raise CLIError(f"--classifier {args.classifier}: trained on another noise schedule than {args.run}")
+    return objective.model
 
 
 def cmd_eval(args):

@@ -56,13 +56,15 @@ from .distributed import data_parallel
 from ..diffusion import GaussianDiffusion, model_num_classes
 from ..flow_matching import FlowMatching
 from ..distillation import ProgressiveDistillation
+from .classifier import NoisyClassification
 from .optim import EMA, AdamW, clip_grad_norm, warmup_lr
 
 # classes a checkpoint may name: a checkpoint never makes us import arbitrary code
-MODEL_CLASSES = {"UNet": "refdiff.models.unet", "MLPDenoiser": "refdiff.models.mlp"}
+MODEL_CLASSES = {"UNet": "refdiff.models.unet", "MLPDenoiser": "refdiff.models.mlp",
+                 "NoiseClassifier": "refdiff.models.classifier"}
 # a checkpoint's diffusion config names its objective ("objective"; absent: "diffusion")
 DIFFUSION_CLASSES = {"diffusion": GaussianDiffusion, "flow_matching": FlowMatching,
-                     "progressive_distillation": ProgressiveDistillation}
+                     "progressive_distillation": ProgressiveDistillation, "classifier": NoisyClassification}
 
 
 @dataclasses.dataclass
@@ -613,6 +615,8 @@ def diffusion_from_checkpoint(arrays, meta, where, backend=None, ema=True):
     d.pop("T", None)
     if objective == "progressive_distillation":
         return _distillation_from_checkpoint(model, arrays, meta, where, d, backend)
+    if objective == "classifier":  # a noise-conditional classifier (refdiff.training.classifier)
+        return NoisyClassification(model, NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64)))
     try:
         return GaussianDiffusion(model, NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64)), **d)
     except Exception as e:
