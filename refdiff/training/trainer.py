@@ -56,13 +56,15 @@ from .distributed import data_parallel
 from ..diffusion import GaussianDiffusion, model_num_classes
 from ..flow_matching import FlowMatching
 from ..distillation import ProgressiveDistillation
+from ..consistency import ConsistencyDistillation
 from .optim import EMA, AdamW, clip_grad_norm, warmup_lr
 
 # classes a checkpoint may name: a checkpoint never makes us import arbitrary code
 MODEL_CLASSES = {"UNet": "refdiff.models.unet", "MLPDenoiser": "refdiff.models.mlp"}
 # a checkpoint's diffusion config names its objective ("objective"; absent: "diffusion")
 DIFFUSION_CLASSES = {"diffusion": GaussianDiffusion, "flow_matching": FlowMatching,
-                     "progressive_distillation": ProgressiveDistillation}
+                     "progressive_distillation": ProgressiveDistillation,
+                     "consistency_distillation": ConsistencyDistillation}
 
 
 @dataclasses.dataclass
@@ -245,6 +247,9 @@ class Trainer:
             clip_grad_norm(self.params, cfg.grad_clip, sync=False)  # the norm is not read: no host sync
         self.optimizer.step()
         self.ema.step(self.params)
+        after = getattr(self.diffusion, "after_optimizer_step", None)
+        if after is not None:  # an objective's own state that follows the weights (consistency models' theta-)
+            after(self.params)
         self._unread.append((self.step, loss.data))
         self.step += 1
 
@@ -613,6 +618,8 @@ def diffusion_from_checkpoint(arrays, meta, where, backend=None, ema=True):
     d.pop("T", None)
     if objective == "progressive_distillation":
         return _distillation_from_checkpoint(model, arrays, meta, where, d, backend)
+    if objective == "consistency_distillation":
+        return _consistency_from_checkpoint(model, arrays, meta, where, d, backend)
     try:
         return GaussianDiffusion(model, NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64)), **d)
     except Exception as e:
@@ -635,6 +642,31 @@ def _distillation_from_checkpoint(model, arrays, meta, where, d, backend):
         return ProgressiveDistillation(model, teacher, student_steps)
     except Exception as e:
         raise CheckpointError(f"{where}: bad progressive-distillation config in the checkpoint: {e}") from None
+
+
+def _stored_network(arrays, meta, where, backend, prefix):
+    """A network of the checkpoint's model class and config holding the arrays "prefix/..." (a teacher, a target)."""
+    network = build_model(meta, where, backend=backend)
+    skeleton, _ = ckpt.flatten_state(network.state_dict(), prefix)
+    load_model_state(network, arrays, {"states": {prefix: skeleton}}, where, prefix=prefix)
+    return network
+
+
+def _consistency_from_checkpoint(model, arrays, meta, where, d, backend):
+    """A ConsistencyDistillation run: the student `model`, its teacher ("teacher/...") and its target
+    network theta- ("target/..."), networks of the student's class and config."""
+    from ..gaussian.schedule import NoiseSchedule
+
+    teacher_model = _stored_network(arrays, meta, where, backend, "teacher")
+    target = _stored_network(arrays, meta, where, backend, "target")
+    try:
+        teacher = GaussianDiffusion(teacher_model, NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64)),
+                                    prediction_type=d.pop("teacher_prediction_type"), clip_sample=False)
+        cd = ConsistencyDistillation(model, teacher, **d)
+    except Exception as e:
+        raise CheckpointError(f"{where}: bad consistency-distillation config in the checkpoint: {e}") from None
+    cd.target = target
+    return cd
 
 
 def checkpoint_location(path):
