@@ -71,6 +71,7 @@ _EXPORTS = {
     # training and sampling
     "GaussianDiffusion": "refdiff.diffusion",
     "FlowMatching": "refdiff.flow_matching",
+    "ConsistencyDistillation": "refdiff.consistency",
     "Trainer": "refdiff.training.trainer",
     # backends
     "get_backend": "refdiff.backend",
