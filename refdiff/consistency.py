@@ -31,7 +31,7 @@ ships nor downloads, and it is undefined for 2-D points; metric="lpips" is refus
 
 Sampling (Algorithm 1): x = f(sigma_max z, sigma_max) in one step; with more steps, re-noise to the
 next level and apply f again (the "consistency" sampler, refdiff.samplers.consistency).
-Unconditional models only (the teacher is called without labels).
+Unconditional models only (the teacher is called without labels); written and tested on the NumPy backend.
 """
 import numpy as np
 
@@ -57,15 +57,6 @@ def consistency_boundaries(num_boundaries, sigma_min, sigma_max, rho=7.0):
     sigmas = karras_sigmas(sigma_min, sigma_max, num_boundaries, rho)[::-1].copy()
     sigmas[0], sigmas[-1] = sigma_min, sigma_max
     return sigmas
-
-
-def copy_of(model):
-    """A network of model's class and config with a copy of its weights; a plain function (no weights) as it is."""
-    if not hasattr(model, "state_dict"):
-        return model
-    clone = type(model)(**model.config, backend=model.backend.name)
-    clone.load_state_dict(model.state_dict())
-    return clone
 
 
 def teacher_denoiser(teacher):
@@ -123,7 +114,9 @@ class ConsistencyDistillation(GaussianDiffusion):
         self.mu = float(check_probability(mu, "mu", open_high=True))
         self.sigma_data = float(check_positive_real(sigma_data, "sigma_data"))
         self.teacher = teacher
-        self.target = copy_of(model)  # theta-_0 = theta_0 (Algorithm 2)
+        from .training.distill import copy_network  # (not at module level: training imports this module)
+
+        self.target = copy_network(model) if hasattr(model, "state_dict") else model  # theta-_0 = theta_0 (Algorithm 2)
         self.process = DiscreteProcess(teacher.schedule)
         self.sigma_min, self.sigma_max = float(self.process.sigma(0.0)), float(self.process.sigma(self.process.t_max))
         self.sigmas = consistency_boundaries(self.num_boundaries, self.sigma_min, self.sigma_max)  # (N,) ascending
