@@ -72,6 +72,7 @@ _EXPORTS = {
     "GaussianDiffusion": "refdiff.diffusion",
     "FlowMatching": "refdiff.flow_matching",
     "ConsistencyDistillation": "refdiff.consistency",
+    "ConsistencyTraining": "refdiff.consistency",
     "Trainer": "refdiff.training.trainer",
     # backends
     "get_backend": "refdiff.backend",

@@ -29,6 +29,9 @@ d: the squared L2 distance only. The paper's best image results use LPIPS (a VGG
 distance with pretrained weights): that needs a pretrained image network, which refdiff neither
 ships nor downloads, and it is undefined for 2-D points; metric="lpips" is refused with that reason.
 
+ConsistencyTraining (Algorithm 3) is the sibling without a teacher: x_hat_n = x + sigma_n z with the
+same z, N(k) and mu(k) growing with the training step.
+
 Sampling (Algorithm 1): x = f(sigma_max z, sigma_max) in one step; with more steps, re-noise to the
 next level and apply f again (the "consistency" sampler, refdiff.samplers.consistency).
 Unconditional models only (the teacher is called without labels); written and tested on the NumPy backend.
@@ -39,7 +42,7 @@ from .backend import per_sample
 from .checks import check_choice, check_positive_int, check_positive_real, check_probability
 from .diffusion import GaussianDiffusion, model_num_classes
 from .gaussian.consistency import (consistency_c_out, consistency_c_skip, consistency_function_formula,
-                                   network_target_formula, target_update_formula)
+                                   ct_num_boundaries, ct_target_decay, network_target_formula, target_update_formula)
 from .gaussian.parameterization import x0_from_model_output
 from .gaussian.process import DiscreteProcess
 from .nn.autograd import Tensor, no_grad
@@ -117,11 +120,16 @@ class ConsistencyDistillation(GaussianDiffusion):
         from .training.distill import copy_network  # (not at module level: training imports this module)
 
         self.target = copy_network(model) if hasattr(model, "state_dict") else model  # theta-_0 = theta_0 (Algorithm 2)
-        self.process = DiscreteProcess(teacher.schedule)
-        self.sigma_min, self.sigma_max = float(self.process.sigma(0.0)), float(self.process.sigma(self.process.t_max))
-        self.sigmas = consistency_boundaries(self.num_boundaries, self.sigma_min, self.sigma_max)  # (N,) ascending
-        self.times = np.asarray(self.process.t_from_sigma(self.sigmas), dtype=np.float64)  # the network's t at each
+        self._set_boundaries(teacher.schedule, self.num_boundaries)
         self._denoise = teacher_denoiser(teacher)
+
+    def _set_boundaries(self, schedule, num_boundaries):
+        """sigma_1 .. sigma_N on the schedule's noise range, and the network's time t(sigma_i) at each."""
+        self.process = DiscreteProcess(schedule)
+        self.sigma_min, self.sigma_max = float(self.process.sigma(0.0)), float(self.process.sigma(self.process.t_max))
+        self.num_boundaries = num_boundaries
+        self.sigmas = consistency_boundaries(num_boundaries, self.sigma_min, self.sigma_max)  # (N,) ascending
+        self.times = np.asarray(self.process.t_from_sigma(self.sigmas), dtype=np.float64)  # the network's t at each
 
     def config(self):
         """A JSON-able dict of the options (a checkpoint's "diffusion" record)."""
@@ -134,7 +142,8 @@ class ConsistencyDistillation(GaussianDiffusion):
         from .io.checkpoint import flatten_state
 
         arrays = dict(super().schedule_arrays())
-        for prefix, network in (("teacher", self.teacher.model), ("target", self.target)):
+        networks = (("target", self.target),) if self.teacher is None else (("teacher", self.teacher.model), ("target", self.target))
+        for prefix, network in networks:
             if hasattr(network, "state_dict"):
                 arrays.update(flatten_state(network.state_dict(), prefix)[1])
         return arrays
@@ -223,3 +232,58 @@ class ConsistencyDistillation(GaussianDiffusion):
         if sampler == "consistency":
             kwargs.setdefault("sigma_min", self.sigma_min)
         return super().sample(n, sampler=sampler, steps=steps, **kwargs)
+
+
+class ConsistencyTraining(ConsistencyDistillation):
+    """A consistency model trained without a teacher (Song et al. 2023 Algorithm 3): x_hat_n = x + sigma_n z
+    with the z of x_{n+1} = x + sigma_{n+1} z (an unbiased estimate of the score replaces the teacher,
+    Theorem 2), on a discretization N(k) that grows with the training step k and a target EMA rate mu(k)
+    tied to it (appendix C: s_0 = 2, s_1 = 150, mu_0 = 0.9; refdiff.gaussian.consistency).
+
+    model: the network F_theta; schedule: the NoiseSchedule whose noise range [sigma(0), sigma(T-1)] the
+    boundaries span; total_steps: K, the step at which N(k) reaches s_1 + 1. The step k is the Trainer's
+    (after_optimizer_step counts it; a checkpoint's step restores it).
+    """
+
+    objective = "consistency_training"
+
+    def __init__(self, model, schedule, total_steps, s0=2, s1=150, mu0=0.9, sigma_data=0.5, metric="l2", backend=None):
+        GaussianDiffusion.__init__(self, model, schedule, prediction_type="sample", backend=backend, clip_sample=False)
+        if model_num_classes(model) is not None:
+            raise ValueError("consistency training here is for unconditional models (num_classes=None)")
+        if metric == "lpips":
+            raise ValueError("metric='lpips' needs a pretrained VGG/AlexNet image network, which refdiff neither ships "
+                             "nor downloads (and it is undefined for 2-D points): use metric='l2'")
+        check_choice(metric, METRICS, "metric")
+        self.metric, self.solver, self.teacher = metric, None, None
+        self.total_steps = check_positive_int(total_steps, "total_steps")
+        self.s0 = check_positive_int(s0, "s0", minimum=2)
+        self.s1 = check_positive_int(s1, "s1", minimum=self.s0)
+        self.mu0 = float(check_probability(mu0, "mu0", open_high=True))
+        self.sigma_data = float(check_positive_real(sigma_data, "sigma_data"))
+        from .training.distill import copy_network  # (not at module level: training imports this module)
+
+        self.target = copy_network(model) if hasattr(model, "state_dict") else model  # theta-_0 = theta_0
+        self.set_step(0)
+
+    def set_step(self, k):
+        """Training step k: N(k) boundaries and the target rate mu(k) (appendix C)."""
+        self.k = int(k)
+        n = ct_num_boundaries(min(self.k, self.total_steps), self.total_steps, self.s0, self.s1)
+        if n != getattr(self, "num_boundaries", None):
+            self._set_boundaries(self.schedule, n)
+        self.mu = ct_target_decay(n, self.s0, self.mu0)
+
+    def config(self):
+        """A JSON-able dict of the options (a checkpoint's "diffusion" record; k is the checkpoint's step)."""
+        return {"T": int(self.T), "objective": self.objective, "total_steps": self.total_steps, "s0": self.s0,
+                "s1": self.s1, "mu0": self.mu0, "sigma_data": self.sigma_data, "metric": self.metric}
+
+    def _x_hat(self, x0, x_next, noise, n):
+        """x_hat_n = x + sigma_n z, the same z as x_{n+1} (Algorithm 3)."""
+        return x0 + per_sample(self.sigmas[n], x0) * noise
+
+    def after_optimizer_step(self, params=None):
+        """theta- <- mu(k) theta- + (1 - mu(k)) theta, then k <- k + 1 with N(k + 1), mu(k + 1) (Algorithm 3)."""
+        super().after_optimizer_step(params)
+        self.set_step(self.k + 1)

@@ -187,3 +187,67 @@ def test_a_short_distillation_brings_the_one_step_map_towards_the_teachers_ode_m
     Trainer(cd, Data, batch_size=256, lr=2e-3, progress=False).train(300)
     after = _one_step_error(cd, z)
     assert after < 0.35 * before, (before, after)
+
+
+# ---- consistency training (Algorithm 3) ----------------------------------------------------------
+
+def _zero_network(x, t, y=None):
+    return rd.Tensor(np.zeros_like(x))
+
+
+_zero_network.sample_shape = (2,)
+
+
+def test_consistency_training_compares_the_same_noise_one_level_apart():
+    """With F = 0 for student and target, f(x, sigma) = c_skip(sigma) x, so the CT loss is
+    mean (c_skip(sigma_{n+1}) (x + sigma_{n+1} z) - c_skip(sigma_n) (x + sigma_n z))^2, written out here with
+    the draws of GaussianDiffusion.loss (n, then z, from the rng). Catches: a fresh z for x_hat_n (Algorithm
+    3 needs the same z), x_hat_n at sigma_{n+1}, a teacher step where there is no teacher.
+    Tolerance: float32 data, float64 inside: 1e-6 relative."""
+    from refdiff.consistency import ConsistencyTraining
+
+    ct = ConsistencyTraining(_zero_network, SCHEDULE, total_steps=100)
+    ct.set_step(30)
+    x0 = MIXTURE.sample(64, np.random.default_rng(2)).astype(np.float32)
+    gen = np.random.default_rng(0)
+    n = gen.integers(0, ct.num_boundaries - 1, size=64)
+    z = gen.standard_normal(x0.shape, dtype=np.float32).astype(np.float64)
+    s_next, s = ct.sigmas[n + 1][:, None], ct.sigmas[n][:, None]
+    x = x0.astype(np.float64)
+    expected = np.mean((ct.c_skip(s_next) * (x + s_next * z) - ct.c_skip(s) * (x + s * z)) ** 2)
+    assert float(ct.loss(x0, rng=0).item()) == pytest.approx(expected, rel=1e-6)
+
+
+def test_consistency_training_follows_n_and_mu_of_the_step():
+    """After k Trainer steps the discretization is N(k) and the target rate mu(k) (appendix C).
+    Catches: schedules frozen at k = 0, or advanced before the step's loss."""
+    from refdiff.consistency import ConsistencyTraining
+
+    ct = ConsistencyTraining(rd.MLPDenoiser(dim=2, hidden=16, num_blocks=1), SCHEDULE, total_steps=40)
+    assert ct.num_boundaries == 2
+    Trainer(ct, load_dataset("gaussians8", n=64, seed=0), batch_size=32, progress=False).train(10)
+    assert ct.k == 10 and ct.num_boundaries == ct_num_boundaries(10, 40) == 76
+    assert ct.mu == ct_target_decay(76) and len(ct.sigmas) == 76
+
+
+def test_a_consistency_training_run_resumes_bit_for_bit(tmp_path):
+    """4 steps == 2 + resume + 2, while N(k) changes (2 -> 76 -> ...): the step k comes back from the
+    checkpoint. Catches: k restarting at 0 on resume (N and mu of step 0 again)."""
+    from refdiff.consistency import ConsistencyTraining
+
+    data = load_dataset("gaussians8", n=256, seed=0)
+
+    def run(out, steps):
+        ct = ConsistencyTraining(rd.MLPDenoiser(dim=2, hidden=16, num_blocks=1, seed=3), SCHEDULE, total_steps=4)
+        trainer = Trainer(ct, data, out_dir=str(tmp_path / out), batch_size=32, checkpoint_every=2,
+                          checkpoint_minutes=0, progress=False)
+        trainer.train(steps)
+        return trainer
+
+    whole = run("a", 4)
+    run("b", 2)
+    resumed = Trainer.resume(str(tmp_path / "b"), dataset=data, progress=False)
+    assert isinstance(resumed.diffusion, ConsistencyTraining) and resumed.diffusion.k == 2
+    resumed.train(2)
+    assert resumed.losses == whole.losses
+    assert load_diffusion(str(tmp_path / "a"))[0].sample(8, seed=0, progress=False).shape == (8, 2)

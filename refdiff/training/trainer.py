@@ -56,7 +56,7 @@ from .distributed import data_parallel
 from ..diffusion import GaussianDiffusion, model_num_classes
 from ..flow_matching import FlowMatching
 from ..distillation import ProgressiveDistillation
-from ..consistency import ConsistencyDistillation
+from ..consistency import ConsistencyDistillation, ConsistencyTraining
 from .optim import EMA, AdamW, clip_grad_norm, warmup_lr
 
 # classes a checkpoint may name: a checkpoint never makes us import arbitrary code
@@ -64,7 +64,8 @@ MODEL_CLASSES = {"UNet": "refdiff.models.unet", "MLPDenoiser": "refdiff.models.m
 # a checkpoint's diffusion config names its objective ("objective"; absent: "diffusion")
 DIFFUSION_CLASSES = {"diffusion": GaussianDiffusion, "flow_matching": FlowMatching,
                      "progressive_distillation": ProgressiveDistillation,
-                     "consistency_distillation": ConsistencyDistillation}
+                     "consistency_distillation": ConsistencyDistillation,
+                     "consistency_training": ConsistencyTraining}
 
 
 @dataclasses.dataclass
@@ -618,8 +619,8 @@ def diffusion_from_checkpoint(arrays, meta, where, backend=None, ema=True):
     d.pop("T", None)
     if objective == "progressive_distillation":
         return _distillation_from_checkpoint(model, arrays, meta, where, d, backend)
-    if objective == "consistency_distillation":
-        return _consistency_from_checkpoint(model, arrays, meta, where, d, backend)
+    if objective in ("consistency_distillation", "consistency_training"):
+        return _consistency_from_checkpoint(model, arrays, meta, where, d, backend, objective)
     try:
         return GaussianDiffusion(model, NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64)), **d)
     except Exception as e:
@@ -652,21 +653,27 @@ def _stored_network(arrays, meta, where, backend, prefix):
     return network
 
 
-def _consistency_from_checkpoint(model, arrays, meta, where, d, backend):
-    """A ConsistencyDistillation run: the student `model`, its teacher ("teacher/...") and its target
-    network theta- ("target/..."), networks of the student's class and config."""
+def _consistency_from_checkpoint(model, arrays, meta, where, d, backend, objective):
+    """A ConsistencyDistillation run (the student `model`, its teacher "teacher/...") or a ConsistencyTraining
+    one (at the checkpoint's step k), with the target network theta- ("target/..."); the networks are of
+    the student's class and config."""
     from ..gaussian.schedule import NoiseSchedule
 
-    teacher_model = _stored_network(arrays, meta, where, backend, "teacher")
+    schedule = NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64))
+    teacher_model = _stored_network(arrays, meta, where, backend, "teacher") if objective == "consistency_distillation" else None
     target = _stored_network(arrays, meta, where, backend, "target")
     try:
-        teacher = GaussianDiffusion(teacher_model, NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64)),
-                                    prediction_type=d.pop("teacher_prediction_type"), clip_sample=False)
-        cd = ConsistencyDistillation(model, teacher, **d)
+        if teacher_model is None:
+            cm = ConsistencyTraining(model, schedule, **d)
+            cm.set_step(meta["step"])
+        else:
+            teacher = GaussianDiffusion(teacher_model, schedule, prediction_type=d.pop("teacher_prediction_type"),
+                                        clip_sample=False)
+            cm = ConsistencyDistillation(model, teacher, **d)
     except Exception as e:
-        raise CheckpointError(f"{where}: bad consistency-distillation config in the checkpoint: {e}") from None
-    cd.target = target
-    return cd
+        raise CheckpointError(f"{where}: bad consistency-model config in the checkpoint: {e}") from None
+    cm.target = target
+    return cm
 
 
 def checkpoint_location(path):
