@@ -6,6 +6,8 @@
         loss = diffusion.loss(x0, y, cond_drop_prob)  random t and noise
         loss.backward(); clip_grad_norm; AdamW step   (Loshchilov & Hutter 2019)
         ema.step(params)                              weights for sampling (DDPM sec. 4)
+        diffusion.after_optimizer_step(params)        if the objective has one (a consistency model's
+                                                      target network theta-, Song et al. 2023 Algorithm 2)
 
 Randomness: every random draw of step s comes from generators derived from (seed, s) with
 numpy's SeedSequence: the batch order of epoch e from default_rng([seed, e])
@@ -632,9 +634,7 @@ def _distillation_from_checkpoint(model, arrays, meta, where, d, backend):
     "teacher/..." arrays (a network of the student's class and config)."""
     from ..gaussian.schedule import NoiseSchedule
 
-    teacher_model = build_model(meta, where, backend=backend)
-    skeleton, _ = ckpt.flatten_state(teacher_model.state_dict(), "teacher")
-    load_model_state(teacher_model, arrays, {"states": {"teacher": skeleton}}, where, prefix="teacher")
+    teacher_model = _stored_network(arrays, meta, where, backend, "teacher")
     try:
         student_steps = d.pop("student_steps")
         d.pop("prediction_type", None)
