@@ -673,3 +673,11 @@ def check_nested_grids(student, teacher):
     if len(teacher) != 2 * len(student) or not np.array_equal(teacher[0::2], student):
         raise ValueError(f"the {len(teacher)}-step teacher grid does not contain the {len(student)}-step student "
                          f"grid as every other timestep")
+
+
+def check_consistency_metric(metric, choices=("l2",)):
+    """A consistency model's distance d (Song et al. 2023 eq. 7): one of choices; LPIPS refused with the reason."""
+    if metric == "lpips":
+        raise ValueError("metric='lpips' needs a pretrained VGG/AlexNet image network, which refdiff neither ships "
+                         "nor downloads (and it is undefined for 2-D points): use metric='l2'")
+    return check_choice(metric, choices, "metric")

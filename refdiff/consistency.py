@@ -39,7 +39,8 @@ Unconditional models only (the teacher is called without labels); written and te
 import numpy as np
 
 from .backend import per_sample
-from .checks import check_choice, check_positive_int, check_positive_real, check_probability
+from .checks import (check_choice, check_consistency_metric, check_positive_int, check_positive_real,
+                     check_probability)
 from .diffusion import GaussianDiffusion, model_num_classes
 from .gaussian.consistency import (consistency_c_out, consistency_c_skip, consistency_function_formula,
                                    ct_num_boundaries, ct_target_decay, network_target_formula, target_update_formula)
@@ -107,12 +108,8 @@ class ConsistencyDistillation(GaussianDiffusion):
         super().__init__(model, teacher.schedule, prediction_type="sample", backend=backend, clip_sample=False)
         if model_num_classes(model) is not None or teacher.num_classes is not None:
             raise ValueError("consistency distillation here is for unconditional models (num_classes=None)")
-        if metric == "lpips":
-            raise ValueError("metric='lpips' needs a pretrained VGG/AlexNet image network, which refdiff neither ships "
-                             "nor downloads (and it is undefined for 2-D points): use metric='l2'")
-        check_choice(metric, METRICS, "metric")
-        check_choice(solver, SOLVERS, "solver")
-        self.metric, self.solver = metric, solver
+        self.metric = check_consistency_metric(metric, METRICS)
+        self.solver = check_choice(solver, SOLVERS, "solver")
         self.num_boundaries = check_positive_int(num_boundaries, "num_boundaries", minimum=2)
         self.mu = float(check_probability(mu, "mu", open_high=True))
         self.sigma_data = float(check_positive_real(sigma_data, "sigma_data"))
@@ -251,11 +248,7 @@ class ConsistencyTraining(ConsistencyDistillation):
         GaussianDiffusion.__init__(self, model, schedule, prediction_type="sample", backend=backend, clip_sample=False)
         if model_num_classes(model) is not None:
             raise ValueError("consistency training here is for unconditional models (num_classes=None)")
-        if metric == "lpips":
-            raise ValueError("metric='lpips' needs a pretrained VGG/AlexNet image network, which refdiff neither ships "
-                             "nor downloads (and it is undefined for 2-D points): use metric='l2'")
-        check_choice(metric, METRICS, "metric")
-        self.metric, self.solver, self.teacher = metric, None, None
+        self.metric, self.solver, self.teacher = check_consistency_metric(metric, METRICS), None, None
         self.total_steps = check_positive_int(total_steps, "total_steps")
         self.s0 = check_positive_int(s0, "s0", minimum=2)
         self.s1 = check_positive_int(s1, "s1", minimum=self.s0)
