@@ -79,6 +79,8 @@ _EXPORTS = {
     "GaussianDiffusion": "refdiff.diffusion",
     "CapturedSampler": "refdiff.capture",  # GaussianDiffusion.capture_sampler: a step replayed from a CUDA graph
     "FlowMatching": "refdiff.flow_matching",
+    "ConsistencyDistillation": "refdiff.consistency",
+    "ConsistencyTraining": "refdiff.consistency",
     "Trainer": "refdiff.training.trainer",
     # backends
     "get_backend": "refdiff.backend",

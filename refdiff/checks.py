@@ -706,3 +706,11 @@ def check_guidance(guidance, classifier, y, guidance_scale, num_classes):
     if num_classes is not None and classes is not None and classes != num_classes:
         raise ValueError(f"the classifier has {classes} classes but the diffusion model {num_classes}")
     return "classifier"
+
+
+def check_consistency_metric(metric, choices=("l2",)):
+    """A consistency model's distance d (Song et al. 2023 eq. 7): one of choices; LPIPS refused with the reason."""
+    if metric == "lpips":
+        raise ValueError("metric='lpips' needs a pretrained VGG/AlexNet image network, which refdiff neither ships "
+                         "nor downloads (and it is undefined for 2-D points): use metric='l2'")
+    return check_choice(metric, choices, "metric")

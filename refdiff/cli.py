@@ -9,6 +9,9 @@
     refdiff train --data moons --objective flow_matching --steps 3000 --out runs/moons-fm
     refdiff sample runs/moons-fm --sampler flow_euler --steps 8 --out moons-fm.png
     refdiff sample path/to/google-ddpm-cifar10-32 --n 16 --out cifar.png   # a diffusers pipeline folder
+    refdiff distill runs/moons --method progressive --from-steps 64 --to-steps 1 --steps-per-stage 500 --out runs/pd
+    refdiff distill runs/moons --method consistency --steps 2000 --out runs/cd   # --resume continues either
+    refdiff sample runs/cd --steps 1 --out cd.png                              # one consistency step
     refdiff demo                                                    # ~1-2 minutes on a laptop CPU
     mpiexec -n 2 refdiff train --data digits --steps 4000 --out runs/digits   # data-parallel, 2 processes
 
@@ -117,7 +120,7 @@ def build_parser():
         prog="refdiff",
         description="Train denoising diffusion models and draw samples (NumPy reference, optional CUDA backend).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval,distill,demo}")
     sub.required = True
 
     # ---- train ----
@@ -255,6 +258,32 @@ def build_parser():
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--backend", choices=("numpy", "cuda"), default="numpy")
     p.add_argument("--quick", action="store_true", help="a few seconds: tiny run, for smoke tests")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # ---- distill ----
+    p = sub.add_parser(
+        "distill",
+        help="distill a trained diffusion run into a few-step sampler (progressive or consistency)",
+        description="Distill the diffusion model of RUN (its EMA weights) on RUN's data. progressive (Salimans & Ho "
+                    "2022): stages OUT/steps_N halve the DDIM steps from --from-steps to --to-steps; sample "
+                    "OUT/steps_N. consistency (Song et al. 2023): one run in OUT; sample it with --steps 1 (or more).",
+    )
+    p.add_argument("run", help="the teacher: a run directory of `refdiff train` (objective diffusion, unconditional)")
+    p.add_argument("--method", choices=("progressive", "consistency"), required=True)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue what OUT holds (finished stages are kept)")
+    p.add_argument("--from-steps", type=_positive_int, default=None, help="progressive: the teacher's DDIM steps (e.g. 64)")
+    p.add_argument("--to-steps", type=_positive_int, default=None, help="progressive: the last student's steps (e.g. 1)")
+    p.add_argument("--steps-per-stage", type=_positive_int, default=None, help="progressive: training steps per stage")
+    p.add_argument("--steps", type=_positive_int, default=None, help="consistency: training steps in all")
+    p.add_argument("--num-boundaries", type=_positive_int, default=18, help="consistency: N, the discretization (>= 2)")
+    p.add_argument("--solver", choices=("heun", "euler"), default="heun", help="consistency: the teacher's ODE step")
+    p.add_argument("--mu", type=_decay, default=0.95, help="consistency: the target network's EMA rate in [0, 1)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="default 256 for points, 64 for images")
+    p.add_argument("--lr", type=_positive_float, default=None, help="AdamW learning rate (default 5e-4)")
+    p.add_argument("--ema-decay", type=_decay, default=0.99, help="the sampling EMA's decay in [0, 1)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--checkpoint-every", type=_nonnegative_int, default=1000, help="steps between checkpoints")
+    p.add_argument("--backend", choices=("numpy", "cuda"), default=None, help="default: the teacher run's backend")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -551,8 +580,8 @@ def cmd_sample(args):
         raise CLIError(f"--steps {args.steps} exceeds the T={diffusion.T} steps of the model")
     from .samplers import SAMPLERS
 
-    if args.sampler is None:
-        args.sampler = "flow_euler" if diffusion.objective == "flow_matching" else "ddpm"
+    if args.sampler is None:  # each objective's own sampler
+        args.sampler = DEFAULT_SAMPLERS.get(diffusion.objective, "ddpm")
     if args.sampler not in SAMPLERS:
         raise CLIError(f"--sampler {args.sampler!r}: choose from {sorted(SAMPLERS)}")
     options = dict(args.options)
@@ -561,6 +590,11 @@ def cmd_sample(args):
     if args.clipped_eps:
         options["use_clipped_model_output"] = True
     steps = args.steps
+    if steps is None and diffusion.objective == "consistency_distillation" and not isinstance(args.sigmas, list):
+        steps = 1  # a consistency model's one step (Algorithm 1)
+    if diffusion.objective == "progressive_distillation" and args.sampler == "ddim":
+        steps = steps or diffusion.student_steps  # the student's own grid, as trained
+        args.spacing = args.spacing or "trailing"
     if steps is None and args.sampler not in ("ddpm", "ddim") and not isinstance(args.sigmas, list):
         raise CLIError(f"--sampler {args.sampler} needs --steps (or an explicit --sigmas grid)")
     if args.cuda_graph:
@@ -674,6 +708,83 @@ def _load_classifier(args, diffusion):
     return objective.model
 
 
+DEFAULT_SAMPLERS = {"flow_matching": "flow_euler", "progressive_distillation": "ddim",
+                    "consistency_distillation": "consistency"}
+
+
+def cmd_distill(args):
+    """Progressive or consistency distillation of a trained run (refdiff.training.distill)."""
+    from .io.checkpoint import CheckpointError
+    from .training import distill
+    from .training.trainer import load_diffusion
+
+    _check_backend(args.backend)
+    if args.method == "progressive":
+        missing = [f for f in ("from_steps", "to_steps", "steps_per_stage") if getattr(args, f) is None]
+        wrong = [f for f in ("steps",) if getattr(args, f) is not None]
+    else:
+        missing = [f for f in ("steps",) if getattr(args, f) is None]
+        wrong = [f for f in ("from_steps", "to_steps", "steps_per_stage") if getattr(args, f) is not None]
+    if missing:
+        raise CLIError(f"--method {args.method} needs {', '.join('--' + f.replace('_', '-') for f in missing)}")
+    if wrong:
+        raise CLIError(f"{', '.join('--' + f.replace('_', '-') for f in wrong)}: not an option of --method {args.method}")
+    try:
+        teacher, meta = load_diffusion(args.run, backend=args.backend)
+    except CheckpointError as e:
+        raise CLIError(str(e)) from None
+    if teacher.objective != "diffusion":
+        raise CLIError(f"{args.run}: the teacher must be a diffusion run (objective diffusion), not {teacher.objective}")
+    data_info = dict(meta.get("data") or {})
+    if not isinstance(data_info.get("spec"), str):
+        raise CLIError(f"{args.run}: the run names no data spec to distill on")
+    dataset = _load_data(data_info["spec"], n=data_info.get("n"), seed=data_info.get("seed") or 0,
+                         image_size=data_info.get("image_size"))
+    is_images = np.asarray(dataset.x).ndim == 4
+    options = dict(batch_size=args.batch_size or (64 if is_images else 256), lr=args.lr or 5e-4,
+                   ema_decay=args.ema_decay, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                   data_info=data_info)
+    run_dir = args.out if args.method == "consistency" else None
+    if not args.resume and _holds_run(args.out):
+        raise CLIError(f"--out {args.out} already holds a distillation: pass --resume to continue it or choose another --out")
+    t0 = time.perf_counter()
+    try:
+        if args.method == "progressive":
+            if args.to_steps >= args.from_steps or args.from_steps % args.to_steps:
+                raise CLIError(f"--from-steps {args.from_steps} must be --to-steps {args.to_steps} times a power of 2")
+            ratio = args.from_steps // args.to_steps
+            if ratio & (ratio - 1):
+                raise CLIError(f"--from-steps {args.from_steps} must be --to-steps {args.to_steps} times a power of 2")
+            if args.from_steps > teacher.T:
+                raise CLIError(f"--from-steps {args.from_steps} exceeds the T={teacher.T} steps of the teacher")
+            students = distill.progressive_distillation(teacher, dataset, args.from_steps, args.to_steps,
+                                                        args.steps_per_stage, out_dir=args.out,
+                                                        progress=not args.no_progress, resume=args.resume, **options)
+            run_dir = os.path.join(args.out, f"steps_{students[-1].student_steps}")
+        else:
+            distill.consistency_distillation(teacher, dataset, args.steps, out_dir=args.out,
+                                             progress=not args.no_progress, resume=args.resume,
+                                             num_boundaries=args.num_boundaries, solver=args.solver, mu=args.mu,
+                                             **options)
+    except FloatingPointError as e:
+        raise CLIError(f"{e}; the latest checkpoint in {args.out} is kept (try a lower --lr)") from None
+    except (ValueError, TypeError) as e:  # a bad option the library refused (CheckpointError included)
+        raise CLIError(_one_line(e)) from None
+    print(f"distilled ({args.method}) in {time.perf_counter() - t0:.1f} s -> {run_dir}")
+    print(f"sample it: refdiff sample {run_dir} --out samples.png")
+    return 0
+
+
+def _holds_run(out):
+    """Whether OUT holds a run (OUT/checkpoints) or progressive stages (OUT/steps_N/checkpoints)."""
+    from .io.checkpoint import latest_checkpoint
+
+    if not os.path.isdir(out):
+        return False
+    dirs = [out] + [os.path.join(out, d) for d in os.listdir(out) if d.startswith("steps_")]
+    return any(latest_checkpoint(os.path.join(d, "checkpoints")) is not None for d in dirs)
+
+
 def cmd_eval(args):
     """Bits/dim of a run on data: the bound and/or the probability-flow ODE, one line each."""
     from .gaussian.likelihood import bits_per_dim
@@ -768,7 +879,7 @@ def cmd_demo(args):
 DEMO_T = 1000
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "distill": cmd_distill, "demo": cmd_demo}
 
 
 def _check_backend(name):
@@ -795,7 +906,7 @@ def _check_out(args):
     if not out:
         return
     path = os.path.abspath(out)
-    is_dir_option = args.command in ("train", "demo")
+    is_dir_option = args.command in ("train", "demo", "distill")
     if is_dir_option and os.path.exists(path) and not os.path.isdir(path):
         raise CLIError(f"--out {out}: is a file, not a directory: choose a directory")
     if not is_dir_option and os.path.isdir(path):

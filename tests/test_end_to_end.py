@@ -42,7 +42,7 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 
 @pytest.mark.parametrize("name", ["forward_process", "schedules", "toy_2d", "ddpm_vs_ddim", "guidance_digits", "rectified_flow",
-                                  "classifier_guidance_digits"])
+                                  "classifier_guidance_digits", "few_step"])
 def test_example_runs_with_quick_and_writes_its_pictures(name, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(EXAMPLES)
     module = importlib.import_module(name)
