@@ -71,6 +71,10 @@ _EXPORTS = {
     # training and sampling
     "GaussianDiffusion": "refdiff.diffusion",
     "FlowMatching": "refdiff.flow_matching",
+    # latent diffusion (Rombach et al. 2022): diffusion over a frozen autoencoder's scaled latents
+    "LatentDiffusion": "refdiff.latent",
+    "measure_scaling_factor": "refdiff.latent",
+    "AutoencoderTraining": "refdiff.training.autoencoder",
     "Trainer": "refdiff.training.trainer",
     # backends
     "get_backend": "refdiff.backend",

@@ -6,5 +6,6 @@
     metrics.py  sample-quality metrics: energy distance, sliced Wasserstein, a judge classifier, Frechet distance
     distributed.py  data parallelism over N processes (MPI; NCCL on GPUs): shards, gradient Allreduce, agreement
     reflow.py   rectified flow (Liu et al. 2022): reflow pairs from a trained flow, retraining on them, straightness
+    autoencoder.py  AutoencoderTraining: the KL autoencoder's loss as a Trainer objective (LDM's first stage)
     distill.py  progressive distillation stage by stage (Salimans & Ho 2022 Algorithm 2): halve the steps, each stage a resumable run
 """
