@@ -443,7 +443,8 @@ def _start_training(args, parallel):
         is_images = np.asarray(dataset.x).ndim == 4
         options = _objective_options(args)
         if args.latent is not None:
-            diffusion = _latent_diffusion(args, dataset, options)
+            diffusion = _latent_diffusion(args, dataset, options,
+                                          say=print if parallel is None or parallel.is_main else lambda *a: None)
         elif args.objective == "flow_matching":
             model = _make_model(args, dataset)
             from .flow_matching import FlowMatching
@@ -483,7 +484,7 @@ def _start_training(args, parallel):
     return trainer
 
 
-def _latent_diffusion(args, dataset, options):
+def _latent_diffusion(args, dataset, options, say=print):
     """The LatentDiffusion of `refdiff train --latent AE_RUN`: the autoencoder (a refdiff run or a
     diffusers folder), a U-Net for its latents, and the scaling factor (the diffusers config's, or
     1 / std of the latents of the first SCALE_SAMPLES training images, LDM sec. 4.3.2)."""
@@ -520,7 +521,7 @@ def _latent_diffusion(args, dataset, options):
         except ValueError as e:
             raise CLIError(f"--latent {args.latent}: {_one_line(e)}") from None
         record["scaling_factor_measured_on"] = int(min(len(x), SCALE_SAMPLES))
-    print(f"latent diffusion: latents {c['latent_channels']}x{x.shape[2] // f}x{x.shape[3] // f} of {args.latent} "
+    say(f"latent diffusion: latents {c['latent_channels']}x{x.shape[2] // f}x{x.shape[3] // f} of {args.latent} "
           f"({record['kind']}), scaling factor {scaling_factor:.5g}"
           + (f" (1 / std of the latents of {record['scaling_factor_measured_on']} images)"
              if "scaling_factor_measured_on" in record else " (from its config)"))

@@ -280,6 +280,17 @@ def test_an_autoencoder_config_larger_than_its_weights_is_refused(latent_checkpo
         load_diffusion(edited)
 
 
+def test_an_autoencoder_run_whose_config_is_larger_than_its_weights_is_refused(cli_runs, tmp_path):
+    """AutoencoderKL as a checkpoint's model class gets the U-Net's size check: a corrupt channel
+    count in its config is refused before anything is allocated."""
+    def grow(meta):
+        meta["model"]["config"]["block_out_channels"] = [8, 10**9]
+
+    edited = _rewrite(os.path.join(cli_runs[0], "checkpoints"), tmp_path, edit_meta=grow)
+    with pytest.raises(ckpt.CheckpointError, match="exceeds"):
+        load_diffusion(edited)
+
+
 def test_channel_counts_that_do_not_match_are_refused():
     """A U-Net of 3 input channels over an autoencoder of 4 latent channels: ValueError naming both."""
     with pytest.raises(ValueError, match="channel counts do not match.*in_channels=3.*latent_channels=4"):
@@ -342,6 +353,14 @@ def test_cli_resumes_a_latent_run(cli_runs, tmp_path):
     shutil.copytree(cli_runs[1], run)
     assert cli.main(["train", "--resume", "--steps", "3", "--out", run, "--no-progress"]) == 0
     assert len(json.load(open(os.path.join(run, "losses.json")))) == 3
+
+
+def test_train_autoencoder_help_names_its_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train-autoencoder", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert all(o in out for o in ("--latent-channels", "--block-channels", "--kl-weight", "--reconstruction"))
 
 
 def _exit_2(argv, capsys):
