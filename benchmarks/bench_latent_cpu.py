@@ -76,7 +76,7 @@ def timed_samples(diffusion, trainer, n, steps, seed, **options):
         return x, time.perf_counter() - t0
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-heldout", type=int, default=256)
@@ -88,7 +88,7 @@ def main():
     ap.add_argument("--judge-steps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a few seconds: tiny sizes")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.quick:
         args.n_train, args.n_heldout, args.ae_steps, args.steps = 64, 16, 2, 2
         args.batch_size, args.n_samples, args.sample_steps, args.judge_steps = 8, 8, 2, 2

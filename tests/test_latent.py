@@ -396,3 +396,18 @@ def test_cli_refuses_a_run_of_another_kind_as_the_autoencoder(cli_runs, tmp_path
 def test_cli_refuses_to_sample_an_autoencoder_run(cli_runs, tmp_path, capsys):
     err = _exit_2(["sample", cli_runs[0], "--out", str(tmp_path / "x.png")], capsys)
     assert "autoencoder run" in err
+
+
+def test_bench_latent_quick_prints_both_tables(capsys):
+    """benchmarks/bench_latent_cpu.py --quick (a few seconds) runs every stage and prints the rows
+    RESULTS.md records: the autoencoder's PSNR beside the pooling baseline, pixel and latent models.
+    The full run (RESULTS.md's figures, ~20 CPU minutes) is not part of the suite."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
+    import bench_latent_cpu
+
+    bench_latent_cpu.main(["--quick"])
+    out = capsys.readouterr().out
+    for row in ("| AutoencoderKL (16, 32)", "| 2x2 average pool", "| pixel |", "| latent |", "autoencoder ceiling"):
+        assert row in out, row
