@@ -346,6 +346,17 @@ def test_cli_trains_an_autoencoder_then_a_latent_model_and_samples_decoded_image
     assert x.shape == (3, 3, 16, 16) and np.all(np.isfinite(x))
 
 
+def test_cli_trains_on_a_diffusers_autoencoder_with_its_own_scaling_factor(tmp_path):
+    """--latent on a diffusers AutoencoderKL folder: no measurement, the config's 0.18215 goes into
+    the run; the U-Net is built for its 3 latent channels. Catches a factor measured anyway."""
+    run = str(tmp_path / "ldm")
+    assert cli.main(["train", "--latent", os.path.join(HERE, "data", "tiny_vae"), "--steps", "1", "--out", run,
+                     *TINY_LDM]) == 0
+    diffusion, meta = load_diffusion(run)
+    assert diffusion.scaling_factor == 0.18215 and meta["diffusion"]["autoencoder"]["source"]["kind"] == "diffusers"
+    assert meta["model"]["config"]["in_channels"] == 3
+
+
 def test_cli_resumes_a_latent_run(cli_runs, tmp_path):
     import shutil
 
