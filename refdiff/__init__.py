@@ -81,6 +81,10 @@ _EXPORTS = {
     "FlowMatching": "refdiff.flow_matching",
     "ConsistencyDistillation": "refdiff.consistency",
     "ConsistencyTraining": "refdiff.consistency",
+    # latent diffusion (Rombach et al. 2022): diffusion over a frozen autoencoder's scaled latents
+    "LatentDiffusion": "refdiff.latent",
+    "measure_scaling_factor": "refdiff.latent",
+    "AutoencoderTraining": "refdiff.training.autoencoder",
     "Trainer": "refdiff.training.trainer",
     # backends
     "get_backend": "refdiff.backend",

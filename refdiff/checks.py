@@ -714,3 +714,28 @@ def check_consistency_metric(metric, choices=("l2",)):
         raise ValueError("metric='lpips' needs a pretrained VGG/AlexNet image network, which refdiff neither ships "
                          "nor downloads (and it is undefined for 2-D points): use metric='l2'")
     return check_choice(metric, choices, "metric")
+
+
+# ---- latent diffusion (refdiff.latent) -----------------------------------------------------------
+
+
+def check_latent_channels(model_channels, latent_channels):
+    """The denoiser of a latent diffusion model sees the autoencoder's latents: its input channels must
+    be the autoencoder's latent_channels."""
+    if model_channels != latent_channels:
+        raise ValueError(f"channel counts do not match: the denoiser takes in_channels={model_channels}, the "
+                         f"autoencoder's latents have latent_channels={latent_channels}")
+
+
+def check_latent_shape(latent_shape, model_shape, image_shape):
+    """Images must encode to latents of the shape the denoiser samples (C, h, w)."""
+    if tuple(latent_shape) != tuple(model_shape):
+        raise ValueError(f"images of shape {tuple(image_shape)} encode to latents of shape {tuple(latent_shape)}, "
+                         f"but the denoiser samples shape {tuple(model_shape)} (its in_channels and sample_size)")
+
+
+def check_same_backend(name_a, backend_a, name_b, backend_b):
+    """Two parts of one model must keep their arrays on the same backend."""
+    if backend_a != backend_b:
+        raise ValueError(f"{name_a} lives on backend {backend_a!r} and {name_b} on {backend_b!r}: "
+                         f"build both on the same backend")

@@ -12,6 +12,9 @@
     refdiff distill runs/moons --method progressive --from-steps 64 --to-steps 1 --steps-per-stage 500 --out runs/pd
     refdiff distill runs/moons --method consistency --steps 2000 --out runs/cd   # --resume continues either
     refdiff sample runs/cd --steps 1 --out cd.png                              # one consistency step
+    refdiff train-autoencoder --data shapes --steps 2000 --out runs/ae      # the KL autoencoder of latent diffusion
+    refdiff train --latent runs/ae --data shapes --steps 3000 --out runs/ldm  # diffusion on its scaled latents
+    refdiff sample runs/ldm --sampler ddim --steps 50 --out ldm.png          # latents sampled, then decoded
     refdiff demo                                                    # ~1-2 minutes on a laptop CPU
     mpiexec -n 2 refdiff train --data digits --steps 4000 --out runs/digits   # data-parallel, 2 processes
 
@@ -120,7 +123,7 @@ def build_parser():
         prog="refdiff",
         description="Train denoising diffusion models and draw samples (NumPy reference, optional CUDA backend).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval,distill,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,train-autoencoder,sample,eval,distill,demo}")
     sub.required = True
 
     # ---- train ----
@@ -160,6 +163,10 @@ def build_parser():
     p.add_argument("--shift", type=_positive_float, default=None,
                    help="flow_matching: the sampling grid's shift (SD3 eq. 23); default 1")
     p.add_argument("--T", type=_positive_int, default=None, help="diffusion, classifier: steps of the schedule; default 1000")
+    p.add_argument("--latent", default=None, metavar="AE_RUN",
+                   help="latent diffusion (LDM): diffuse the scaled latents of this autoencoder (a refdiff "
+                   "train-autoencoder run, or a diffusers AutoencoderKL folder); the U-Net is built for the latents "
+                   "and the autoencoder's weights are copied into the run; samples are decoded")
     p.add_argument("--schedule", choices=SCHEDULES, default=None, help="diffusion, classifier: default linear")
     p.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=None,
                    help="diffusion: default epsilon")
@@ -180,6 +187,41 @@ def build_parser():
     p.add_argument("--parallel", choices=("auto", "none", "mpi"), default="auto",
                    help="data-parallel training over MPI processes (auto: when started by mpiexec with N > 1 "
                    "processes; --batch-size is then the global batch, split evenly); needs refdiff[mpi]")
+
+    # ---- train-autoencoder ----
+    p = sub.add_parser(
+        "train-autoencoder",
+        help="train the KL autoencoder of latent diffusion on images",
+        description="Train an AutoencoderKL (reconstruction + kl_weight * KL; LDM's first stage) with the Trainer; "
+        "checkpoints go to OUT/checkpoints, a picture of images and their reconstructions to OUT/reconstructions.png. "
+        "Then: refdiff train --latent OUT ...",
+    )
+    p.add_argument("--data", help="image dataset (shapes, digits, or KIND:PATH); required unless --resume")
+    p.add_argument("--steps", type=_positive_int, required=True, help="train until this many optimizer steps in total")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT from its latest checkpoint")
+    p.add_argument("--latent-channels", type=_positive_int, default=4, help="channels of the latent z (default 4)")
+    p.add_argument("--block-channels", type=_int_tuple, default=(32, 64),
+                   help="channels of each level (diffusers' block_out_channels); L levels shrink each side "
+                   "2^(L-1) times (default 32,64: 2x)")
+    p.add_argument("--layers-per-block", type=_positive_int, default=1, help="resnet blocks per encoder level")
+    p.add_argument("--norm-groups", type=_positive_int, default=8, help="GroupNorm groups (divides every level's channels)")
+    p.add_argument("--kl-weight", type=_nonnegative_float, default=1e-6, help="weight of the KL term (LDM's KL-reg: 1e-6)")
+    p.add_argument("--reconstruction", choices=("l1", "l2"), default="l1", help="reconstruction loss (default l1)")
+    p.add_argument("--backend", choices=("numpy", "cuda"), default="numpy")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="AdamW learning rate")
+    p.add_argument("--warmup-steps", type=_nonnegative_int, default=100)
+    p.add_argument("--grad-clip", type=_nonnegative_float, default=1.0, help="max gradient norm (0: off)")
+    p.add_argument("--ema-decay", type=_decay, default=0.999, help="EMA decay in [0, 1)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--n", type=_positive_int, default=None, help="number of images to generate/load")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="resize images to this size")
+    p.add_argument("--checkpoint-every", type=_nonnegative_int, default=1000,
+                   help="checkpoint every N steps (0: no step trigger); always at the end")
+    p.add_argument("--checkpoint-minutes", type=_nonnegative_float, default=10.0,
+                   help="also checkpoint when this many minutes passed since the last one (0: off)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     # ---- sample ----
     p = sub.add_parser(
@@ -301,8 +343,9 @@ def _load_data(spec, n=None, seed=0, image_size=None):
         raise CLIError(f"--data {spec}: {_one_line(e)}") from None
 
 
-def _make_model(args, dataset):
-    """The network for `dataset` from the command's options."""
+def _make_model(args, dataset, shape=None):
+    """The network for `dataset` from the command's options; shape: (C, H, W) of what it denoises
+    when that is not the data's (the latents of latent diffusion)."""
     kind = getattr(dataset, "kind", "points")
     model = args.model
     if args.objective == "classifier":
@@ -310,6 +353,8 @@ def _make_model(args, dataset):
     if model == "auto":
         model = "unet" if kind == "images" else "mlp"
     x = np.asarray(dataset.x)
+    if shape is not None:
+        x = np.empty((1, *shape), np.float32)
     num_classes = None
     if args.classes:
         if getattr(dataset, "y", None) is None or not getattr(dataset, "num_classes", 0):
@@ -448,6 +493,8 @@ def _start_training(args, parallel):
     if args.resume:
         if latest_checkpoint(ckpt_dir) is None:
             raise CLIError(f"--resume: no checkpoint in {ckpt_dir}")
+        if args.latent is not None:
+            raise CLIError("--latent: a resumed run takes its autoencoder from its own checkpoint; leave --latent out")
         try:
             trainer = Trainer.resume(args.out, backend=args.backend, progress=not args.no_progress, parallel=parallel,
                                      sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
@@ -455,24 +502,31 @@ def _start_training(args, parallel):
                                      sample_n=args.sample_n, sample_steps=args.sample_steps)
         except (ValueError, OSError, KeyError, ImportError) as e:  # CheckpointError is a ValueError
             raise CLIError(f"--resume {args.out}: {_one_line(e)}") from None
+        if trainer.diffusion.objective == "autoencoder":
+            raise CLIError(f"--resume {args.out}: an autoencoder run: continue it with refdiff train-autoencoder --resume")
     else:
         if args.data is None:
             raise CLIError("--data is required (unless --resume)")
         if latest_checkpoint(ckpt_dir) is not None:
             raise CLIError(f"--out {args.out} already holds a run: pass --resume to continue it or choose another --out")
         dataset = _load_data(args.data, n=args.n, seed=args.seed, image_size=args.image_size)
-        model = _make_model(args, dataset)
         is_images = np.asarray(dataset.x).ndim == 4
         options = _objective_options(args)
-        if args.objective == "flow_matching":
+        if args.latent is not None:
+            diffusion = _latent_diffusion(args, dataset, options,
+                                          say=print if parallel is None or parallel.is_main else lambda *a: None)
+        elif args.objective == "flow_matching":
+            model = _make_model(args, dataset)
             from .flow_matching import FlowMatching
 
             diffusion = FlowMatching(model, time_sampling=options["time_sampling"], shift=options["shift"])
         elif args.objective == "classifier":
+            model = _make_model(args, dataset)
             from .training.classifier import NoisyClassification
 
             diffusion = NoisyClassification(model, _make_schedule(options["schedule"], options["T"]))
         else:
+            model = _make_model(args, dataset)
             diffusion = GaussianDiffusion(model, _make_schedule(options["schedule"], options["T"]),
                                           prediction_type=options["prediction_type"],
                                           loss_weighting=options["loss_weighting"])
@@ -503,6 +557,128 @@ def _start_training(args, parallel):
         except (ValueError, TypeError) as e:
             raise CLIError(_one_line(e)) from None
     return trainer
+
+
+def _latent_diffusion(args, dataset, options, say=print):
+    """The LatentDiffusion of `refdiff train --latent AE_RUN`: the autoencoder (a refdiff run or a
+    diffusers folder), a U-Net for its latents, and the scaling factor (the diffusers config's, or
+    1 / std of the latents of the first SCALE_SAMPLES training images, LDM sec. 4.3.2)."""
+    from .io.checkpoint import CheckpointError
+    from .latent import SCALE_SAMPLES, LatentDiffusion, measure_scaling_factor
+    from .training.trainer import load_autoencoder
+
+    if args.objective != "diffusion":
+        raise CLIError(f"--latent: latent diffusion trains --objective diffusion, not {args.objective}")
+    if args.model == "mlp":
+        raise CLIError("--latent: the latents are images: use --model unet (or auto)")
+    try:
+        vae, record = load_autoencoder(args.latent, backend=args.backend)
+    except (FileNotFoundError, CheckpointError) as e:
+        raise CLIError(f"--latent {args.latent}: {_one_line(e)}") from None
+    except (ValueError, OSError) as e:  # a diffusers folder refdiff cannot read
+        raise CLIError(f"--latent {args.latent}: {_one_line(e)}") from None
+    x = np.asarray(dataset.x)
+    c = vae.config
+    if x.ndim != 4:
+        raise CLIError(f"--latent: the autoencoder needs images (N, C, H, W); dataset {args.data!r} has shape {x.shape}")
+    if x.shape[1] != c["in_channels"]:
+        raise CLIError(f"--latent {args.latent}: channel counts do not match: the autoencoder takes "
+                       f"in_channels={c['in_channels']}, the --data images have {x.shape[1]} channels")
+    f = 2 ** (len(c["block_out_channels"]) - 1)
+    if x.shape[2] % f or x.shape[3] % f:
+        raise CLIError(f"--latent {args.latent}: the autoencoder shrinks each side {f}x; the images are "
+                       f"{x.shape[2]}x{x.shape[3]}")
+    model = _make_model(args, dataset, shape=(c["latent_channels"], x.shape[2] // f, x.shape[3] // f))
+    scaling_factor = record.pop("scaling_factor")
+    if scaling_factor is None:  # a refdiff autoencoder: LDM's 1 / std of the latents of the first batch
+        try:
+            scaling_factor = measure_scaling_factor(vae, x[:SCALE_SAMPLES], np.random.default_rng(args.seed))
+        except ValueError as e:
+            raise CLIError(f"--latent {args.latent}: {_one_line(e)}") from None
+        record["scaling_factor_measured_on"] = int(min(len(x), SCALE_SAMPLES))
+    say(f"latent diffusion: latents {c['latent_channels']}x{x.shape[2] // f}x{x.shape[3] // f} of {args.latent} "
+          f"({record['kind']}), scaling factor {scaling_factor:.5g}"
+          + (f" (1 / std of the latents of {record['scaling_factor_measured_on']} images)"
+             if "scaling_factor_measured_on" in record else " (from its config)"))
+    try:
+        return LatentDiffusion(model, _make_schedule(options["schedule"], options["T"]), vae, scaling_factor,
+                               prediction_type=options["prediction_type"], loss_weighting=options["loss_weighting"],
+                               source=record)
+    except ValueError as e:
+        raise CLIError(f"--latent {args.latent}: {_one_line(e)}") from None
+
+
+def cmd_train_autoencoder(args):
+    """Train an AutoencoderKL with the Trainer (AutoencoderTraining); write reconstructions and their PSNR."""
+    from .io.checkpoint import CheckpointError, latest_checkpoint
+    from .io.images import save_image_grid
+    from .models.autoencoder import AutoencoderKL
+    from .training.autoencoder import AutoencoderTraining
+    from .training.metrics import psnr
+    from .training.trainer import Trainer
+
+    ckpt_dir = os.path.join(args.out, "checkpoints")
+    if args.resume:
+        if latest_checkpoint(ckpt_dir) is None:
+            raise CLIError(f"--resume: no checkpoint in {ckpt_dir}")
+        try:
+            trainer = Trainer.resume(args.out, backend=args.backend, progress=not args.no_progress, parallel=None,
+                                     checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes)
+        except (ValueError, OSError, KeyError, ImportError) as e:  # CheckpointError is a ValueError
+            raise CLIError(f"--resume {args.out}: {_one_line(e)}") from None
+        if trainer.diffusion.objective != "autoencoder":
+            raise CLIError(f"--resume {args.out}: a {trainer.diffusion.objective} run, not an autoencoder run")
+        print(f"resuming {args.out} at step {trainer.step}")
+    else:
+        if args.data is None:
+            raise CLIError("--data is required (unless --resume)")
+        if latest_checkpoint(ckpt_dir) is not None:
+            raise CLIError(f"--out {args.out} already holds a run: pass --resume to continue it or choose another --out")
+        dataset = _load_data(args.data, n=args.n, seed=args.seed, image_size=args.image_size)
+        x = np.asarray(dataset.x)
+        if x.ndim != 4:
+            raise CLIError(f"--data {args.data}: the autoencoder needs images (N, C, H, W), got shape {x.shape}")
+        f = 2 ** (len(args.block_channels) - 1)
+        if x.shape[2] % f or x.shape[3] % f:
+            raise CLIError(f"--block-channels {','.join(map(str, args.block_channels))}: {len(args.block_channels)} "
+                           f"levels shrink each side {f}x; the images are {x.shape[2]}x{x.shape[3]}")
+        try:
+            vae = AutoencoderKL(in_channels=int(x.shape[1]), block_out_channels=args.block_channels,
+                                layers_per_block=args.layers_per_block, latent_channels=args.latent_channels,
+                                norm_num_groups=args.norm_groups, sample_size=int(x.shape[2]), backend=args.backend,
+                                seed=args.seed)
+            trainer = Trainer(AutoencoderTraining(vae, kl_weight=args.kl_weight, reconstruction=args.reconstruction),
+                              dataset, out_dir=args.out, progress=not args.no_progress, parallel=None,
+                              data_info={"spec": args.data, "n": args.n, "seed": args.seed, "image_size": args.image_size,
+                                         "kind": "images", "shape": list(x.shape[1:])},
+                              batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+                              grad_clip=args.grad_clip, ema_decay=args.ema_decay, seed=args.seed,
+                              checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes)
+        except (ValueError, TypeError) as e:
+            raise CLIError(_one_line(e)) from None
+    remaining = args.steps - trainer.step
+    if remaining <= 0:
+        print(f"{args.out} is already at step {trainer.step} >= --steps {args.steps}: nothing to do")
+        return 0
+    t0 = time.perf_counter()
+    try:
+        losses = trainer.train(remaining)
+    except FloatingPointError as e:
+        raise CLIError(f"{e}; the latest checkpoint in {ckpt_dir} is kept (try a lower --lr)") from None
+    seconds = time.perf_counter() - t0
+    x = trainer.x[:32]
+    with trainer.ema_weights():
+        x_hat = trainer.diffusion.reconstruct(x)
+    picture = save_image_grid(np.concatenate([x, x_hat]), os.path.join(args.out, "reconstructions.png"), nrow=8)
+    with open(os.path.join(args.out, "losses.json"), "w") as f:
+        json.dump(trainer.losses, f)
+    print(f"trained {remaining} steps in {seconds:.1f} s ({remaining / seconds:.1f} steps/s), "
+          f"final loss (mean of last 100) {np.mean(losses[-100:]):.4f}")
+    print(f"reconstruction PSNR (EMA weights, the first {len(x)} training images): {np.mean(psnr(x, x_hat)):.2f} dB")
+    print(f"checkpoint: {latest_checkpoint(ckpt_dir)}")
+    print(f"images (top) and reconstructions (bottom): {picture}")
+    print(f"next: refdiff train --latent {args.out} --data {(trainer.data_info or {}).get('spec')} --steps N --out RUN")
+    return 0
 
 
 def _train(args, parallel):
@@ -562,6 +738,9 @@ def cmd_sample(args):
     if diffusion.objective == "classifier":
         raise CLIError(f"{args.run} is a classifier run: sample a diffusion run, with --guidance classifier "
                        f"--classifier {args.run}")
+    if diffusion.objective == "autoencoder":
+        raise CLIError(f"{args.run} is an autoencoder run: it draws no samples; train a latent diffusion model on it "
+                       f"(refdiff train --latent {args.run} ...)")
     classifier = _load_classifier(args, diffusion)
     num_classes = diffusion.num_classes if classifier is None else classifier.num_classes
     y = None
@@ -879,7 +1058,8 @@ def cmd_demo(args):
 DEMO_T = 1000
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "distill": cmd_distill, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "train-autoencoder": cmd_train_autoencoder, "sample": cmd_sample, "eval": cmd_eval,
+            "distill": cmd_distill, "demo": cmd_demo}
 
 
 def _check_backend(name):
@@ -906,7 +1086,7 @@ def _check_out(args):
     if not out:
         return
     path = os.path.abspath(out)
-    is_dir_option = args.command in ("train", "demo", "distill")
+    is_dir_option = args.command in ("train", "train-autoencoder", "demo", "distill")
     if is_dir_option and os.path.exists(path) and not os.path.isdir(path):
         raise CLIError(f"--out {out}: is a file, not a directory: choose a directory")
     if not is_dir_option and os.path.isdir(path):

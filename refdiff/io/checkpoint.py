@@ -203,6 +203,17 @@ def json_digest(record):
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
+def arrays_digest(arrays):
+    """SHA-256 (hex) of a flat {name: array} dict: every name, dtype, shape and the bytes, in name order.
+    The same for the same arrays wherever they are held (NumPy or CuPy, any memory layout)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = _to_host(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode("ascii"))
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def _describe_kept(directory, step):
     """Which checkpoint a failed save of `step` leaves as the latest, in words."""
     kept = [(s, p) for s, p in list_checkpoints(directory) if s != step]

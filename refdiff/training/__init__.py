@@ -8,5 +8,6 @@
     reflow.py   rectified flow (Liu et al. 2022): reflow pairs from a trained flow, retraining on them, straightness
     classifier.py  NoisyClassification: cross-entropy of a noise-conditional classifier on x_t at uniform t
                 (Dhariwal & Nichol 2021; guided-diffusion's classifier_train.py), an objective for the Trainer
+    autoencoder.py  AutoencoderTraining: the KL autoencoder's loss as a Trainer objective (LDM's first stage)
     distill.py  progressive distillation stage by stage (Salimans & Ho 2022 Algorithm 2): halve the steps, each stage a resumable run
 """

@@ -14,6 +14,9 @@ Images (digits, shapes): a small CNN trained with refdiff's own autograd judges 
     image_metrics(classifier, samples, labels)   accuracy, Frechet distance to held-out data, and
                                              the same distance for real training images (baseline)
 
+Reconstructions (the autoencoder of latent diffusion):
+    psnr(x, x_hat)                           peak signal-to-noise ratio per image, in dB
+
 Everything here runs on the host in NumPy (CuPy inputs are copied over); sums and matrix
 functions are computed in float64.
 """
@@ -376,3 +379,18 @@ def image_metrics(classifier, samples, labels=None, seed=0, baseline_draws=3):
     if labels is not None:
         out["accuracy"] = class_accuracy(classifier, samples, labels)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# reconstructions
+
+
+def psnr(x, x_hat, data_range=2.0):
+    """Peak signal-to-noise ratio per image, in dB: 10 log10(data_range^2 / mean_i (x_i - x_hat_i)^2)
+    (data_range = 2 for images in [-1, 1]; the definition of e.g. Gonzalez & Woods, and of
+    skimage.metrics.peak_signal_noise_ratio). x, x_hat: (B, ...) arrays; returns (B,) float64."""
+    x, x_hat = _host64(x, "x"), _host64(x_hat, "x_hat")
+    if x.shape != x_hat.shape or x.ndim < 2:
+        raise ValueError(f"x and x_hat must be batches (B, ...) of one shape, got {x.shape} and {x_hat.shape}")
+    mse = ((x - x_hat) ** 2).reshape(len(x), -1).mean(axis=1)
+    return 10.0 * np.log10(data_range**2 / np.maximum(mse, 1e-20))

@@ -60,16 +60,23 @@ from ..flow_matching import FlowMatching
 from ..distillation import ProgressiveDistillation
 from .classifier import NoisyClassification
 from ..consistency import ConsistencyDistillation, ConsistencyTraining
+from ..latent import AUTOENCODER_PREFIX, LatentDiffusion
+from .autoencoder import AutoencoderTraining
 from .optim import EMA, AdamW, clip_grad_norm, warmup_lr
 
 # classes a checkpoint may name: a checkpoint never makes us import arbitrary code
 MODEL_CLASSES = {"UNet": "refdiff.models.unet", "MLPDenoiser": "refdiff.models.mlp",
-                 "NoiseClassifier": "refdiff.models.classifier"}
+                 "NoiseClassifier": "refdiff.models.classifier", "AutoencoderKL": "refdiff.models.autoencoder"}
+# the frozen autoencoder a latent run holds ("autoencoder" record of its diffusion config)
+AUTOENCODER_CLASSES = {"AutoencoderKL": "refdiff.models.autoencoder"}
 # a checkpoint's diffusion config names its objective ("objective"; absent: "diffusion")
 DIFFUSION_CLASSES = {"diffusion": GaussianDiffusion, "flow_matching": FlowMatching,
                      "progressive_distillation": ProgressiveDistillation, "classifier": NoisyClassification,
                      "consistency_distillation": ConsistencyDistillation,
-                     "consistency_training": ConsistencyTraining}
+                     "consistency_training": ConsistencyTraining, "latent_diffusion": LatentDiffusion,
+                     "autoencoder": AutoencoderTraining}
+# objectives without a noise schedule (no schedule/betas in the arrays file)
+NO_SCHEDULE = ("flow_matching", "autoencoder")
 
 
 @dataclasses.dataclass
@@ -540,7 +547,7 @@ def check_run_meta(meta, arrays, where):
     objective = meta["diffusion"].get("objective", "diffusion")
     if objective not in DIFFUSION_CLASSES:
         raise bad(f"unknown objective {objective!r} (expected one of {sorted(DIFFUSION_CLASSES)})")
-    if objective != "flow_matching":  # a NoiseSchedule, stored as its betas; the flow path is all config
+    if objective not in NO_SCHEDULE:  # a NoiseSchedule, stored as its betas; the flow path is all config
         betas = arrays.get("schedule/betas")
         if betas is None:
             raise CheckpointError(f"{where}: the arrays file has no schedule/betas")
@@ -554,24 +561,42 @@ def check_run_meta(meta, arrays, where):
         if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
             raise bad(f"array {key!r} contains NaN or inf")
 
-    n_weights = sum(int(a.size) for k, a in arrays.items() if k.startswith("model/"))
-    for key, value in info["config"].items():
+    _check_config_sizes(info["config"], arrays, "model", bad)
+    if objective == "latent_diffusion":  # the frozen autoencoder: named, a known class, sizes bounded
+        record = meta["diffusion"].get("autoencoder")
+        if not isinstance(record, dict) or record.get("class") not in AUTOENCODER_CLASSES \
+                or not isinstance(record.get("config"), dict):
+            raise CheckpointError(f"{where}: a latent run without its autoencoder: the diffusion config names no "
+                                  f"known autoencoder (expected one of {sorted(AUTOENCODER_CLASSES)})")
+        if not any(k.startswith(AUTOENCODER_PREFIX + "/") for k in arrays):
+            raise CheckpointError(f"{where}: a latent run without its autoencoder: the arrays file holds no "
+                                  f"{AUTOENCODER_PREFIX}/ weights")
+        _check_config_sizes(record["config"], arrays, AUTOENCODER_PREFIX, bad)
+
+
+def _check_config_sizes(config, arrays, prefix, bad):
+    """Every integer of a network's config (but the seed) at most the number of weights stored under
+    prefix/: a corrupt size cannot allocate more than the file holds."""
+    n_weights = sum(int(a.size) for k, a in arrays.items() if k.startswith(prefix + "/"))
+    for key, value in config.items():
         values = value if isinstance(value, list) else [value]
         for v in values:
             if key != "seed" and isinstance(v, int) and not isinstance(v, bool) and v > n_weights:
-                raise bad(f"model config {key}={value!r} exceeds the {n_weights} model weights the arrays file holds")
+                raise bad(f"{prefix} config {key}={value!r} exceeds the {n_weights} {prefix} weights the arrays "
+                          f"file holds")
 
 
 # ---------------------------------------------------------------------------------------------
 # rebuilding models from checkpoints
 
 
-def build_model(meta, where, backend=None):
-    """A fresh model of the class and config a checkpoint's JSON names (only refdiff's own classes)."""
-    info = meta.get("model")
-    if not isinstance(info, dict) or info.get("class") not in MODEL_CLASSES or not isinstance(info.get("config"), dict):
-        raise CheckpointError(f"{where}: checkpoint names no known model (expected one of {sorted(MODEL_CLASSES)})")
-    cls = getattr(importlib.import_module(MODEL_CLASSES[info["class"]]), info["class"])
+def build_model(meta, where, backend=None, info=None, classes=MODEL_CLASSES):
+    """A fresh model of the class and config a checkpoint's JSON names (only refdiff's own classes):
+    meta["model"], or the record `info` ({"class", "config"}) looked up in `classes`."""
+    info = meta.get("model") if info is None else info
+    if not isinstance(info, dict) or info.get("class") not in classes or not isinstance(info.get("config"), dict):
+        raise CheckpointError(f"{where}: checkpoint names no known model (expected one of {sorted(classes)})")
+    cls = getattr(importlib.import_module(classes[info["class"]]), info["class"])
     config = dict(info["config"])
     for k, v in config.items():
         if isinstance(v, list):
@@ -618,6 +643,12 @@ def diffusion_from_checkpoint(arrays, meta, where, backend=None, ema=True):
             return FlowMatching(model, **d)
         except Exception as e:
             raise CheckpointError(f"{where}: bad flow-matching config in the checkpoint: {e}") from None
+    if objective == "autoencoder":
+        d.pop("scaling_factor", None)
+        try:
+            return AutoencoderTraining(model, **d)
+        except Exception as e:
+            raise CheckpointError(f"{where}: bad autoencoder config in the checkpoint: {e}") from None
     if "schedule/betas" not in arrays:
         raise CheckpointError(f"{where}: the arrays file has no schedule/betas")
     d.pop("T", None)
@@ -627,6 +658,8 @@ def diffusion_from_checkpoint(arrays, meta, where, backend=None, ema=True):
         return NoisyClassification(model, NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64)))
     if objective in ("consistency_distillation", "consistency_training"):
         return _consistency_from_checkpoint(model, arrays, meta, where, d, backend, objective)
+    if objective == "latent_diffusion":
+        return _latent_from_checkpoint(model, arrays, where, d, backend)
     try:
         return GaussianDiffusion(model, NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64)), **d)
     except Exception as e:
@@ -678,6 +711,55 @@ def _consistency_from_checkpoint(model, arrays, meta, where, d, backend, objecti
         raise CheckpointError(f"{where}: bad consistency-model config in the checkpoint: {e}") from None
     cm.target = target
     return cm
+
+
+def _latent_from_checkpoint(model, arrays, where, d, backend):
+    """A LatentDiffusion: the denoiser `model` and the frozen autoencoder rebuilt from the checkpoint's
+    "autoencoder" record and its "autoencoder/..." arrays, whose SHA-256 must be the recorded one."""
+    from ..gaussian.schedule import NoiseSchedule
+
+    record = d.pop("autoencoder", None)
+    autoencoder = build_model({}, where, backend=backend, info=record, classes=AUTOENCODER_CLASSES)
+    saved = {k: a for k, a in arrays.items() if k.startswith(AUTOENCODER_PREFIX + "/")}
+    if not saved:
+        raise CheckpointError(f"{where}: a latent run without its autoencoder: no {AUTOENCODER_PREFIX}/ weights")
+    digest = ckpt.arrays_digest(saved)
+    if digest != record.get("sha256"):
+        raise CheckpointError(f"{where}: the latent run's autoencoder changed: its weights hash to {digest[:12]}..., "
+                              f"the run recorded {str(record.get('sha256'))[:12]}...")
+    skeleton, _ = ckpt.flatten_state(autoencoder.state_dict(), AUTOENCODER_PREFIX)
+    load_model_state(autoencoder, arrays, {"states": {AUTOENCODER_PREFIX: skeleton}}, where, prefix=AUTOENCODER_PREFIX)
+    try:
+        schedule = NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64))
+        return LatentDiffusion(model, schedule, autoencoder, source=record.get("source"), **d)
+    except Exception as e:
+        raise CheckpointError(f"{where}: bad latent-diffusion config in the checkpoint: {e}") from None
+
+
+def load_autoencoder(path, backend=None, ema=True):
+    """(autoencoder, record) for a latent run: `path` is a refdiff autoencoder run (refdiff
+    train-autoencoder; EMA weights by default) or a diffusers AutoencoderKL folder (config.json
+    and safetensors, e.g. a pipeline's vae/). record: {"path", "kind": "refdiff" | "diffusers",
+    "checkpoint" and "json_sha256" (refdiff), "scaling_factor": the diffusers config's, or None for
+    a refdiff run, whose factor is measured from the data (refdiff.latent.measure_scaling_factor)}.
+    A missing path raises FileNotFoundError; another kind of run, CheckpointError."""
+    from ..models.autoencoder import AutoencoderKL
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no autoencoder at {path}: neither a refdiff autoencoder run nor a diffusers folder")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        vae = AutoencoderKL.from_diffusers(path, backend=backend or "numpy")
+        return vae, {"path": os.path.abspath(path), "kind": "diffusers", "scaling_factor": vae.scaling_factor}
+    location = checkpoint_location(path)
+    if os.path.isdir(location) and ckpt.latest_checkpoint(location) is None:
+        raise FileNotFoundError(f"no autoencoder at {path}: no checkpoint and no config.json there")
+    arrays, meta, where = read_checkpoint(location)
+    objective = (meta.get("diffusion") or {}).get("objective", "diffusion")
+    if objective != "autoencoder":
+        raise CheckpointError(f"{where}: a {objective} run, not an autoencoder run (refdiff train-autoencoder)")
+    training = diffusion_from_checkpoint(arrays, meta, where, backend=backend, ema=ema)
+    return training.model, {"path": os.path.abspath(path), "kind": "refdiff", "checkpoint": os.path.abspath(where),
+                            "json_sha256": meta.get("json_sha256"), "scaling_factor": None}
 
 
 def checkpoint_location(path):
