@@ -256,59 +256,62 @@ def _workspace(xp, role, shape, dtype):
     return buf[:size].reshape(shape)
 
 
-def _padded_channels_last(x, ph, pw):
-    """x (N, C, H, W) as x_pad (N, H + 2 ph, W + 2 pw, C), zeros around, in a scratch buffer."""
+def _padded(x, ph, pw):
+    """x (N, C, H, W) with ph zero rows above and below and pw zero columns left and right, in a scratch buffer."""
     xp = array_module(x)
     N, C, H, W = x.shape
-    x_pad = _workspace(xp, "pad", (N, H + 2 * ph, W + 2 * pw, C), x.dtype)  # (N, Hp, Wp, C)
+    x_pad = _workspace(xp, "pad", (N, C, H + 2 * ph, W + 2 * pw), x.dtype)  # (N, C, Hp, Wp)
     if ph:
-        x_pad[:, :ph] = 0
-        x_pad[:, ph + H :] = 0
+        x_pad[:, :, :ph] = 0
+        x_pad[:, :, ph + H :] = 0
     if pw:
-        x_pad[:, :, :pw] = 0
-        x_pad[:, :, pw + W :] = 0
-    x_pad[:, ph : ph + H, pw : pw + W, :] = x.transpose(0, 2, 3, 1)
+        x_pad[:, :, :, :pw] = 0
+        x_pad[:, :, :, pw + W :] = 0
+    x_pad[:, :, ph : ph + H, pw : pw + W] = x
     return x_pad
 
 
 def _im2col(x, kh, kw, sh, sw, ph, pw):
-    """Receptive fields as rows: (N, C, H, W) -> cols (N*Ho*Wo, kh*kw*C),
+    """Receptive fields as columns, one matrix per image: (N, C, H, W) -> cols (N, C*kh*kw, Ho*Wo),
 
-        cols[(n, h, w), (i, j, c)] = x_pad[n, c, sh h + i, sw w + j],
+        cols[n, (c, i, j), (h, w)] = x_pad[n, c, sh h + i, sw w + j],
 
-    x_pad being x with ph zero rows above and below and pw zero columns left and right. The
-    padded copy is channels-last (N, Hp, Wp, C), so a row is kh*kw runs of C contiguous values;
-    a strided view picks the windows (no copy) and one copy gathers them. Both the padded copy
-    and the columns are scratch buffers: valid until the next conv2d.
+    x_pad being x with ph zero rows above and below and pw zero columns left and right
+    (Chellapilla et al. 2006; Caffe's im2col). Rows (c, i, j) are in the order of the weight's
+    (C, kh, kw) axes, so W (O, C, kh, kw) is the matrix (O, C*kh*kw) as it is; the padded copy
+    stays NCHW, so both copies move runs of contiguous values. A strided view picks the windows
+    (no copy) and one copy gathers them. Both the padded copy and the columns are scratch
+    buffers: valid until the next conv2d.
     """
     xp = array_module(x)
     N, C, H, W = x.shape
     Ho, Wo = _conv_output_size(H, kh, sh, ph), _conv_output_size(W, kw, sw, pw)
-    x_pad = _padded_channels_last(x, ph, pw)
-    sN, sH, sW, sC = x_pad.strides
+    x_pad = _padded(x, ph, pw) if ph or pw else x  # any strided view will do: no copy without padding
+    sN, sC, sH, sW = x_pad.strides
     windows = xp.lib.stride_tricks.as_strided(
-        x_pad, shape=(N, Ho, Wo, kh, kw, C), strides=(sN, sH * sh, sW * sw, sH, sW, sC)
+        x_pad, shape=(N, C, kh, kw, Ho, Wo), strides=(sN, sC, sH, sW, sH * sh, sW * sw)
     )
-    cols = _workspace(xp, "cols", (N, Ho, Wo, kh, kw, C), x.dtype)
+    cols = _workspace(xp, "cols", (N, C, kh, kw, Ho, Wo), x.dtype)
     cols[...] = windows
-    return cols.reshape(N * Ho * Wo, kh * kw * C)
+    return cols.reshape(N, C * kh * kw, Ho * Wo)
 
 
 def _correlate(x, w, sh, sw, ph, pw):
-    """y[n,o,h,w] = sum_{c,i,j} w[o,c,i,j] x_pad[n, c, sh h + i, sw w + j] as im2col + one GEMM:
+    """y[n,o,h,w] = sum_{c,i,j} w[o,c,i,j] x_pad[n, c, sh h + i, sw w + j] as im2col + one GEMM per image:
 
-    Y (N*Ho*Wo, O) = cols (N*Ho*Wo, kh*kw*C) @ W (kh*kw*C, O), returned as (N, O, Ho, Wo), a
-    new array. (The long N*Ho*Wo axis goes first: OpenBLAS runs this ~1.6x faster than
-    W @ cols^T when O is small, measured at the U-Net's shapes.)
+    Y[n] (O, Ho*Wo) = W (O, C*kh*kw) @ cols[n] (C*kh*kw, Ho*Wo), returned as (N, O, Ho, Wo), a
+    new array. Fast path (issue 13): this channel-major layout replaced a channels-last one
+    (cols (N*Ho*Wo, kh*kw*C) @ W^T) whose NCHW -> NHWC copy of the input ran at ~1 GB/s and
+    whose output needed a transpose back; per conv at batch 64, 32x32, 96 -> 32 channels:
+    121 -> ~80 ms (pad 23 -> 4 ms, gather 17 -> 21 ms, GEMM 80 -> 56 ms, no output transpose).
     """
     xp = array_module(x)
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
     Ho, Wo = _conv_output_size(H, kh, sh, ph), _conv_output_size(W, kw, sw, pw)
-    cols = _im2col(x, kh, kw, sh, sw, ph, pw)
-    w2 = w.transpose(2, 3, 1, 0).reshape(kh * kw * C, O)  # rows (i, j, c), like the columns of cols
-    y = xp.matmul(cols, w2, out=_workspace(xp, "gemm", (N * Ho * Wo, O), cols.dtype))  # (N*Ho*Wo, O)
-    return y.reshape(N, Ho, Wo, O).transpose(0, 3, 1, 2).copy()  # a new C-ordered array, even when O = 1
+    cols = _im2col(x, kh, kw, sh, sw, ph, pw)  # (N, C*kh*kw, Ho*Wo)
+    y = xp.matmul(w.reshape(O, C * kh * kw), cols)  # (N, O, Ho*Wo)
+    return y.reshape(N, O, Ho, Wo)
 
 
 def _is_pointwise(kh, kw, sh, sw, ph, pw):
@@ -327,8 +330,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
 
     Fast paths (the plain definition they are checked against is conv2d_plain in
     tests/test_functional.py, outputs and gradients in float64 on hypothesis shapes):
-    - the temporaries (padded input, columns, GEMM result, spread gradient) are reused scratch
-      buffers (_workspace), not fresh pages from the kernel at each call;
+    - the temporaries (padded input, columns, dW's per-image products, spread gradient) are
+      reused scratch buffers (_workspace), not fresh pages from the kernel at each call;
+    - the columns are channel-major, one (C*kh*kw, Ho*Wo) matrix per image (_im2col), so the
+      input and output stay NCHW: no layout transpose on either side of the GEMM;
     - a 1x1 convolution (stride 1, no padding) is y[n] = W x[n] with x[n] viewed as (C, H*W):
       one stacked GEMM straight in NCHW, no im2col copy and no layout transposes.
     Measured gains: benchmarks/RESULTS.md, "Forward passes and sampling on the CPU".
@@ -364,12 +369,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
 
     def backward():
         g = out.grad  # (N, O, Ho, Wo)
-        if weight.requires_grad:  # dW[o,c,i,j] = sum_{n,h,w} dY[n,o,h,w] x_pad[n, c, s h + i, s w + j] = cols^T dY
-            g2 = _workspace(xp, "grad", (N, Ho, Wo, O), g.dtype)
-            g2[...] = g.transpose(0, 2, 3, 1)
-            cols = _im2col(x.data, kh, kw, sh, sw, ph, pw)  # (N*Ho*Wo, kh*kw*C)
-            dw = (cols.T @ g2.reshape(N * Ho * Wo, O)).reshape(kh, kw, C, O).transpose(3, 2, 0, 1)
-            weight._accumulate(xp.ascontiguousarray(dw))
+        if weight.requires_grad:  # dW[o,c,i,j] = sum_{n,h,w} dY[n,o,h,w] x_pad[n, c, s h + i, s w + j]
+            cols = _im2col(x.data, kh, kw, sh, sw, ph, pw)  # (N, C*kh*kw, Ho*Wo)
+            g3 = g.reshape(N, O, Ho * Wo)
+            dw = xp.matmul(g3, cols.transpose(0, 2, 1), out=_workspace(xp, "dw", (N, O, C * kh * kw), g.dtype))
+            weight._accumulate(dw.sum(axis=0).reshape(O, C, kh, kw))  # sum_n dY[n] cols[n]^T
         if bias is not None and bias.requires_grad:  # db = sum dY over batch and space
             bias._accumulate(g.sum(axis=(0, 2, 3)))
         if x.requires_grad:
