@@ -116,6 +116,24 @@ def test_silu_matches_plain_definition(x, seed):
     np.testing.assert_allclose(xt.grad, g * dy_dx, rtol=1e-13, atol=1e-14)
 
 
+@given(small_shape().flatmap(lambda s: f64(s, -30, 30)), st.booleans())
+def test_silu_without_gradient_matches_plain_definition(x, under_no_grad):
+    """The no-backward fast path (y written over the 1 + e^-x buffer) against the tanh form.
+
+    Catches: the output aliasing the input or a scratch buffer (x is compared after the call),
+    the fast path taken or skipped on the wrong condition (both ways of having no graph: a plain
+    array, and a Tensor that wants a gradient under no_grad). Tolerance as in the test above."""
+    x_before = x.copy()
+    if under_no_grad:
+        with no_grad():
+            y = F.silu(Tensor(x, requires_grad=True))
+    else:
+        y = F.silu(x)
+    assert not y.requires_grad
+    np.testing.assert_allclose(y.data, silu_plain(x)[0], rtol=1e-14, atol=1e-14)
+    np.testing.assert_array_equal(x, x_before)
+
+
 def test_silu_is_finite_and_warning_free_at_extremes():
     x = np.array([-1e4, -100.0, 100.0, 1e4], dtype=np.float32)
     with warnings.catch_warnings():
@@ -441,6 +459,26 @@ def test_group_norm_forward_matches_naive_loops(args):
     x, G, w, b = args
     # 1/sqrt(var + 1e-5) can reach ~300 for near-constant groups: errors scale with it, hence 1e-10
     np.testing.assert_allclose(F.group_norm(x, G, w, b).data, group_norm_loops(x, G, w, b, 1e-5), atol=1e-10)
+
+
+@settings(max_examples=30)
+@given(group_norm_operands())
+def test_group_norm_with_and_without_gradient_match_naive_loops(args):
+    """The recording path (xhat kept for the backward) and the no-backward fast path (affine
+    folded into one per-channel scale on the centred buffer) give the loops' output.
+
+    Catches: a wrong folded scale (rstd of the wrong group, gamma missing), beta added twice or
+    not at all, the input overwritten in place. Tolerance as in the test above."""
+    x, G, w, b = args
+    ref = group_norm_loops(x, G, w, b, 1e-5)
+    x_before = x.copy()
+    y_grad = F.group_norm(Tensor(x, requires_grad=True), G, w, b)
+    with no_grad():
+        y_fast = F.group_norm(Tensor(x, requires_grad=True), G, w, b)
+    assert y_grad.requires_grad and not y_fast.requires_grad
+    np.testing.assert_allclose(y_grad.data, ref, atol=1e-10)
+    np.testing.assert_allclose(y_fast.data, ref, atol=1e-10)
+    np.testing.assert_array_equal(x, x_before)
 
 
 def test_group_norm_rejects_indivisible_channels():
