@@ -674,9 +674,7 @@ def test_attention_gradient_matches_finite_differences(qkv):
     check_gradients(F.scaled_dot_product_attention, list(qkv))
 
 
-@given(attention_operands())
-def test_attention_forward_matches_naive_loops(qkv):
-    q, k, v = qkv
+def attention_loops(q, k, v):
     expected = np.zeros(q.shape[:-1] + (v.shape[-1],))
     for idx in np.ndindex(q.shape[:-2]):
         for i in range(q.shape[-2]):
@@ -684,7 +682,31 @@ def test_attention_forward_matches_naive_loops(qkv):
             weights = [math.exp(s) for s in scores]
             total = sum(weights)
             expected[idx][i] = sum(wt / total * v[idx][j] for j, wt in enumerate(weights))
-    np.testing.assert_allclose(F.scaled_dot_product_attention(q, k, v).data, expected, atol=FORWARD_ATOL)
+    return expected
+
+
+@given(attention_operands())
+def test_attention_forward_matches_naive_loops(qkv):
+    q, k, v = qkv
+    np.testing.assert_allclose(F.scaled_dot_product_attention(q, k, v).data, attention_loops(q, k, v), atol=FORWARD_ATOL)
+
+
+@settings(max_examples=30)
+@given(attention_operands())
+def test_attention_with_and_without_gradient_match_naive_loops(qkv):
+    """The recording path (P normalised and kept) and the no-backward fast path (exp(S) V divided
+    by the row sums afterwards) both give the loops' output.
+
+    Catches: the denominators applied on the wrong axis or twice, the fast path taken while a
+    gradient is wanted (the output would not record it). Tolerance as in the test above."""
+    q, k, v = qkv
+    expected = attention_loops(q, k, v)
+    recorded = F.scaled_dot_product_attention(*(Tensor(a, requires_grad=True) for a in (q, k, v)))
+    with no_grad():
+        fast = F.scaled_dot_product_attention(*(Tensor(a, requires_grad=True) for a in (q, k, v)))
+    assert recorded.requires_grad and not fast.requires_grad
+    np.testing.assert_allclose(recorded.data, expected, atol=FORWARD_ATOL)
+    np.testing.assert_allclose(fast.data, expected, atol=FORWARD_ATOL)
 
 
 def test_attention_shape_mismatch_names_shapes():

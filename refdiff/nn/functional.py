@@ -651,7 +651,14 @@ def scaled_dot_product_attention(q, k, v, scale=None):
     p = q_scaled @ xp.swapaxes(k.data, -1, -2)  # scores S = scale Q K^T (..., L, S), made into P in place:
     p -= p.max(axis=-1, keepdims=True)  # shift each row by its max: exp cannot overflow
     xp.exp(p, out=p)
-    p /= p.sum(axis=-1, keepdims=True)  # attention weights P = softmax(S), rows sum to 1
+    denominators = p.sum(axis=-1, keepdims=True)  # (..., L, 1)
+    if not (is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        # No backward (fast path): P V = (exp(S) V) / rowsum(exp(S)) divides the (L, dv) product
+        # instead of the (L, S) weights, which are not kept (a pass over L*dv values, not L*S).
+        o = p @ v.data  # (..., L, dv)
+        o /= denominators
+        return _node(o, q, k, v)
+    p /= denominators  # attention weights P = softmax(S), rows sum to 1, kept for the backward
     out = _node(p @ v.data, q, k, v)  # (..., L, dv)
 
     def backward():
