@@ -314,6 +314,12 @@ def pointwise_conv_operands(draw):  # the 1x1 fast path: kernel 1x1, stride 1, n
 @settings(max_examples=60)
 @given(conv_operands() | pointwise_conv_operands(), st.integers(0, 2**32 - 1))
 def test_conv2d_fast_paths_match_plain_definition(args, seed):
+    """Every path of conv2d against the einsum definition: channel-major im2col + one GEMM per
+    image, dW from the rebuilt columns, dx at stride 1 as the padded correlation and at stride > 1
+    (or padding >= kernel) on the spread grid, and the 1x1 GEMM.
+
+    Catches: columns in an order other than the weight's (c, i, j), a wrong dx padding
+    (k - 1 - p), a window stride or offset error, a gradient summed over the wrong axes."""
     # outputs and all three gradients, float64: the same sums in another order (atol as FORWARD_ATOL)
     x, w, b, stride, padding = args
     xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
