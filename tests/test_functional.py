@@ -335,6 +335,30 @@ def test_conv2d_fast_paths_match_plain_definition(args, seed):
         np.testing.assert_allclose(bt.grad, db_ref, atol=FORWARD_ATOL)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_in_chunks_of_images_matches_plain_definition(stride):
+    """With the columns' budget cut to two images' worth, a batch of 5 runs in chunks of 2, 2, 1:
+    outputs and all three gradients still match the definition.
+
+    Catches: a chunk written to the wrong images of y, a last partial chunk dropped, dW summed
+    over one chunk only (or a chunk counted twice), dx at stride 2 (spread grid) chunked wrong."""
+    from unittest import mock
+
+    r = np.random.default_rng(7)
+    x, w, b = r.standard_normal((5, 3, 6, 5)), r.standard_normal((4, 3, 3, 3)), r.standard_normal(4)
+    g = r.standard_normal((5, 4, (6 - 1) // stride + 1, (5 - 1) // stride + 1))
+    xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
+    with mock.patch.object(F, "_COLS_BYTES", 2 * 3 * 9 * g.shape[2] * g.shape[3] * 8):  # 2 images per forward chunk
+        assert len(F._image_chunks(5, 3 * 9 * g.shape[2] * g.shape[3] * 8)) == 3
+        y = F.conv2d(xt, wt, bt, stride=stride, padding=1)
+        y.backward(g)
+    y_ref, dx_ref, dw_ref, db_ref = conv2d_plain(x, w, b, stride, 1, g)
+    np.testing.assert_allclose(y.data, y_ref, atol=FORWARD_ATOL)  # float64, as the test above
+    np.testing.assert_allclose(xt.grad, dx_ref, atol=FORWARD_ATOL)
+    np.testing.assert_allclose(wt.grad, dw_ref, atol=FORWARD_ATOL)
+    np.testing.assert_allclose(bt.grad, db_ref, atol=FORWARD_ATOL)
+
+
 def test_conv2d_outputs_and_gradients_do_not_share_the_scratch_buffers():
     # conv2d reuses buffers for its temporaries: an output or a gradient it returned must not
     # change when later calls (same or other shapes, forward or backward) reuse them
