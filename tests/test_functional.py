@@ -134,6 +134,17 @@ def test_silu_without_gradient_matches_plain_definition(x, under_no_grad):
     np.testing.assert_array_equal(x, x_before)
 
 
+def test_silu_without_gradient_in_several_blocks_matches_plain_definition():
+    """An array of 2.5 blocks (and a non-contiguous view of it) through the blocked no-backward path.
+
+    Catches: a last partial block dropped or written to the wrong place, a block's 1 + e^-x
+    reused from the previous block, the output not in the input's shape or order."""
+    x = np.random.default_rng(3).uniform(-30, 30, (5, F._SILU_BLOCK // 2)).T  # float64, transposed view
+    y = F.silu(x)
+    assert y.shape == x.shape
+    np.testing.assert_allclose(y.data, silu_plain(x)[0], rtol=1e-14, atol=1e-14)  # as the tests above
+
+
 def test_silu_is_finite_and_warning_free_at_extremes():
     x = np.array([-1e4, -100.0, 100.0, 1e4], dtype=np.float32)
     with warnings.catch_warnings():
