@@ -142,8 +142,8 @@ def _silu_in_blocks(a):
 
     The four passes (negate, exp, +1, divide) run block by block through a small buffer that
     stays in cache, so the data crosses main memory once each way instead of four times, and y
-    is the only new array: 15.6 -> 10.8 ms for 4M float32 values (2.6 ns per value; the 2-core
-    machine of RESULTS.md). On CuPy the whole array is one block.
+    is the only new array. Measured gain: benchmarks/bench_fast_paths_cpu.py --path silu_blocks
+    (RESULTS.md, issue 13). On CuPy the whole array is one block.
     """
     xp = array_module(a)
     flat = xp.ascontiguousarray(a).reshape(-1)
@@ -326,8 +326,8 @@ def _im2col(x, kh, kw, sh, sw, ph, pw):
 
 # Columns for a chunk of images at a time (fast path): the scratch columns stay at most this size
 # (half the 32 MiB L3 cache of the machine measured) instead of kh*kw times the whole batch's input
-# (226 MiB at batch 64, 96 channels at 32x32), and the GEMM reads them while they are still in
-# cache: per conv 0-20% faster than all images at once at the small U-Net's shapes (issue 13).
+# (226 MiB at batch 64, 96 channels at 32x32). Why: memory; the speed is unchanged (median
+# chunked / whole 1.00 on the small U-Net, benchmarks/bench_fast_paths_cpu.py, RESULTS.md).
 _COLS_BYTES = 16 * 2**20
 
 
@@ -344,8 +344,9 @@ def _correlate(x, w, sh, sw, ph, pw):
     new array; the columns are built for a few images at a time (_image_chunks). Fast path
     (issue 13): this channel-major layout replaced a channels-last one (cols (N*Ho*Wo, kh*kw*C)
     @ W^T) whose NCHW -> NHWC copy of the input ran at ~1 GB/s and whose output needed a
-    transpose back; per conv at batch 64, 32x32, 96 -> 32 channels: 121 -> ~80 ms (pad 23 -> 4
-    ms, gather 17 -> 21 ms, GEMM 80 -> 56 ms, no output transpose).
+    transpose back; with NumPy 2.4's stacked matmul the per-image GEMM W @ cols[n] is also as
+    fast as or faster than the single tall GEMM. Measured gain: benchmarks/RESULTS.md, issue 13
+    (the small U-Net's forward at batch 64 from 1.71x to ~1.5x PyTorch's CPU time).
     """
     xp = array_module(x)
     N, C, H, W = x.shape
