@@ -326,8 +326,9 @@ def _im2col(x, kh, kw, sh, sw, ph, pw):
 
 # Columns for a chunk of images at a time (fast path): the scratch columns stay at most this size
 # (half the 32 MiB L3 cache of the machine measured) instead of kh*kw times the whole batch's input
-# (226 MiB at batch 64, 96 channels at 32x32). Why: memory; the speed is unchanged (median
-# chunked / whole 1.00 on the small U-Net, benchmarks/bench_fast_paths_cpu.py, RESULTS.md).
+# (226 MiB at batch 64, 96 channels at 32x32). Why: memory (peak RSS of the training step 538 ->
+# 491 MiB); the speed is the same within the noise (paired medians chunked / whole 1.00-1.06,
+# benchmarks/bench_fast_paths_cpu.py --path cols_chunks, RESULTS.md issue 13).
 _COLS_BYTES = 16 * 2**20
 
 
@@ -345,8 +346,8 @@ def _correlate(x, w, sh, sw, ph, pw):
     (issue 13): this channel-major layout replaced a channels-last one (cols (N*Ho*Wo, kh*kw*C)
     @ W^T) whose NCHW -> NHWC copy of the input ran at ~1 GB/s and whose output needed a
     transpose back; with NumPy 2.4's stacked matmul the per-image GEMM W @ cols[n] is also as
-    fast as or faster than the single tall GEMM. Measured gain: benchmarks/RESULTS.md, issue 13
-    (the small U-Net's forward at batch 64 from 1.71x to ~1.5x PyTorch's CPU time).
+    fast as or faster than the single tall GEMM. Measured: benchmarks/RESULTS.md, issue 13,
+    second round (with it, the GEMMs are at PyTorch's conv speed and the im2col copy is the rest).
     """
     xp = array_module(x)
     N, C, H, W = x.shape
