@@ -334,7 +334,7 @@ _COLS_BYTES = 16 * 2**20
 
 def _image_chunks(N, bytes_per_image):
     """Slices of the batch axis 0..N, each holding at most _COLS_BYTES of columns (at least one image)."""
-    step = max(1, _COLS_BYTES // bytes_per_image)
+    step = max(1, _COLS_BYTES // max(bytes_per_image, 1))
     return [slice(n, min(n + step, N)) for n in range(0, N, step)]
 
 
@@ -507,7 +507,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     var = xp.einsum("ngm,ngm->ng", xhat, xhat)[..., None] / M  # biased variance, no temporary
     rstd = 1 / xp.sqrt(var + eps)  # (N, G, 1)
     parents = tuple(p for p in (x, weight, bias) if p is not None)
-    if not (is_grad_enabled() and any(p.requires_grad for p in parents)):
+    in_place = xp.result_type(xhat, *(p.data for p in parents[1:])) == xhat.dtype  # gamma, beta promote nothing
+    if in_place and not (is_grad_enabled() and any(p.requires_grad for p in parents)):
         # No backward (fast path): xhat is not kept, so y = (x - mu) (rstd gamma) + beta is made
         # in the centred buffer: 5 passes over the data and one new array instead of 6 and two.
         scale = xp.repeat(rstd[:, :, 0], C // G, axis=1)  # (N, C): rstd of each channel's group
