@@ -522,6 +522,18 @@ def test_group_norm_with_and_without_gradient_match_naive_loops(args):
     np.testing.assert_array_equal(x, x_before)
 
 
+def test_group_norm_dtype_is_the_same_with_and_without_gradient():
+    """float32 x with float64 gamma and beta gives float64 on both paths (NumPy's promotion), and
+    float32 parameters keep float32. Catches: the no-backward path writing a promoted result into
+    x's float32 buffer (a silent loss of precision that only the no_grad path would show)."""
+    x = np.random.default_rng(2).standard_normal((2, 4, 3)).astype(np.float32)
+    for w in (np.ones(4), np.ones(4, dtype=np.float32)):
+        recorded = F.group_norm(Tensor(x, requires_grad=True), 2, w, w)
+        with no_grad():
+            fast = F.group_norm(x, 2, w, w)
+        assert fast.dtype == recorded.dtype == np.result_type(x, w)
+
+
 def test_group_norm_rejects_indivisible_channels():
     with pytest.raises(ValueError, match="6 channels.*4 groups"):
         F.group_norm(np.zeros((1, 6, 2, 2)), 4)
