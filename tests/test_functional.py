@@ -116,6 +116,35 @@ def test_silu_matches_plain_definition(x, seed):
     np.testing.assert_allclose(xt.grad, g * dy_dx, rtol=1e-13, atol=1e-14)
 
 
+@given(small_shape().flatmap(lambda s: f64(s, -30, 30)), st.booleans())
+def test_silu_without_gradient_matches_plain_definition(x, under_no_grad):
+    """The no-backward fast path (y written over the 1 + e^-x buffer) against the tanh form.
+
+    Catches: the output aliasing the input or a scratch buffer (x is compared after the call),
+    the fast path taken or skipped on the wrong condition (both ways of having no graph: a plain
+    array, and a Tensor that wants a gradient under no_grad). Tolerance as in the test above."""
+    x_before = x.copy()
+    if under_no_grad:
+        with no_grad():
+            y = F.silu(Tensor(x, requires_grad=True))
+    else:
+        y = F.silu(x)
+    assert not y.requires_grad
+    np.testing.assert_allclose(y.data, silu_plain(x)[0], rtol=1e-14, atol=1e-14)
+    np.testing.assert_array_equal(x, x_before)
+
+
+def test_silu_without_gradient_in_several_blocks_matches_plain_definition():
+    """An array of 2.5 blocks (and a non-contiguous view of it) through the blocked no-backward path.
+
+    Catches: a last partial block dropped or written to the wrong place, a block's 1 + e^-x
+    reused from the previous block, the output not in the input's shape or order."""
+    x = np.random.default_rng(3).uniform(-30, 30, (5, F._SILU_BLOCK // 2)).T  # float64, transposed view
+    y = F.silu(x)
+    assert y.shape == x.shape
+    np.testing.assert_allclose(y.data, silu_plain(x)[0], rtol=1e-14, atol=1e-14)  # as the tests above
+
+
 def test_silu_is_finite_and_warning_free_at_extremes():
     x = np.array([-1e4, -100.0, 100.0, 1e4], dtype=np.float32)
     with warnings.catch_warnings():
@@ -296,6 +325,12 @@ def pointwise_conv_operands(draw):  # the 1x1 fast path: kernel 1x1, stride 1, n
 @settings(max_examples=60)
 @given(conv_operands() | pointwise_conv_operands(), st.integers(0, 2**32 - 1))
 def test_conv2d_fast_paths_match_plain_definition(args, seed):
+    """Every path of conv2d against the einsum definition: channel-major im2col + one GEMM per
+    image, dW from the rebuilt columns, dx at stride 1 as the padded correlation and at stride > 1
+    (or padding >= kernel) on the spread grid, and the 1x1 GEMM.
+
+    Catches: columns in an order other than the weight's (c, i, j), a wrong dx padding
+    (k - 1 - p), a window stride or offset error, a gradient summed over the wrong axes."""
     # outputs and all three gradients, float64: the same sums in another order (atol as FORWARD_ATOL)
     x, w, b, stride, padding = args
     xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
@@ -309,6 +344,30 @@ def test_conv2d_fast_paths_match_plain_definition(args, seed):
     np.testing.assert_allclose(wt.grad, dw_ref, atol=FORWARD_ATOL)
     if b is not None:
         np.testing.assert_allclose(bt.grad, db_ref, atol=FORWARD_ATOL)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_in_chunks_of_images_matches_plain_definition(stride):
+    """With the columns' budget cut to two images' worth, a batch of 5 runs in chunks of 2, 2, 1:
+    outputs and all three gradients still match the definition.
+
+    Catches: a chunk written to the wrong images of y, a last partial chunk dropped, dW summed
+    over one chunk only (or a chunk counted twice), dx at stride 2 (spread grid) chunked wrong."""
+    from unittest import mock
+
+    r = np.random.default_rng(7)
+    x, w, b = r.standard_normal((5, 3, 6, 5)), r.standard_normal((4, 3, 3, 3)), r.standard_normal(4)
+    g = r.standard_normal((5, 4, (6 - 1) // stride + 1, (5 - 1) // stride + 1))
+    xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
+    with mock.patch.object(F, "_COLS_BYTES", 2 * 3 * 9 * g.shape[2] * g.shape[3] * 8):  # 2 images per forward chunk
+        assert len(F._image_chunks(5, 3 * 9 * g.shape[2] * g.shape[3] * 8)) == 3
+        y = F.conv2d(xt, wt, bt, stride=stride, padding=1)
+        y.backward(g)
+    y_ref, dx_ref, dw_ref, db_ref = conv2d_plain(x, w, b, stride, 1, g)
+    np.testing.assert_allclose(y.data, y_ref, atol=FORWARD_ATOL)  # float64, as the test above
+    np.testing.assert_allclose(xt.grad, dx_ref, atol=FORWARD_ATOL)
+    np.testing.assert_allclose(wt.grad, dw_ref, atol=FORWARD_ATOL)
+    np.testing.assert_allclose(bt.grad, db_ref, atol=FORWARD_ATOL)
 
 
 def test_conv2d_outputs_and_gradients_do_not_share_the_scratch_buffers():
@@ -441,6 +500,38 @@ def test_group_norm_forward_matches_naive_loops(args):
     x, G, w, b = args
     # 1/sqrt(var + 1e-5) can reach ~300 for near-constant groups: errors scale with it, hence 1e-10
     np.testing.assert_allclose(F.group_norm(x, G, w, b).data, group_norm_loops(x, G, w, b, 1e-5), atol=1e-10)
+
+
+@settings(max_examples=30)
+@given(group_norm_operands())
+def test_group_norm_with_and_without_gradient_match_naive_loops(args):
+    """The recording path (xhat kept for the backward) and the no-backward fast path (affine
+    folded into one per-channel scale on the centred buffer) give the loops' output.
+
+    Catches: a wrong folded scale (rstd of the wrong group, gamma missing), beta added twice or
+    not at all, the input overwritten in place. Tolerance as in the test above."""
+    x, G, w, b = args
+    ref = group_norm_loops(x, G, w, b, 1e-5)
+    x_before = x.copy()
+    y_grad = F.group_norm(Tensor(x, requires_grad=True), G, w, b)
+    with no_grad():
+        y_fast = F.group_norm(Tensor(x, requires_grad=True), G, w, b)
+    assert y_grad.requires_grad and not y_fast.requires_grad
+    np.testing.assert_allclose(y_grad.data, ref, atol=1e-10)
+    np.testing.assert_allclose(y_fast.data, ref, atol=1e-10)
+    np.testing.assert_array_equal(x, x_before)
+
+
+def test_group_norm_dtype_is_the_same_with_and_without_gradient():
+    """float32 x with float64 gamma and beta gives float64 on both paths (NumPy's promotion), and
+    float32 parameters keep float32. Catches: the no-backward path writing a promoted result into
+    x's float32 buffer (a silent loss of precision that only the no_grad path would show)."""
+    x = np.random.default_rng(2).standard_normal((2, 4, 3)).astype(np.float32)
+    for w in (np.ones(4), np.ones(4, dtype=np.float32)):
+        recorded = F.group_norm(Tensor(x, requires_grad=True), 2, w, w)
+        with no_grad():
+            fast = F.group_norm(x, 2, w, w)
+        assert fast.dtype == recorded.dtype == np.result_type(x, w)
 
 
 def test_group_norm_rejects_indivisible_channels():
@@ -636,9 +727,7 @@ def test_attention_gradient_matches_finite_differences(qkv):
     check_gradients(F.scaled_dot_product_attention, list(qkv))
 
 
-@given(attention_operands())
-def test_attention_forward_matches_naive_loops(qkv):
-    q, k, v = qkv
+def attention_loops(q, k, v):
     expected = np.zeros(q.shape[:-1] + (v.shape[-1],))
     for idx in np.ndindex(q.shape[:-2]):
         for i in range(q.shape[-2]):
@@ -646,7 +735,31 @@ def test_attention_forward_matches_naive_loops(qkv):
             weights = [math.exp(s) for s in scores]
             total = sum(weights)
             expected[idx][i] = sum(wt / total * v[idx][j] for j, wt in enumerate(weights))
-    np.testing.assert_allclose(F.scaled_dot_product_attention(q, k, v).data, expected, atol=FORWARD_ATOL)
+    return expected
+
+
+@given(attention_operands())
+def test_attention_forward_matches_naive_loops(qkv):
+    q, k, v = qkv
+    np.testing.assert_allclose(F.scaled_dot_product_attention(q, k, v).data, attention_loops(q, k, v), atol=FORWARD_ATOL)
+
+
+@settings(max_examples=30)
+@given(attention_operands())
+def test_attention_with_and_without_gradient_match_naive_loops(qkv):
+    """The recording path (P normalised and kept) and the no-backward fast path (exp(S) V divided
+    by the row sums afterwards) both give the loops' output.
+
+    Catches: the denominators applied on the wrong axis or twice, the fast path taken while a
+    gradient is wanted (the output would not record it). Tolerance as in the test above."""
+    q, k, v = qkv
+    expected = attention_loops(q, k, v)
+    recorded = F.scaled_dot_product_attention(*(Tensor(a, requires_grad=True) for a in (q, k, v)))
+    with no_grad():
+        fast = F.scaled_dot_product_attention(*(Tensor(a, requires_grad=True) for a in (q, k, v)))
+    assert recorded.requires_grad and not fast.requires_grad
+    np.testing.assert_allclose(recorded.data, expected, atol=FORWARD_ATOL)
+    np.testing.assert_allclose(fast.data, expected, atol=FORWARD_ATOL)
 
 
 def test_attention_shape_mismatch_names_shapes():

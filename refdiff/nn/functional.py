@@ -24,7 +24,7 @@ import threading
 
 import numpy as np
 
-from .autograd import Tensor
+from .autograd import Tensor, is_grad_enabled
 from ..backend import array_module, einsum, matmul
 
 
@@ -109,19 +109,20 @@ def silu(x):
     instead of 5 with the tanh form (1 + tanh(x/2)) / 2 of before (kept in the tests as the
     definition), and NumPy's float32 exp is ~1.6x faster than its tanh on AVX2 (1.8 vs 2.9 ns
     per element): 5.9 -> 3.0 ns per element without a gradient (2-core Xeon, 4M elements).
+    Without a gradient to record: _silu_in_blocks.
     For x << 0, e^-x overflows to inf and y = x / inf = -0 (the right limit); that overflow is
     expected and not reported.
     """
     x = _tensor(x)
     xp = x.xp
     a = x.data
+    if not (is_grad_enabled() and x.requires_grad):
+        return _node(_silu_in_blocks(a), x)
     with _overflow_ignored(xp):
         e = xp.negative(a)
         xp.exp(e, out=e)
         e += 1  # 1 + e^-x = 1 / sigmoid(x)
     out = _node(a / e, x)
-    if not out.requires_grad:
-        return out
     s = xp.divide(1, e, out=e)  # sigmoid(x), kept for the backward
 
     def backward():  # dy/dx = s + x s (1 - s) = s (1 + x (1 - s))
@@ -133,6 +134,33 @@ def silu(x):
         x._accumulate(d)
 
     return out._set_backward(backward)
+
+
+_SILU_BLOCK = 32768  # values: 128 KiB of float32, well inside a 1 MiB L2 cache
+
+
+def _silu_in_blocks(a):
+    """y = a / (1 + e^-a) with no backward to prepare (fast path, issue 13).
+
+    The four passes (negate, exp, +1, divide) run block by block through a small buffer that
+    stays in cache, so the data crosses main memory once each way instead of four times, and y
+    is the only new array. Measured gain: benchmarks/bench_fast_paths_cpu.py --path silu_blocks
+    (RESULTS.md, issue 13). On CuPy the whole array is one block.
+    """
+    xp = array_module(a)
+    flat = xp.ascontiguousarray(a).reshape(-1)
+    block = _SILU_BLOCK if xp is np else max(flat.size, 1)
+    y = xp.empty_like(flat)
+    e = xp.empty(min(flat.size, block), dtype=flat.dtype)  # 1 + e^-a of one block
+    with _overflow_ignored(xp):
+        for start in range(0, flat.size, block):
+            a_b = flat[start : start + block]
+            e_b = e[: a_b.size]
+            xp.negative(a_b, out=e_b)
+            xp.exp(e_b, out=e_b)
+            e_b += 1
+            xp.divide(a_b, e_b, out=y[start : start + block])
+    return y.reshape(a.shape)
 
 
 def _overflow_ignored(xp):
@@ -258,59 +286,80 @@ def _workspace(xp, role, shape, dtype):
     return buf[:size].reshape(shape)
 
 
-def _padded_channels_last(x, ph, pw):
-    """x (N, C, H, W) as x_pad (N, H + 2 ph, W + 2 pw, C), zeros around, in a scratch buffer."""
+def _padded(x, ph, pw):
+    """x (N, C, H, W) with ph zero rows above and below and pw zero columns left and right, in a scratch buffer."""
     xp = array_module(x)
     N, C, H, W = x.shape
-    x_pad = _workspace(xp, "pad", (N, H + 2 * ph, W + 2 * pw, C), x.dtype)  # (N, Hp, Wp, C)
+    x_pad = _workspace(xp, "pad", (N, C, H + 2 * ph, W + 2 * pw), x.dtype)  # (N, C, Hp, Wp)
     if ph:
-        x_pad[:, :ph] = 0
-        x_pad[:, ph + H :] = 0
+        x_pad[:, :, :ph] = 0
+        x_pad[:, :, ph + H :] = 0
     if pw:
-        x_pad[:, :, :pw] = 0
-        x_pad[:, :, pw + W :] = 0
-    x_pad[:, ph : ph + H, pw : pw + W, :] = x.transpose(0, 2, 3, 1)
+        x_pad[:, :, :, :pw] = 0
+        x_pad[:, :, :, pw + W :] = 0
+    x_pad[:, :, ph : ph + H, pw : pw + W] = x
     return x_pad
 
 
 def _im2col(x, kh, kw, sh, sw, ph, pw):
-    """Receptive fields as rows: (N, C, H, W) -> cols (N*Ho*Wo, kh*kw*C),
+    """Receptive fields as columns, one matrix per image: (N, C, H, W) -> cols (N, C*kh*kw, Ho*Wo),
 
-        cols[(n, h, w), (i, j, c)] = x_pad[n, c, sh h + i, sw w + j],
+        cols[n, (c, i, j), (h, w)] = x_pad[n, c, sh h + i, sw w + j],
 
-    x_pad being x with ph zero rows above and below and pw zero columns left and right. The
-    padded copy is channels-last (N, Hp, Wp, C), so a row is kh*kw runs of C contiguous values;
-    a strided view picks the windows (no copy) and one copy gathers them. Both the padded copy
-    and the columns are scratch buffers: valid until the next conv2d.
+    x_pad being x with ph zero rows above and below and pw zero columns left and right
+    (Chellapilla et al. 2006; Caffe's im2col). Rows (c, i, j) are in the order of the weight's
+    (C, kh, kw) axes, so W (O, C, kh, kw) is the matrix (O, C*kh*kw) as it is; the padded copy
+    stays NCHW, so both copies move runs of contiguous values. A strided view picks the windows
+    (no copy) and one copy gathers them. Both the padded copy and the columns are scratch
+    buffers: valid until the next conv2d.
     """
     xp = array_module(x)
     N, C, H, W = x.shape
     Ho, Wo = _conv_output_size(H, kh, sh, ph), _conv_output_size(W, kw, sw, pw)
-    x_pad = _padded_channels_last(x, ph, pw)
-    sN, sH, sW, sC = x_pad.strides
+    x_pad = _padded(x, ph, pw) if ph or pw else x  # any strided view will do: no copy without padding
+    sN, sC, sH, sW = x_pad.strides
     windows = xp.lib.stride_tricks.as_strided(
-        x_pad, shape=(N, Ho, Wo, kh, kw, C), strides=(sN, sH * sh, sW * sw, sH, sW, sC)
+        x_pad, shape=(N, C, kh, kw, Ho, Wo), strides=(sN, sC, sH, sW, sH * sh, sW * sw)
     )
-    cols = _workspace(xp, "cols", (N, Ho, Wo, kh, kw, C), x.dtype)
+    cols = _workspace(xp, "cols", (N, C, kh, kw, Ho, Wo), x.dtype)
     cols[...] = windows
-    return cols.reshape(N * Ho * Wo, kh * kw * C)
+    return cols.reshape(N, C * kh * kw, Ho * Wo)
+
+
+# Columns for a chunk of images at a time (fast path): the scratch columns stay at most this size
+# (half the 32 MiB L3 cache of the machine measured) instead of kh*kw times the whole batch's input
+# (226 MiB at batch 64, 96 channels at 32x32). Why: memory (peak RSS of the training step 538 ->
+# 491 MiB); the speed is the same within the noise (paired medians chunked / whole 1.00-1.06,
+# benchmarks/bench_fast_paths_cpu.py --path cols_chunks, RESULTS.md issue 13).
+_COLS_BYTES = 16 * 2**20
+
+
+def _image_chunks(N, bytes_per_image):
+    """Slices of the batch axis 0..N, each holding at most _COLS_BYTES of columns (at least one image)."""
+    step = max(1, _COLS_BYTES // max(bytes_per_image, 1))
+    return [slice(n, min(n + step, N)) for n in range(0, N, step)]
 
 
 def _correlate(x, w, sh, sw, ph, pw):
-    """y[n,o,h,w] = sum_{c,i,j} w[o,c,i,j] x_pad[n, c, sh h + i, sw w + j] as im2col + one GEMM:
+    """y[n,o,h,w] = sum_{c,i,j} w[o,c,i,j] x_pad[n, c, sh h + i, sw w + j] as im2col + one GEMM per image:
 
-    Y (N*Ho*Wo, O) = cols (N*Ho*Wo, kh*kw*C) @ W (kh*kw*C, O), returned as (N, O, Ho, Wo), a
-    new array. (The long N*Ho*Wo axis goes first: OpenBLAS runs this ~1.6x faster than
-    W @ cols^T when O is small, measured at the U-Net's shapes.)
+    Y[n] (O, Ho*Wo) = W (O, C*kh*kw) @ cols[n] (C*kh*kw, Ho*Wo), returned as (N, O, Ho, Wo), a
+    new array; the columns are built for a few images at a time (_image_chunks). Fast path
+    (issue 13): this channel-major layout replaced a channels-last one (cols (N*Ho*Wo, kh*kw*C)
+    @ W^T) whose NCHW -> NHWC copy of the input ran at ~1 GB/s and whose output needed a
+    transpose back; with NumPy 2.4's stacked matmul the per-image GEMM W @ cols[n] is also as
+    fast as or faster than the single tall GEMM. Measured: benchmarks/RESULTS.md, issue 13,
+    second round (with it, the GEMMs are at PyTorch's conv speed and the im2col copy is the rest).
     """
     xp = array_module(x)
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
     Ho, Wo = _conv_output_size(H, kh, sh, ph), _conv_output_size(W, kw, sw, pw)
-    cols = _im2col(x, kh, kw, sh, sw, ph, pw)
-    w2 = w.transpose(2, 3, 1, 0).reshape(kh * kw * C, O)  # rows (i, j, c), like the columns of cols
-    y = matmul(cols, w2, out=_workspace(xp, "gemm", (N * Ho * Wo, O), cols.dtype))  # (N*Ho*Wo, O)
-    return y.reshape(N, Ho, Wo, O).transpose(0, 3, 1, 2).copy()  # a new C-ordered array, even when O = 1
+    w2 = w.reshape(O, C * kh * kw)
+    y = xp.empty((N, O, Ho * Wo), dtype=xp.result_type(x.dtype, w.dtype))
+    for images in _image_chunks(N, C * kh * kw * Ho * Wo * x.dtype.itemsize):
+        matmul(w2, _im2col(x[images], kh, kw, sh, sw, ph, pw), out=y[images])  # (n, O, Ho*Wo)
+    return y.reshape(N, O, Ho, Wo)
 
 
 def _is_pointwise(kh, kw, sh, sw, ph, pw):
@@ -329,8 +378,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
 
     Fast paths (the plain definition they are checked against is conv2d_plain in
     tests/test_functional.py, outputs and gradients in float64 on hypothesis shapes):
-    - the temporaries (padded input, columns, GEMM result, spread gradient) are reused scratch
-      buffers (_workspace), not fresh pages from the kernel at each call;
+    - the temporaries (padded input, columns, dW's per-image products, spread gradient) are
+      reused scratch buffers (_workspace), not fresh pages from the kernel at each call;
+    - the columns are channel-major, one (C*kh*kw, Ho*Wo) matrix per image (_im2col), so the
+      input and output stay NCHW: no layout transpose on either side of the GEMM;
     - a 1x1 convolution (stride 1, no padding) is y[n] = W x[n] with x[n] viewed as (C, H*W):
       one stacked GEMM straight in NCHW, no im2col copy and no layout transposes.
     Measured gains: benchmarks/RESULTS.md, "Forward passes and sampling on the CPU".
@@ -366,12 +417,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
 
     def backward():
         g = out.grad  # (N, O, Ho, Wo)
-        if weight.requires_grad:  # dW[o,c,i,j] = sum_{n,h,w} dY[n,o,h,w] x_pad[n, c, s h + i, s w + j] = cols^T dY
-            g2 = _workspace(xp, "grad", (N, Ho, Wo, O), g.dtype)
-            g2[...] = g.transpose(0, 2, 3, 1)
-            cols = _im2col(x.data, kh, kw, sh, sw, ph, pw)  # (N*Ho*Wo, kh*kw*C)
-            dw = (cols.T @ g2.reshape(N * Ho * Wo, O)).reshape(kh, kw, C, O).transpose(3, 2, 0, 1)
-            weight._accumulate(xp.ascontiguousarray(dw))
+        if weight.requires_grad:  # dW[o,c,i,j] = sum_{n,h,w} dY[n,o,h,w] x_pad[n, c, s h + i, s w + j]
+            g3 = g.reshape(N, O, Ho * Wo)
+            dw = 0
+            for images in _image_chunks(N, C * kh * kw * Ho * Wo * x.dtype.itemsize):  # as in _correlate
+                cols = _im2col(x.data[images], kh, kw, sh, sw, ph, pw)  # (n, C*kh*kw, Ho*Wo)
+                dw_n = _workspace(xp, "dw", (cols.shape[0], O, C * kh * kw), g.dtype)
+                dw = dw + xp.matmul(g3[images], cols.transpose(0, 2, 1), out=dw_n).sum(axis=0)  # sum_n dY[n] cols[n]^T
+            weight._accumulate(dw.reshape(O, C, kh, kw))
         if bias is not None and bias.requires_grad:  # db = sum dY over batch and space
             bias._accumulate(g.sum(axis=(0, 2, 3)))
         if x.requires_grad:
@@ -379,11 +432,16 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
             # s divides a - i and b - j. Spread dY on a zero grid at stride s with kh-1, kw-1 zeros of
             # margin; then dx_pad = that grid correlated with W flipped (i -> kh-1-i) and C, O swapped.
             # Only rows ph..ph+H-1 (columns pw..pw+W-1) of dx_pad are dx, so only those are computed.
+            w_flip = weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, O, kh, kw)
+            if (sh, sw) == (1, 1) and ph < kh and pw < kw:
+                # Stride 1: that grid is dY with kh-1-ph rows and kw-1-pw columns of zeros on each
+                # side, which is _correlate's own padding (fast path: one zero-fill pass fewer).
+                x._accumulate(_correlate(g, w_flip, 1, 1, kh - 1 - ph, kw - 1 - pw))  # (N, C, H, W)
+                return
             grid = _workspace(xp, "grid", (N, O, H + 2 * ph + kh - 1, W + 2 * pw + kw - 1), g.dtype)
             grid[...] = 0
             grid[:, :, kh - 1 : kh - 1 + sh * Ho : sh, kw - 1 : kw - 1 + sw * Wo : sw] = g
             grid = grid[:, :, ph : ph + H + kh - 1, pw : pw + W + kw - 1]
-            w_flip = weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, O, kh, kw)
             x._accumulate(_correlate(grid, w_flip, 1, 1, 0, 0))  # (N, C, H, W)
 
     return out._set_backward(backward)
@@ -450,6 +508,19 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     xhat = xg - mu  # centred now, normalised in place below (this op is memory-bound)
     var = einsum("ngm,ngm->ng", xhat, xhat)[..., None] / M  # biased variance, no temporary
     rstd = 1 / xp.sqrt(var + eps)  # (N, G, 1)
+    parents = tuple(p for p in (x, weight, bias) if p is not None)
+    in_place = xp.result_type(xhat, *(p.data for p in parents[1:])) == xhat.dtype  # gamma, beta promote nothing
+    if in_place and not (is_grad_enabled() and any(p.requires_grad for p in parents)):
+        # No backward (fast path): xhat is not kept, so y = (x - mu) (rstd gamma) + beta is made
+        # in the centred buffer: 5 passes over the data and one new array instead of 6 and two.
+        scale = xp.repeat(rstd[:, :, 0], C // G, axis=1)  # (N, C): rstd of each channel's group
+        if weight is not None:
+            scale *= weight.data
+        y = xhat.reshape(N, C, -1)  # (N, C, spatial)
+        y *= scale[:, :, None]
+        if bias is not None:
+            y += bias.data[:, None]
+        return _node(y.reshape(x.shape), *parents)
     xhat *= rstd  # (N, G, M)
     y = xhat.reshape(x.shape)  # shares xhat's memory until the affine step makes a new array
     if weight is not None:
@@ -459,7 +530,6 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
             y += bias.data.reshape(cshape)  # y is the fresh product: update it in place
         else:
             y = y + bias.data.reshape(cshape)
-    parents = tuple(p for p in (x, weight, bias) if p is not None)
     out = _node(y, *parents)
 
     def backward():
@@ -636,7 +706,14 @@ def scaled_dot_product_attention(q, k, v, scale=None):
     p = matmul(q_scaled, xp.swapaxes(k.data, -1, -2))  # scores S = scale Q K^T (..., L, S), made into P in place:
     p -= p.max(axis=-1, keepdims=True)  # shift each row by its max: exp cannot overflow
     xp.exp(p, out=p)
-    p /= p.sum(axis=-1, keepdims=True)  # attention weights P = softmax(S), rows sum to 1
+    denominators = p.sum(axis=-1, keepdims=True)  # (..., L, 1)
+    if not (is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        # No backward (fast path): P V = (exp(S) V) / rowsum(exp(S)) divides the (L, dv) product
+        # instead of the (L, S) weights, which are not kept (a pass over L*dv values, not L*S).
+        o = matmul(p, v.data)  # (..., L, dv)
+        o /= denominators
+        return _node(o, q, k, v)
+    p /= denominators  # attention weights P = softmax(S), rows sum to 1, kept for the backward
     out = _node(matmul(p, v.data), q, k, v)  # (..., L, dv)
 
     def backward():
