@@ -705,7 +705,7 @@ def check_inpaint_mask(mask, x, name="mask", x_name="x_known"):
                          f"got {tuple(mask.shape)}")
     if not np.isin(mask, (0, 1)).all():
         bad = mask[~np.isin(mask, (0, 1))].flat[0]
-        raise ValueError(f"{name} must hold only 0 (fill in) and 1 (keep), got the value {bad!r}")
+        raise ValueError(f"{name} must hold only 0 (fill in) and 1 (keep), got the value {float(bad):g}")
     return mask.astype(bool)
 
 
