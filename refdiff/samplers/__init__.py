@@ -31,6 +31,9 @@ through loop.run_sampler, so a new sampler plugs in by registering: one module p
     dpm_solver.py   dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, dpmpp_3m_sde, dpmpp_2s, dpmpp_3s (DPM-Solver++) and their grids
     unipc.py        unipc (UniPC, B(h) = e^-h - 1)
     score_sde.py    score_sde_euler, score_sde_pc, annealed_langevin (the reverse SDE, predictor-corrector, NCSN)
+    editing.py      image editing with any model(x, t): sdedit (img2img on any sampler's truncated grid),
+                    inpaint_replace and repaint (RePaint's resampling jumps), superres (SR3's concatenated
+                    condition; area-average down, nearest-neighbour up)
 
 Timesteps of ddpm/ddim are integers 0..T-1 (index t is the paper's step t+1); t_prev < 0 means
 "before the first step" (abar_prev = 1).

@@ -244,8 +244,9 @@ def concat_condition(x_t, x_cond):
 
 def superres(model, x_low, process, factor, sampler="ddim", steps=50, rng=None, prediction_type="epsilon",
              **options):
-    """Super-resolution (SR3): x_0 of shape (B, C, h factor, w factor) sampled with `sampler` from
-    the model given [x_t, up(x_low)] (concat_condition, upsample_nearest).
+    """Super-resolution (SR3, Saharia et al. 2021 sec. 2 and Algorithm 2): x_0 of shape
+    (B, C, h factor, w factor) sampled with `sampler` from the model given [x_t, up(x_low)]
+    (concat_condition, upsample_nearest).
 
     model(x, t): a network with 2 C input and C output channels; x_low (B, C, h, w) in the data
     scale; the rest as rd.sample_loop. rng: a NumPy Generator (x_T is its first draw)."""
