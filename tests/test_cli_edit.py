@@ -35,6 +35,14 @@ def runs(tmp_path_factory):
     return pixel, sr, x, mask, {k: str(v) for k, v in files.items()}, root
 
 
+def test_edit_help_exits_zero_and_names_the_modes(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["edit", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert all(mode in out for mode in ("img2img", "inpaint", "superres"))
+
+
 def test_superres_run_records_its_factor_and_a_2c_channel_unet(runs):
     """The checkpoint brings back the factor and the U-Net that reads [x_t, up(x_low)]: 2 channels in, 1 out."""
     _, sr, _, _, _, _ = runs
