@@ -91,6 +91,7 @@ def main(argv=None):
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--runs", default=None, help="keep/reuse the trained runs here")
     p.add_argument("--train-steps", type=int, default=2000)
+    p.add_argument("--superres-steps", type=int, default=None, help="training steps of the SR model (default --train-steps)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--n-eval", type=int, default=200, help="held-out digits edited")
     p.add_argument("--steps", type=int, default=50, help="sampling steps")
@@ -99,6 +100,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.train_steps, args.n_eval, args.steps, args.jump_length, args.jump_n_sample = 5, 20, 5, 2, 2
+        args.superres_steps = 5
     os.makedirs(args.out, exist_ok=True)
     record = {"args": vars(args)}
     t_all = time.perf_counter()
@@ -154,7 +156,8 @@ def main(argv=None):
     save_image_grid(np.concatenate(pictures), os.path.join(args.out, "editing_img2img.png"), nrow=16)
 
     # ---- super-resolution x2: 4x4 -> 8x8
-    sr, seconds = trained(args.runs, "superres", train_set, args.train_steps, args.batch_size, args.seed, superres=2,
+    sr_steps = args.superres_steps or args.train_steps
+    sr, seconds = trained(args.runs, "superres", train_set, sr_steps, args.batch_size, args.seed, superres=2,
                           progress=not args.quick)
     record["superres_train_seconds"] = seconds
     x_low = editing.downsample_area(x_true, 2)
@@ -168,7 +171,8 @@ def main(argv=None):
                     os.path.join(args.out, "editing_superres.png"), nrow=16)
 
     r = record
-    print(f"8x8 digits, {args.n_eval} held-out images; U-Nets (base 32, mults 1,2) trained {args.train_steps} steps, "
+    print(f"8x8 digits, {args.n_eval} held-out images; U-Nets (base 32, mults 1,2) trained {args.train_steps} steps "
+          f"(super-resolution: {args.superres_steps or args.train_steps}), "
           f"batch {args.batch_size}; sampling {args.steps} steps; RePaint j={args.jump_length} r={args.jump_n_sample}")
     print(f"  Frechet distance of the real held-out digits themselves: {r['frechet_real_baseline']:.2f}; "
           f"judge's accuracy on them {100 * r['real_label_accuracy']:.1f}%")
