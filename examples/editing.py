@@ -71,15 +71,18 @@ def trained(runs, name, data, steps, batch_size, seed, superres=None, progress=T
         diffusion, meta = load_diffusion(out_dir)
         if meta["step"] >= steps:
             return diffusion, None
-    C = data.x.shape[1]
-    model = rd.UNet(in_channels=C * (2 if superres else 1), out_channels=C, base_channels=32, channel_mults=(1, 2),
-                    num_res_blocks=1, attention_resolutions=(), sample_size=8, norm_groups=8, seed=seed)
-    diffusion = rd.GaussianDiffusion(model, rd.NoiseSchedule.linear(T=1000), superres_factor=superres)
-    trainer = Trainer(diffusion, data, out_dir=out_dir, progress=progress, batch_size=batch_size, lr=2e-3,
-                      warmup_steps=100, ema_decay=0.995, seed=seed, sample_n=16, sample_steps=20,
-                      checkpoint_every=0, checkpoint_minutes=5)
+        trainer = Trainer.resume(out_dir, dataset=data, progress=progress)  # continues exactly (same draws)
+    else:
+        C = data.x.shape[1]
+        model = rd.UNet(in_channels=C * (2 if superres else 1), out_channels=C, base_channels=32, channel_mults=(1, 2),
+                        num_res_blocks=1, attention_resolutions=(), sample_size=8, norm_groups=8, seed=seed)
+        diffusion = rd.GaussianDiffusion(model, rd.NoiseSchedule.linear(T=1000), superres_factor=superres)
+        trainer = Trainer(diffusion, data, out_dir=out_dir, progress=progress, batch_size=batch_size, lr=2e-3,
+                          warmup_steps=100, ema_decay=0.995, seed=seed, sample_n=16, sample_steps=20,
+                          checkpoint_every=0, checkpoint_minutes=5)
+    diffusion, model = trainer.diffusion, trainer.model
     t0 = time.perf_counter()
-    trainer.train(steps)
+    trainer.train(steps - trainer.step)
     seconds = time.perf_counter() - t0
     if out_dir:
         trainer.save_checkpoint()
