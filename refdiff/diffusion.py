@@ -106,6 +106,7 @@ class GaussianDiffusion:
         self.superres_factor = None if superres_factor is None else check_positive_int(superres_factor, "superres_factor")
 
     objective = "diffusion"
+    superres_factor = None  # the siblings (FlowMatching, ...) have no super-resolution mode
 
     @property
     def T(self):
@@ -359,7 +360,8 @@ class GaussianDiffusion:
                         bar.update(1)
 
                 try:
-                    x, _ = run_sampler(self._model_pair(int(n), y, guidance_scale, x_cond), x, self.schedule, sampler, steps,
+                    x, _ = run_sampler((self._model_pair(int(n), y, guidance_scale) if x_cond is None  # siblings take no x_cond
+                                        else self._model_pair(int(n), y, guidance_scale, x_cond)), x, self.schedule, sampler, steps,
                                        rng, self.prediction_type, backend=self.backend, guidance_scale=guidance_scale,
                                        defaults=defaults, on_step=on_step, **options)
                 except (ValueError, FloatingPointError) as e:
@@ -391,7 +393,8 @@ class GaussianDiffusion:
 
     def _host_model(self, n, x_cond=None):
         """model(x, t) -> the network's output as a host array, x and t as rd.sample_loop gives them."""
-        pair = self._model_pair(n, None, 1.0, None if x_cond is None else self.backend.asarray(x_cond))
+        pair = (self._model_pair(n, None, 1.0) if x_cond is None
+                else self._model_pair(n, None, 1.0, self.backend.asarray(x_cond)))
 
         def model(x, t):
             with no_grad():
