@@ -14,6 +14,7 @@ import numpy as np
 
 from ..backend import per_sample
 from ..checks import check_noise_given, check_step_arrays, check_step_options, check_step_timesteps, check_variance_type
+from ..gaussian.guidance import classifier_guided_mean
 from ..gaussian.parameterization import x0_eps_from_model_output
 from ..gaussian.posterior import posterior_mean_coefficients, posterior_variance
 from .common import clipped, draw_noise, guided
@@ -113,17 +114,25 @@ def sample_ddpm(
     clip_sample_range=1.0,
     guidance_scale=1.0,
     first_step=0,
+    classifier_gradient=None,
 ):
     """DDPM ancestral sampling (DDPM Algorithm 2), over all T steps or a strided sub-sequence.
 
     x_{t_prev} ~ p(x_{t_prev} | x_t): the posterior q(x_{t_prev} | x_t, x0_pred) with x0_pred from
     the model output (DDPM eqs. 6-7 and 15). With steps < T the step skips from t to t_prev
     (the strided DDPM of diffusers' DDPMScheduler with num_inference_steps).
+
+    classifier_gradient: None, or a function (x_t, t) -> s grad_x log p_phi(y | x_t) (the scaled
+    classifier gradient at the step's input): classifier guidance by Dhariwal & Nichol 2021,
+    Algorithm 1, x_{t_prev} ~ N(mean + s Sigma_t grad, Sigma_t). The step draws mean + sqrt(Sigma_t) z,
+    so adding Sigma_t s grad to the drawn x_{t_prev} is exactly the draw from the shifted mean, whatever
+    clipping did to the mean; Sigma_t is the step's variance (ddpm_variance of t, t_prev).
     """
     if eta != 0.0:
         raise ValueError("eta applies to the DDIM sampler; DDPM has no eta (it is DDIM with eta=1)")
     for t, t_prev in timestep_pairs(steps, schedule.T, spacing, steps_offset)[first_step:]:  # img2img starts later
         model_output, model_output_uncond = denoise(x, t)
+        x_t = x
         x = backend.ddpm_step(
             x,
             model_output,
@@ -138,4 +147,8 @@ def sample_ddpm(
             model_output_uncond=model_output_uncond,
             guidance_scale=guidance_scale,
         )
+        if classifier_gradient is not None:  # Algorithm 1: the mean moved by s Sigma_t grad log p_phi(y | x_t)
+            abar_t, abar_prev = schedule.alphas_cumprod_at(t), schedule.alphas_cumprod_at(t_prev)
+            variance = float(ddpm_variance(abar_t, abar_prev, variance_type))  # also at t = 0, as guided-diffusion
+            x = classifier_guided_mean(x, variance, classifier_gradient(x_t, t), 1.0)
         yield t, x
