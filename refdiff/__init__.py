@@ -61,6 +61,11 @@ _EXPORTS = {
     "FlowProcess": "refdiff.gaussian.process",
     "as_process": "refdiff.gaussian.process",
     "sample_loop": "refdiff.samplers.loop",
+    # image editing on a plain model(x, t): img2img, inpainting, super-resolution
+    "sdedit": "refdiff.samplers.editing",
+    "inpaint_replace": "refdiff.samplers.editing",
+    "repaint": "refdiff.samplers.editing",
+    "superres": "refdiff.samplers.editing",
     "timestep_embedding": "refdiff.gaussian.embedding",
     # autograd, layers, networks, optimizers
     "Tensor": "refdiff.nn.autograd",

@@ -675,6 +675,58 @@ def check_nested_grids(student, teacher):
                          f"grid as every other timestep")
 
 
+# ---- image editing (refdiff.samplers.editing) --------------------------------------------------------
+
+
+def check_strength(strength):
+    """img2img's strength as a float in [0, 1] (the fraction of the grid that is run again)."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
+        raise TypeError(f"strength must be a number in [0, 1], got {type(strength).__name__}")
+    if not 0.0 <= float(strength) <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    return float(strength)
+
+
+def check_inpaint_mask(mask, x, name="mask", x_name="x_known"):
+    """An inpainting mask for `x` as a bool array: 1 (True) where x is kept, 0 where it is filled in.
+    Its shape must be x's, x's without the batch axis, or either with one channel (broadcast over
+    the channels); its values 0 and 1 only."""
+    mask = np.asarray(to_numpy(mask))
+    if mask.dtype == object or not (np.issubdtype(mask.dtype, np.number) or mask.dtype == bool):
+        raise TypeError(f"{name} must be an array of 0 and 1, got dtype {mask.dtype}")
+    shape, ok = tuple(x.shape), False
+    if mask.ndim in (len(shape), len(shape) - 1) and mask.ndim >= 1:
+        full = shape[len(shape) - mask.ndim:]
+        one_channel = full[:-3] + (1,) + full[-2:] if len(full) >= 3 else None
+        ok = tuple(mask.shape) in (full, one_channel) or (mask.ndim == len(shape) and mask.shape[0] == 1
+                                                          and tuple(mask.shape[1:]) in (full[1:], (one_channel or (None,))[1:]))
+    if not ok:
+        raise ValueError(f"{name} must have the shape of {x_name} {shape} (or {shape[1:]}, or with 1 channel), "
+                         f"got {tuple(mask.shape)}")
+    if not np.isin(mask, (0, 1)).all():
+        bad = mask[~np.isin(mask, (0, 1))].flat[0]
+        raise ValueError(f"{name} must hold only 0 (fill in) and 1 (keep), got the value {float(bad):g}")
+    return mask.astype(bool)
+
+
+def check_image_factor(x, factor, name):
+    """A resolution factor for images x (B, C, H, W): a positive int dividing H and W."""
+    factor = check_positive_int(factor, "factor")
+    if getattr(x, "ndim", 0) != 4:
+        raise ValueError(f"{name} must be images (B, C, H, W), got shape {tuple(getattr(x, 'shape', ()))}")
+    if x.shape[2] % factor or x.shape[3] % factor:
+        raise ValueError(f"factor {factor} must divide {name}'s height and width, got {x.shape[2]}x{x.shape[3]}")
+    return factor
+
+
+def check_condition_channels(x_cond, in_channels, out_channels, name="x_cond"):
+    """A conditioning image for a network conditioned by concatenation: x_cond's channels plus the
+    out_channels of x_t must be the network's in_channels."""
+    c = int(x_cond.shape[1]) if getattr(x_cond, "ndim", 0) >= 2 else None
+    if c is None or c + out_channels != in_channels:
+        raise ValueError(f"{name} must have {in_channels - out_channels} channels (the network takes {in_channels} "
+                         f"= {out_channels} of x_t + those of {name}), got shape {tuple(getattr(x_cond, 'shape', ()))}")
+    return x_cond
 GUIDANCE_KINDS = ("classifier_free", "classifier")
 
 

@@ -8,6 +8,10 @@
     refdiff sample runs/moons --sampler euler --steps 20 --option s_churn=0.5 --out moons.png
     refdiff train --data moons --objective flow_matching --steps 3000 --out runs/moons-fm
     refdiff sample runs/moons-fm --sampler flow_euler --steps 8 --out moons-fm.png
+    refdiff train --data digits --superres 2 --steps 2000 --out runs/digits-sr      # super-resolution x2 (SR3)
+    refdiff edit runs/digits --mode inpaint --input digit.png --mask mask.png --method repaint --out filled.png
+    refdiff edit runs/digits --mode img2img --input digit.png --strength 0.6 --sampler ddim --steps 50 --out edited.png
+    refdiff edit runs/digits-sr --mode superres --input small.npz --sampler ddim --steps 50 --out large.png
     refdiff sample path/to/google-ddpm-cifar10-32 --n 16 --out cifar.png   # a diffusers pipeline folder
     refdiff distill runs/moons --method progressive --from-steps 64 --to-steps 1 --steps-per-stage 500 --out runs/pd
     refdiff distill runs/moons --method consistency --steps 2000 --out runs/cd   # --resume continues either
@@ -123,7 +127,7 @@ def build_parser():
         prog="refdiff",
         description="Train denoising diffusion models and draw samples (NumPy reference, optional CUDA backend).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,train-autoencoder,sample,eval,distill,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,train-autoencoder,sample,edit,eval,distill,demo}")
     sub.required = True
 
     # ---- train ----
@@ -167,6 +171,9 @@ def build_parser():
                    help="latent diffusion (LDM): diffuse the scaled latents of this autoencoder (a refdiff "
                    "train-autoencoder run, or a diffusers AutoencoderKL folder); the U-Net is built for the latents "
                    "and the autoencoder's weights are copied into the run; samples are decoded")
+    p.add_argument("--superres", type=_positive_int, default=None, metavar="FACTOR",
+                   help="diffusion on images: train a super-resolution model (SR3): the U-Net also sees the image "
+                   "area-averaged FACTOR x smaller and upsampled back (nearest), on extra input channels")
     p.add_argument("--schedule", choices=SCHEDULES, default=None, help="diffusion, classifier: default linear")
     p.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=None,
                    help="diffusion: default epsilon")
@@ -263,6 +270,33 @@ def build_parser():
     p.add_argument("--cuda-graph", action="store_true",
                    help="ddpm/ddim on the cuda backend: capture one step (network + fused update) into a CUDA graph "
                    "and replay it per step (diffusion.capture_sampler; needs cuTENSOR)")
+
+    # ---- edit ----
+    p = sub.add_parser(
+        "edit",
+        help="edit images with a trained run: img2img (SDEdit), inpainting (replace, RePaint), super-resolution",
+        description="Edit images with the latest checkpoint of a run (EMA weights). img2img: noise --input to "
+        "--strength and denoise (SDEdit); inpaint: keep --input where --mask is 1 (white) and fill in where it is 0 "
+        "(black), by --method replace or repaint (RePaint's resampling); superres: upscale --input with a run "
+        "trained with --superres. Inputs: .png (values 0..255 -> [-1, 1]) or .npz (its first array, (C, H, W) or "
+        "(B, C, H, W) in [-1, 1]).",
+    )
+    p.add_argument("run", help="run directory (or a checkpoint step_*.json file)")
+    p.add_argument("--mode", required=True, choices=("img2img", "inpaint", "superres"))
+    p.add_argument("--input", required=True, help="image(s): .png or .npz")
+    p.add_argument("--mask", default=None, help="inpaint: .png or .npz of 0 (fill in) and 1 (keep), the input's size")
+    p.add_argument("--method", choices=("replace", "repaint"), default="repaint", help="inpaint method")
+    p.add_argument("--jump-length", type=_positive_int, default=10, help="repaint: jump length j")
+    p.add_argument("--jump-n-sample", type=_positive_int, default=10, help="repaint: resamplings r per jump point")
+    p.add_argument("--strength", type=float, default=0.6, help="img2img: in [0, 1] (0: the input, 1: a fresh sample)")
+    p.add_argument("--sampler", default="ddim", help="img2img and superres: a registered sampler (default ddim)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="sampling steps (default 50; inpaint: all T)")
+    p.add_argument("--eta", type=_probability, default=None, help="inpaint: the steps' eta (default 1: DDPM steps)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--out", required=True, help="output: .png (input | mask | result) or .npz (result)")
+    p.add_argument("--backend", choices=("numpy", "cuda"), default=None, help="default: the run's backend")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
 
     # ---- eval ----
     p = sub.add_parser(
@@ -380,9 +414,13 @@ def _make_model(args, dataset, shape=None):
     levels = len(args.channel_mults)
     if H % (2 ** (levels - 1)):
         raise CLIError(f"image size {H} is not divisible by 2^{levels - 1} (--channel-mults {args.channel_mults})")
+    factor = getattr(args, "superres", None)
+    if factor is not None and (H % factor or factor < 2):
+        raise CLIError(f"--superres {factor}: must be >= 2 and divide the image size {H}")
     try:
         return UNet(
-            in_channels=int(C),
+            in_channels=int(C) * (2 if factor else 1),  # super-resolution: [x_t, up(x_low)]
+            out_channels=int(C),
             base_channels=args.base_channels,
             channel_mults=args.channel_mults,
             num_res_blocks=args.num_res_blocks,
@@ -510,6 +548,10 @@ def _start_training(args, parallel):
         if latest_checkpoint(ckpt_dir) is not None:
             raise CLIError(f"--out {args.out} already holds a run: pass --resume to continue it or choose another --out")
         dataset = _load_data(args.data, n=args.n, seed=args.seed, image_size=args.image_size)
+        if args.superres is not None and (args.objective != "diffusion" or np.asarray(dataset.x).ndim != 4
+                                          or args.model == "mlp" or args.classes or args.latent is not None):
+            raise CLIError("--superres needs --objective diffusion on images with the U-Net, without --classes "
+                           "or --latent")
         is_images = np.asarray(dataset.x).ndim == 4
         options = _objective_options(args)
         if args.latent is not None:
@@ -529,7 +571,7 @@ def _start_training(args, parallel):
             model = _make_model(args, dataset)
             diffusion = GaussianDiffusion(model, _make_schedule(options["schedule"], options["T"]),
                                           prediction_type=options["prediction_type"],
-                                          loss_weighting=options["loss_weighting"])
+                                          loss_weighting=options["loss_weighting"], superres_factor=args.superres)
         data_info = {"spec": args.data, "n": args.n, "seed": args.seed, "image_size": args.image_size,
                      "kind": getattr(dataset, "kind", None), "num_classes": getattr(dataset, "num_classes", None)}
         try:
@@ -809,6 +851,105 @@ def cmd_sample(args):
     return 0
 
 
+def _read_images(path, what):
+    """Images from a .png (grey or RGB, 0..255 -> [-1, 1]) or a .npz (its first array): (B, C, H, W) float32."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".png", ".npz"):
+        raise CLIError(f"{what} {path}: the file name must end in .png or .npz")
+    if not os.path.isfile(path):
+        raise CLIError(f"{what} {path}: no such file")
+    try:
+        if ext == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                a = np.asarray(im.convert("L") if im.mode in ("L", "1", "P", "LA") else im.convert("RGB"))
+            a = a.astype(np.float32) / 127.5 - 1
+            a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        else:
+            with np.load(path) as f:
+                if not f.files:
+                    raise CLIError(f"{what} {path}: the .npz holds no array")
+                a = np.asarray(f[f.files[0]], dtype=np.float32)
+    except (OSError, ValueError) as e:
+        raise CLIError(f"{what} {path}: cannot read it: {_one_line(e)}") from None
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4:
+        raise CLIError(f"{what} {path}: expected (C, H, W) or (B, C, H, W) images, got shape {a.shape}")
+    return a
+
+
+def cmd_edit(args):
+    """img2img, inpainting or super-resolution with a trained run; writes input | (mask) | result."""
+    from .io.checkpoint import CheckpointError
+    from .io.images import save_image_grid
+    from .samplers import SAMPLERS
+    from .training.trainer import load_diffusion
+
+    ext = os.path.splitext(args.out)[1].lower()
+    if ext not in (".png", ".npz"):
+        raise CLIError(f"--out {args.out}: the file name must end in .png or .npz")
+    if args.sampler not in SAMPLERS:
+        raise CLIError(f"--sampler {args.sampler!r}: choose from {sorted(SAMPLERS)}")
+    if not 0.0 <= args.strength <= 1.0:
+        raise CLIError(f"--strength {args.strength}: must be in [0, 1]")
+    if (args.mask is not None) != (args.mode == "inpaint"):
+        raise CLIError("--mask is needed with --mode inpaint, and only there")
+    x = _read_images(args.input, "--input")
+    try:
+        diffusion, _ = load_diffusion(args.run, backend=args.backend, ema=not args.no_ema)
+    except CheckpointError as e:
+        raise CLIError(str(e)) from None
+    if diffusion.objective != "diffusion":
+        raise CLIError(f"refdiff edit needs a diffusion run; {args.run} is a {diffusion.objective} run")
+    config = getattr(diffusion.model, "config", None) or {}
+    if "in_channels" not in config:
+        raise CLIError(f"refdiff edit needs an image (U-Net) run; {args.run} is not one")
+    factor = diffusion.superres_factor
+    if (args.mode == "superres") != (factor is not None):
+        raise CLIError(f"--mode {args.mode}: " + ("the run is not a super-resolution run (train with --superres)"
+                                                  if factor is None else "a super-resolution run only does --mode superres"))
+    C_out = config.get("out_channels") or config["in_channels"]
+    size = config.get("sample_size")
+    if x.shape[1] != C_out:
+        raise CLIError(f"--input {args.input}: {x.shape[1]} channels, the model's images have {C_out}")
+    want = size // factor if factor and size else size
+    if want and x.shape[2:] != (want, want):
+        raise CLIError(f"--input {args.input}: {x.shape[2]}x{x.shape[3]} images, the model takes {want}x{want}")
+    if args.steps is not None and args.steps > diffusion.T:
+        raise CLIError(f"--steps {args.steps} exceeds the T={diffusion.T} steps of the model")
+    t0 = time.perf_counter()
+    panels, mask = [x if factor is None else np.repeat(np.repeat(x, factor, 2), factor, 3)], None
+    try:
+        if args.mode == "img2img":
+            out = diffusion.img2img(x, args.strength, sampler=args.sampler, steps=args.steps or 50, seed=args.seed)
+        elif args.mode == "superres":
+            out = diffusion.superres(x, sampler=args.sampler, steps=args.steps or 50, seed=args.seed)
+        else:
+            mask = _read_images(args.mask, "--mask")
+            if args.mask.lower().endswith(".png"):
+                mask = (mask + 1) / 2  # the picture's white (255 -> 1) and black (0 -> 0); grey is refused
+            from .checks import check_inpaint_mask
+
+            mask = check_inpaint_mask(mask[0] if len(mask) == 1 else mask, x).astype(np.float32)
+            out = diffusion.inpaint(x, mask, method=args.method, steps=args.steps, jump_length=args.jump_length,
+                                    jump_n_sample=args.jump_n_sample, eta=1.0 if args.eta is None else args.eta,
+                                    seed=args.seed)
+            panels.append(np.broadcast_to(mask * 2 - 1, x.shape))
+    except (ValueError, TypeError) as e:
+        raise CLIError(f"--mode {args.mode}: {_one_line(e)}") from None
+    seconds = time.perf_counter() - t0
+    if ext == ".npz":
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        np.savez(args.out, edited=out, **({} if mask is None else {"mask": mask}))
+    else:
+        panels.append(out)
+        save_image_grid(np.concatenate(panels), args.out, nrow=len(x))
+    print(f"{args.mode}: {len(x)} image(s) in {seconds:.1f} s -> {args.out}")
+    return 0
+
+
 def _check_cuda_graph(args, diffusion, options):
     """--cuda-graph: what diffusion.capture_sampler can capture, or one line and exit 2."""
     if getattr(diffusion.backend, "name", "numpy") != "cuda":
@@ -1058,8 +1199,8 @@ def cmd_demo(args):
 DEMO_T = 1000
 
 
-COMMANDS = {"train": cmd_train, "train-autoencoder": cmd_train_autoencoder, "sample": cmd_sample, "eval": cmd_eval,
-            "distill": cmd_distill, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "train-autoencoder": cmd_train_autoencoder, "sample": cmd_sample, "edit": cmd_edit,
+            "eval": cmd_eval, "distill": cmd_distill, "demo": cmd_demo}
 
 
 def _check_backend(name):

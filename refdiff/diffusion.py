@@ -24,8 +24,9 @@ Sampling runs a registered sampler (refdiff.samplers, through the loop of rd.sam
 import numpy as np
 
 from .nn.autograd import Tensor, no_grad
-from .checks import (check_choice, check_class_labels, check_clip, check_finite, check_guidance,
-                     check_positive_real, check_prediction_type, check_variance_type, value_checks_on)
+from .checks import (check_choice, check_class_labels, check_clip, check_condition_channels, check_finite,
+                     check_guidance, check_positive_int, check_positive_real, check_prediction_type,
+                     check_variance_type, value_checks_on)
 from .backend import get_backend
 from .nn.functional import mse_loss
 from .gaussian.losses import WEIGHTINGS, loss_weight
@@ -70,6 +71,9 @@ class GaussianDiffusion:
     backend: where arrays live and which fused ops run; default: the model's backend.
     clip_sample, clip_sample_range, variance_type: defaults of the reverse steps (diffusers'
         DDPMScheduler / DDIMScheduler options of the same names).
+    superres_factor: a super-resolution model (SR3, Saharia et al. 2021): the network takes x_t and
+        the image upsampled from its area-averaged factor x smaller version on the channel axis
+        (superres_condition; 2C channels in, C out); loss(x0) forms that condition from x0 itself.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class GaussianDiffusion:
         clip_sample=True,
         clip_sample_range=1.0,
         variance_type="fixed_small",
+        superres_factor=None,
     ):
         check_prediction_type(prediction_type)
         check_choice(loss_weighting, WEIGHTINGS, "loss_weighting")
@@ -101,8 +106,10 @@ class GaussianDiffusion:
         self.clip_sample_range = float(clip_sample_range)
         self.variance_type = variance_type
         self.num_classes = model_num_classes(model)
+        self.superres_factor = None if superres_factor is None else check_positive_int(superres_factor, "superres_factor")
 
     objective = "diffusion"
+    superres_factor = None  # the siblings (FlowMatching, ...) have no super-resolution mode
 
     @property
     def T(self):
@@ -118,6 +125,7 @@ class GaussianDiffusion:
             "clip_sample": bool(self.clip_sample),
             "clip_sample_range": self.clip_sample_range,
             "variance_type": self.variance_type,
+            **({} if self.superres_factor is None else {"superres_factor": self.superres_factor}),
         }
 
     def schedule_arrays(self):
@@ -132,7 +140,7 @@ class GaussianDiffusion:
     # ----------------------------------------------------------------------------------------
     # training
 
-    def loss(self, x0, y=None, cond_drop_prob=0.0, rng=None, noise=None):
+    def loss(self, x0, y=None, cond_drop_prob=0.0, rng=None, noise=None, x_cond=None):
         """The training loss on a batch x0 (B, ...) with optional labels y (B,): a scalar Tensor.
 
         rng: numpy Generator or int seed. On the numpy backend t, the label dropout and the noise
@@ -143,6 +151,8 @@ class GaussianDiffusion:
         device at every step. Then the only host data a call copies are x0 and y.
         noise: (B, ...) the eps to pair with x0 instead of a fresh draw (a coupling, as reflow's
         pairs; Liu et al. 2022 sec. 2.2); the draws are made all the same, so rng's stream is unchanged.
+        x_cond: (B, C', ...) an image concatenated to x_t on the channel axis before the network (SR3's
+        conditioning); for a superres_factor model, superres_condition(x0) unless given.
 
         The objective's own parts are the methods a sibling class replaces (refdiff.FlowMatching):
         _draw_t (the times), _noised_and_target (x_t and the regression target), _model_time
@@ -167,8 +177,30 @@ class GaussianDiffusion:
             if noise.shape != x0.shape:
                 raise ValueError(f"noise must have x0's shape {x0.shape}, got {noise.shape}")
         x_t, target = self._noised_and_target(x0, t, drawn_noise if noise is None else noise)
+        if x_cond is None and self.superres_factor is not None:
+            x_cond = self.superres_condition(x0)
+        if x_cond is not None:  # [x_t, x_cond]: the network's input channels (SR3 sec. 2)
+            x_t = self.backend.xp.concatenate([x_t, self._condition(x_cond, B, dtype)], axis=1)
         model_output = self.model(x_t, self._model_time(t), y)  # (B, ...)
         return mse_loss(model_output, target, weights=self._loss_weights(t, dtype))
+
+    def superres_condition(self, x0):
+        """up(down(x0)): the low-resolution version of images x0 (area average over factor x factor
+        blocks), upsampled back by nearest neighbour: the condition of a super-resolution model
+        (refdiff.samplers.editing.downsample_area / upsample_nearest)."""
+        from .samplers.editing import downsample_area, upsample_nearest
+
+        return upsample_nearest(downsample_area(x0, self.superres_factor), self.superres_factor)
+
+    def _condition(self, x_cond, B, dtype):
+        """x_cond on the backend, checked: B images whose channels and the output's fill the network's input."""
+        x_cond = self.backend.asarray(_data(x_cond), dtype=dtype)
+        config = getattr(self.model, "config", None) or {}
+        if "in_channels" in config:
+            check_condition_channels(x_cond, config["in_channels"], config.get("out_channels") or config["in_channels"])
+        if x_cond.shape[0] != B:
+            raise ValueError(f"x_cond must hold {B} images (one per sample), got shape {tuple(x_cond.shape)}")
+        return x_cond
 
     def _draw_t(self, gen, B):
         """t ~ Uniform{0, ..., T-1}   (DDPM Algorithm 1), on gen's device."""
@@ -218,7 +250,7 @@ class GaussianDiffusion:
     # ----------------------------------------------------------------------------------------
     # sampling
 
-    def _model_pair(self, n, y, guidance_scale):
+    def _model_pair(self, n, y, guidance_scale, x_cond=None):
         """model_pair(x, t) -> (model_output, model_output_uncond or None) for refdiff.samplers.loop:
         the network at time t (int or float, the same for the whole batch)."""
         xp = self.backend.xp
@@ -233,6 +265,8 @@ class GaussianDiffusion:
         one_number = getattr(self.model, "takes_scalar_timestep", False)
 
         def model_pair(x_t, t):
+            if x_cond is not None:  # [x_t, x_cond] on the channel axis (SR3)
+                x_t = xp.concatenate([x_t, x_cond], axis=1)
             t_dtype = xp.int64 if isinstance(t, (int, np.integer)) else xp.float64
 
             def timesteps(batch):
@@ -245,6 +279,13 @@ class GaussianDiffusion:
             return _data(self.model(x_t, timesteps(n), y_dev)), None
 
         return model_pair
+
+    def _pair(self, n, y, guidance_scale, x_cond, dtype):
+        """_model_pair, given x_cond (checked, on the backend) only when there is one: the siblings
+        (FlowMatching, ...) take no x_cond."""
+        if x_cond is None:
+            return self._model_pair(n, y, guidance_scale)
+        return self._model_pair(n, y, guidance_scale, self._condition(x_cond, n, dtype))
 
     def _classifier_guided(self, model_pair, classifier, y, guidance_scale, mean_shift):
         """(model_pair, options) of classifier guidance (Dhariwal & Nichol 2021) with scale s.
@@ -299,6 +340,7 @@ class GaussianDiffusion:
         sigmas=None,
         clip_sample=None,
         dtype=np.float32,
+        x_cond=None,
         **options,
     ):
         """Draw n samples: a NumPy array (n, *sample_shape) of dtype `dtype`.
@@ -327,6 +369,8 @@ class GaussianDiffusion:
         clip_sample: override the diffusion's clip_sample for this call (ddpm, ddim).
         options: the sampler's own options, checked (an unknown one raises TypeError), e.g.
             use_clipped_model_output=True for DDIM, s_churn for euler/heun.
+        x_cond: (n, C', ...) images concatenated to x_t before the network at every call (a model
+            trained with loss(x0, x_cond=...); a superres_factor model needs it: see superres()).
         """
         from .samplers.loop import run_sampler
         from .samplers.registry import sampler_spec
@@ -339,16 +383,22 @@ class GaussianDiffusion:
             check_choice(self.prediction_type, ("epsilon", "sample", "v_prediction"),
                          "prediction_type of a classifier-guided model")
             y = check_class_labels(y, n, classifier.num_classes)
-            model_pair = self._model_pair(int(n), None, 1.0)  # the unconditional model
+            model_pair = self._pair(int(n), None, 1.0, x_cond, dtype)  # the unconditional model
             model_pair, guided_options = self._classifier_guided(model_pair, classifier, y, guidance_scale,
                                                                  "classifier_gradient" in spec.options)
             options.update(guided_options)
             loop_scale, prediction_type = 1.0, ("epsilon" if not guided_options else self.prediction_type)
         else:
             y = check_class_labels(y, n, self.num_classes)
-            model_pair = self._model_pair(int(n), y, guidance_scale)
+            model_pair = self._pair(int(n), y, guidance_scale, x_cond, dtype)
             loop_scale, prediction_type = guidance_scale, self.prediction_type
         shape = (int(n), *model_sample_shape(self.model))
+        if x_cond is not None:  # the network's input holds x_t and x_cond: x_t has the output's channels
+            x_cond = self._condition(x_cond, int(n), dtype)
+            shape = (int(n), shape[1] - x_cond.shape[1], *shape[2:])
+        elif self.superres_factor is not None:
+            raise ValueError("a super-resolution model samples from a low-resolution image: use superres(x_low) "
+                             "or pass x_cond")
         rng = self.backend.rng(seed)
         given = dict(eta=eta, spacing=spacing, sigmas=sigmas, steps_offset=steps_offset or None)
         options.update({k: v for k, v in given.items() if v is not None})
@@ -400,6 +450,87 @@ class GaussianDiffusion:
                 trajectory.append(samples)
             return samples, np.stack(trajectory)
         return samples
+
+
+    # ----------------------------------------------------------------------------------------
+    # editing: thin plumbing over refdiff.samplers.editing (the math), on the host
+
+    def _host_model(self, n, x_cond=None):
+        """model(x, t) -> the network's output as a host array, x and t as rd.sample_loop gives them."""
+        pair = (self._model_pair(n, None, 1.0) if x_cond is None
+                else self._model_pair(n, None, 1.0, self.backend.asarray(x_cond)))
+
+        def model(x, t):
+            with no_grad():
+                return self.backend.to_numpy(pair(self.backend.asarray(x), t)[0]).astype(x.dtype, copy=False)
+
+        return model
+
+    def _editing_options(self, sampler, options):
+        """The diffusion's defaults (clip_sample, ...) for the samplers that take them, then the caller's."""
+        from .samplers.registry import sampler_spec
+
+        spec = sampler_spec(sampler)
+        defaults = dict(clip_sample=self.clip_sample, clip_sample_range=self.clip_sample_range,
+                        variance_type=self.variance_type)
+        return {**{k: v for k, v in defaults.items() if k in spec.options}, **options}
+
+    def _edit(self, run, *args, **kwargs):
+        was_training = getattr(self.model, "training", False)
+        if hasattr(self.model, "eval"):
+            self.model.eval()
+        try:
+            return run(*args, **kwargs)
+        finally:
+            if was_training and hasattr(self.model, "train"):
+                self.model.train()
+
+    def img2img(self, x, strength, sampler="ddim", steps=50, seed=None, **options):
+        """SDEdit (Meng et al. 2022): x (B, ...) noised to strength * the sampler's grid, then denoised
+        with `sampler` (refdiff.samplers.editing.sdedit; strength 0: x itself, 1: a fresh sample).
+        options: the sampler's, as in sample(). Returns a host array like x."""
+        from .samplers.editing import sdedit
+
+        x = np.asarray(x)
+        return self._edit(sdedit, self._host_model(len(x)), x, self.schedule, strength, sampler=sampler, steps=steps,
+                          rng=np.random.default_rng(seed), prediction_type=self.prediction_type,
+                          **self._editing_options(sampler, options))
+
+    def inpaint(self, x, mask, method="repaint", steps=None, jump_length=10, jump_n_sample=10, eta=1.0, seed=None):
+        """Inpainting: x (B, ...) kept where mask is 1, filled in where it is 0, by "replace" (the known
+        part re-noised to the current step after every step) or "repaint" (Lugmayr et al. 2022, with
+        jump_length j and jump_n_sample r resampling); DDPM steps for eta = 1, DDIM for eta = 0
+        (refdiff.samplers.editing). steps: timesteps used (None: all T). Returns a host array like x."""
+        from .samplers.editing import inpaint_replace, repaint
+
+        check_choice(method, ("replace", "repaint"), "method")
+        x = np.asarray(x)
+        common = dict(steps=steps, eta=eta, rng=np.random.default_rng(seed), prediction_type=self.prediction_type,
+                      clip_sample=self.clip_sample, clip_sample_range=self.clip_sample_range)
+        if method == "replace":
+            return self._edit(inpaint_replace, self._host_model(len(x)), x, mask, self.schedule, **common)
+        return self._edit(repaint, self._host_model(len(x)), x, mask, self.schedule, jump_length=jump_length,
+                          jump_n_sample=jump_n_sample, **common)
+
+    def superres(self, x_low, sampler="ddim", steps=50, seed=None, **options):
+        """Super-resolution with a superres_factor model (SR3): images (B, C, h, w) -> (B, C, h f, w f),
+        sampled with `sampler` from the network given [x_t, up(x_low)] (refdiff.samplers.editing.superres).
+        Returns a host array."""
+        from .samplers.editing import superres
+
+        if self.superres_factor is None:
+            raise ValueError("superres needs a super-resolution model (trained with superres_factor)")
+        x_low = np.asarray(x_low)
+        config = getattr(self.model, "config", None) or {}
+        if "in_channels" in config:
+            check_condition_channels(x_low, config["in_channels"], config.get("out_channels") or config["in_channels"],
+                                     "x_low")
+        if steps is None and sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler {sampler!r} needs steps")
+        model = self._host_model(len(x_low))
+        return self._edit(superres, lambda x, t: model(x, t), x_low, self.schedule, self.superres_factor,
+                          sampler=sampler, steps=steps, rng=np.random.default_rng(seed),
+                          prediction_type=self.prediction_type, **self._editing_options(sampler, options))
 
 
     # ----------------------------------------------------------------------------------------

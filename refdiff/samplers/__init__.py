@@ -32,6 +32,9 @@ through loop.run_sampler, so a new sampler plugs in by registering: one module p
     unipc.py        unipc (UniPC, B(h) = e^-h - 1)
     score_sde.py    score_sde_euler, score_sde_pc, annealed_langevin (the reverse SDE, predictor-corrector, NCSN)
     consistency.py  consistency (Song et al. 2023 Algorithm 1: one step of a consistency model, or a few with re-noising)
+    editing.py      image editing with any model(x, t): sdedit (img2img on any sampler's truncated grid),
+                    inpaint_replace and repaint (RePaint's resampling jumps), superres (SR3's concatenated
+                    condition; area-average down, nearest-neighbour up)
 
 Timesteps of ddpm/ddim are integers 0..T-1 (index t is the paper's step t+1); t_prev < 0 means
 "before the first step" (abar_prev = 1).

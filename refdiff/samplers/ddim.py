@@ -124,6 +124,7 @@ def sample_ddim(
     clip_sample_range=1.0,
     guidance_scale=1.0,
     use_clipped_model_output=False,
+    first_step=0,
 ):
     """DDIM sampling (DDIM eq. 12): deterministic for eta = 0, DDPM-like noise for eta = 1.
 
@@ -137,7 +138,7 @@ def sample_ddim(
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     clipped_eps = bool(use_clipped_model_output and clip_sample)
-    for t, t_prev in timestep_pairs(steps, schedule.T, spacing, steps_offset):
+    for t, t_prev in timestep_pairs(steps, schedule.T, spacing, steps_offset)[first_step:]:  # img2img starts later
         model_output, model_output_uncond = denoise(x, t)
         step_prediction_type, step_clip, step_scale = prediction_type, clip_sample, guidance_scale
         if clipped_eps:  # the clipped x0_pred, given to the step as a "sample" prediction

@@ -113,6 +113,7 @@ def sample_ddpm(
     clip_sample=True,
     clip_sample_range=1.0,
     guidance_scale=1.0,
+    first_step=0,
     classifier_gradient=None,
 ):
     """DDPM ancestral sampling (DDPM Algorithm 2), over all T steps or a strided sub-sequence.
@@ -129,7 +130,7 @@ def sample_ddpm(
     """
     if eta != 0.0:
         raise ValueError("eta applies to the DDIM sampler; DDPM has no eta (it is DDIM with eta=1)")
-    for t, t_prev in timestep_pairs(steps, schedule.T, spacing, steps_offset):
+    for t, t_prev in timestep_pairs(steps, schedule.T, spacing, steps_offset)[first_step:]:  # img2img starts later
         model_output, model_output_uncond = denoise(x, t)
         x_t = x
         x = backend.ddpm_step(

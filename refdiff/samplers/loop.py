@@ -36,8 +36,9 @@ from ..gaussian.parameterization import LOOP_PREDICTION_TYPES, eps_from_x0_formu
 from ..gaussian.process import DiscreteProcess, as_process
 from ..gaussian.schedule import NoiseSchedule
 from .common import guided
-from .grids import build_grid, family_options
+from .grids import Grid, build_grid, family_options
 from .registry import sampler_spec, split_options
+from .timesteps import timestep_pairs
 
 
 class Denoiser:
@@ -116,11 +117,13 @@ def sample_loop(model, x_T, process, sampler="dpmpp_2m", steps=20, rng=None, pre
 
 
 def run_sampler(model_pair, x_T, process, sampler, steps, rng, prediction_type, backend=None, guidance_scale=1.0,
-                defaults=None, on_step=None, **options):
+                defaults=None, on_step=None, first_step=0, **options):
     """sample_loop's work, with what GaussianDiffusion adds: a model giving (output, uncond output),
     the backend whose fused ddpm/ddim steps run, the guidance scale, option defaults for the samplers
     that declare them, and on_step(i, x) after update i (ddpm, ddim) or at each model evaluation at grid
-    point i (the others; x in the model's scale).
+    point i (the others; x in the model's scale). first_step: start at that point of the grid (or
+    timestep sequence) instead of its first, x_T being x there (img2img's truncated grid,
+    refdiff.samplers.editing; diffusers' timesteps[t_start:]).
     Returns (x_0, number of model evaluations)."""
     spec = sampler_spec(sampler)
     grid_options, sampler_options = split_options(spec, options)
@@ -132,12 +135,15 @@ def run_sampler(model_pair, x_T, process, sampler, steps, rng, prediction_type, 
         if (name in spec.options or spec.takes_any) and name not in sampler_options:
             sampler_options[name] = value
     if spec.works_on == "timesteps":
+        if first_step:
+            if "first_step" not in inspect.signature(spec.fn).parameters and not spec.takes_any:
+                raise ValueError(f"sampler {spec.name!r} cannot start part-way (it takes no first_step)")
+            sampler_options["first_step"] = first_step
         return _run_timestep_sampler(spec, model_pair, x_T, process, steps, rng, prediction_type, backend,
                                      guidance_scale, grid_options, sampler_options, callback, on_step)
 
     process = as_process(process)
-    grid = build_grid(spec.grid, process, steps, **grid_options,
-                      **{k: v for k, v in sampler_options.items() if k in family_options(spec.grid)})
+    grid = truncated(_grid(spec, process, steps, grid_options, sampler_options), first_step)
 
     def hook(i, sigma, x_model, denoised):
         if on_step is not None and i is not None:
@@ -156,6 +162,39 @@ def run_sampler(model_pair, x_T, process, sampler, steps, rng, prediction_type, 
     signal_scale_last, _ = denoise.scales(-1)
     x = spec.fn(denoise, x_T / signal_scale_first, denoise.sigmas, rng, **sampler_options)
     return (x * signal_scale_last).astype(x_T.dtype, copy=False), denoise.nfe
+
+
+def _grid(spec, process, steps, grid_options, sampler_options):
+    """The Grid of a sampler on sigmas (its family's named grid or an explicit array)."""
+    return build_grid(spec.grid, process, steps, **grid_options,
+                      **{k: v for k, v in sampler_options.items() if k in family_options(spec.grid)})
+
+
+def truncated(grid, first_step):
+    """The grid from point first_step on: what a sampler started part-way runs (img2img)."""
+    if not 0 <= first_step < grid.steps:
+        raise ValueError(f"first_step must be in [0, {grid.steps - 1}] for a grid of {grid.steps} steps, got {first_step}")
+    return Grid(grid.sigmas[first_step:], grid.times[first_step:]) if first_step else grid
+
+
+def start_point(process, sampler, steps, first_step=0, **options):
+    """(t, signal_scale, noise_std) of the grid point first_step where `sampler` with these options
+    would start: the noise level at which img2img noises its input (refdiff.samplers.editing)."""
+    spec = sampler_spec(sampler)
+    grid_options, sampler_options = split_options(spec, options)
+    if spec.works_on == "timesteps":
+        schedule = process.schedule if isinstance(process, DiscreteProcess) else process
+        pairs = timestep_pairs(steps, schedule.T, grid_options.get("spacing") or "leading",
+                               grid_options.get("steps_offset", 0))
+        if not 0 <= first_step < len(pairs):
+            raise ValueError(f"first_step must be in [0, {len(pairs) - 1}], got {first_step}")
+        t = pairs[first_step][0]
+        abar = float(schedule.alphas_cumprod[t])
+        return t, abar**0.5, (1 - abar) ** 0.5
+    process = as_process(process)
+    grid = truncated(_grid(spec, process, steps, grid_options, sampler_options), first_step)
+    a, s = process.scales_from_sigma(grid.sigmas[0])
+    return float(grid.times[0]), float(a), float(s)
 
 
 def _run_timestep_sampler(spec, model_pair, x_T, process, steps, rng, prediction_type, backend, guidance_scale,

@@ -26,7 +26,7 @@ SAMPLERS = {}
 LOOP_OPTIONS = ("callback",)
 # the parameters of a timestep sampler that the loop fills in itself
 _TIMESTEP_LOOP_PARAMS = ("denoise", "x", "schedule", "backend", "rng", "steps", "spacing", "steps_offset",
-                         "prediction_type", "guidance_scale")
+                         "prediction_type", "guidance_scale", "first_step")
 _GRID_OPTIONS = ("sigmas", "spacing", "steps_offset")
 
 

@@ -377,8 +377,13 @@ class Trainer:
         path = path or os.path.join(self.out_dir, "samples", f"step_{self.step:08d}.png")
         y = None if self.num_classes is None else np.arange(n) % self.num_classes
         sample = self.diffusion.sample if self.parallel is None else partial(self.parallel.sample, self.diffusion)
+        extra = {}
+        if getattr(self.diffusion, "superres_factor", None):  # super-resolution: upscale training images' low-res versions
+            n = min(n, len(self.x))
+            y = None if y is None else y[:n]
+            extra["x_cond"] = self.diffusion.superres_condition(np.asarray(self.x[:n]))
         with self.ema_weights():
-            x = sample(n, y=y, seed=seed, progress=False, **self.diffusion.preview_sampling(cfg.sample_steps))
+            x = sample(n, y=y, seed=seed, progress=False, **self.diffusion.preview_sampling(cfg.sample_steps), **extra)
         return self._on_main(self._write_samples, x, path)
 
     def _write_samples(self, x, path):
