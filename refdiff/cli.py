@@ -566,7 +566,7 @@ def cmd_eval(args):
                                      variance_type=diffusion.variance_type)
                 how = f"variational bound, {diffusion.T} steps"
             else:
-                value = ode_bits_per_dim(diffusion.model_function(), x, diffusion.schedule, batch_size=args.batch_size,
+                value = ode_bits_per_dim(diffusion.model_function(variance=False), x, diffusion.schedule, batch_size=args.batch_size,
                                          rng=rng, prediction_type=diffusion.prediction_type, divergence=divergence,
                                          model_trace=diffusion.model_trace, rtol=args.rtol, atol=args.atol)
                 how = f"probability-flow ODE, {divergence} divergence, rtol={args.rtol:g} atol={args.atol:g}"

@@ -10,6 +10,10 @@ of Hang et al. 2023):
     target = eps ("epsilon"), x0 ("sample") or v = sqrt(abar) eps - sqrt(1 - abar) x0 ("v_prediction")
     w(t) = 1 ("none") or the min-SNR-gamma weight (refdiff.gaussian.losses.loss_weight)
 
+With a learned variance (variance_type "learned" / "learned_range", improved DDPM sec. 3.1) the
+model outputs 2C channels [output, v] and the loss is the hybrid L_simple + lambda L_vlb with the
+stop-gradient on the mean (refdiff.training.hybrid_loss; lambda = vlb_weight, 0.001).
+
 For classifier-free guidance (Ho & Salimans 2022) the label is replaced by the null label
 num_classes with probability cond_drop_prob during training; sampling then evaluates the model
 with the label and with the null label and combines eps_uncond + s (eps_cond - eps_uncond).
@@ -21,8 +25,8 @@ Sampling runs a registered sampler (refdiff.samplers, through the loop of rd.sam
 import numpy as np
 
 from .nn.autograd import Tensor, no_grad
-from .checks import (check_choice, check_class_labels, check_clip, check_finite, check_positive_real,
-                     check_prediction_type, check_variance_type, value_checks_on)
+from .checks import (LEARNED_VARIANCE_TYPES, check_choice, check_class_labels, check_clip, check_finite,
+                     check_positive_real, check_prediction_type, check_variance_type, value_checks_on)
 from .backend import get_backend
 from .nn.functional import mse_loss
 from .gaussian.losses import WEIGHTINGS, loss_weight
@@ -66,7 +70,11 @@ class GaussianDiffusion:
     min_snr_gamma: gamma of the min-SNR weighting.
     backend: where arrays live and which fused ops run; default: the model's backend.
     clip_sample, clip_sample_range, variance_type: defaults of the reverse steps (diffusers'
-        DDPMScheduler / DDIMScheduler options of the same names).
+        DDPMScheduler / DDIMScheduler options of the same names). variance_type "learned" or
+        "learned_range": the model outputs 2C channels (the output, then the variance values v;
+        improved DDPM sec. 3.1), trained with the hybrid loss.
+    vlb_weight: lambda of the hybrid loss L_simple + lambda L_vlb (improved DDPM eq. 16; 0.001),
+        used with a learned variance only.
     """
 
     def __init__(
@@ -80,12 +88,14 @@ class GaussianDiffusion:
         clip_sample=True,
         clip_sample_range=1.0,
         variance_type="fixed_small",
+        vlb_weight=0.001,
     ):
         check_prediction_type(prediction_type)
         check_choice(loss_weighting, WEIGHTINGS, "loss_weighting")
         min_snr_gamma = check_positive_real(min_snr_gamma, "min_snr_gamma")
         clip_sample, clip_sample_range = check_clip(clip_sample, clip_sample_range)
         check_variance_type(variance_type)
+        vlb_weight = check_positive_real(vlb_weight, "vlb_weight")
         if not hasattr(schedule, "alphas_cumprod") or not hasattr(schedule, "T"):
             raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         self.model = model
@@ -97,6 +107,7 @@ class GaussianDiffusion:
         self.clip_sample = clip_sample
         self.clip_sample_range = float(clip_sample_range)
         self.variance_type = variance_type
+        self.vlb_weight = float(vlb_weight)
         self.num_classes = model_num_classes(model)
 
     objective = "diffusion"
@@ -115,6 +126,7 @@ class GaussianDiffusion:
             "clip_sample": bool(self.clip_sample),
             "clip_sample_range": self.clip_sample_range,
             "variance_type": self.variance_type,
+            "vlb_weight": self.vlb_weight,
         }
 
     def schedule_arrays(self):
@@ -165,7 +177,25 @@ class GaussianDiffusion:
                 raise ValueError(f"noise must have x0's shape {x0.shape}, got {noise.shape}")
         x_t, target = self._noised_and_target(x0, t, drawn_noise if noise is None else noise)
         model_output = self.model(x_t, self._model_time(t), y)  # (B, ...)
+        if self.variance_type in LEARNED_VARIANCE_TYPES:
+            return self._hybrid_loss(model_output, target, x0, x_t, t, dtype)
         return mse_loss(model_output, target, weights=self._loss_weights(t, dtype))
+
+    @property
+    def learns_variance(self):
+        """True when the model outputs 2C channels [output, v] (variance_type learned / learned_range)."""
+        return self.variance_type in LEARNED_VARIANCE_TYPES
+
+    def _hybrid_loss(self, model_output, target, x0, x_t, t, dtype):
+        """L_simple + lambda L_vlb (improved DDPM eq. 16): L_simple on the first C channels, L_vlb
+        on the variance channels with the mean detached (refdiff.training.hybrid_loss)."""
+        from .gaussian.learned_variance import split_model_output
+        from .training.hybrid_loss import hybrid_loss, vlb_loss
+
+        output, v = split_model_output(model_output, x0.shape[1])  # (B, C, ...) each
+        simple = mse_loss(output, target, weights=self._loss_weights(t, dtype))
+        vlb_bits = vlb_loss(output, v, x0, x_t, t, self.schedule, self.prediction_type, self.variance_type)
+        return hybrid_loss(simple, vlb_bits, self.T, self.vlb_weight)
 
     def _draw_t(self, gen, B):
         """t ~ Uniform{0, ..., T-1}   (DDPM Algorithm 1), on gen's device."""
@@ -215,10 +245,13 @@ class GaussianDiffusion:
     # ----------------------------------------------------------------------------------------
     # sampling
 
-    def _model_pair(self, n, y, guidance_scale):
+    def _model_pair(self, n, y, guidance_scale, keep_variance=True):
         """model_pair(x, t) -> (model_output, model_output_uncond or None) for refdiff.samplers.loop:
-        the network at time t (int or float, the same for the whole batch)."""
+        the network at time t (int or float, the same for the whole batch). keep_variance=False:
+        a learned-variance model's output without its variance channels (for the samplers on
+        sigmas, which read eps, x_0 or v only)."""
         xp = self.backend.xp
+        channels = None if keep_variance or not self.learns_variance else model_sample_shape(self.model)[0]
         guided = y is not None and guidance_scale != 1.0
         y_dev = None if y is None or guided else self.backend.asarray(y)  # copied to the device once
         if guided:
@@ -237,9 +270,9 @@ class GaussianDiffusion:
 
             if guided:  # one batch of 2n: the conditional half, then the null-label half
                 x_both = xp.concatenate([x_t, x_t])
-                out = _data(self.model(x_both, timesteps(2 * n), y_both))
+                out = _data(self.model(x_both, timesteps(2 * n), y_both))[:, :channels]
                 return out[:n], out[n:]
-            return _data(self.model(x_t, timesteps(n), y_dev)), None
+            return _data(self.model(x_t, timesteps(n), y_dev))[:, :channels], None
 
         return model_pair
 
@@ -317,7 +350,8 @@ class GaussianDiffusion:
                         bar.update(1)
 
                 try:
-                    x, _ = run_sampler(self._model_pair(int(n), y, guidance_scale), x, self.schedule, sampler, steps,
+                    model_pair = self._model_pair(int(n), y, guidance_scale, keep_variance=spec.works_on == "timesteps")
+                    x, _ = run_sampler(model_pair, x, self.schedule, sampler, steps,
                                        rng, self.prediction_type, backend=self.backend, guidance_scale=guidance_scale,
                                        defaults=defaults, on_step=on_step, **options)
                 except (ValueError, FloatingPointError) as e:
@@ -353,14 +387,17 @@ class GaussianDiffusion:
         that classifier-free training also learns); None for an unconditional one."""
         return None if self.num_classes is None else np.full(n, self.num_classes, dtype=np.int64)
 
-    def model_function(self):
+    def model_function(self, variance=True):
         """model(x, t) -> the network's output (host float64 array) at x (B, ...) and time t (a
-        number, the schedule's units): for rd.bits_per_dim and rd.ode_log_likelihood."""
+        number, the schedule's units): for rd.bits_per_dim and rd.ode_log_likelihood.
+        variance=False: a learned-variance model's output without its variance channels (the ODE
+        reads eps only); with them, rd.bits_per_dim uses the learned variance."""
+        channels = None if variance or not self.learns_variance else model_sample_shape(self.model)[0]
 
         def model(x, t):
             with no_grad():
                 out = self.model(self.backend.asarray(x), t, self._likelihood_labels(x.shape[0]))
-            return np.asarray(self.backend.to_numpy(_data(out)), dtype=np.float64)
+            return np.asarray(self.backend.to_numpy(_data(out)[:, :channels]), dtype=np.float64)
 
         return model
 
@@ -372,7 +409,8 @@ class GaussianDiffusion:
 
         labels = self._likelihood_labels(x.shape[0])
         parameters = self.model.parameters() if hasattr(self.model, "parameters") else ()
-        out, trace = jacobian_trace(lambda x_in: self.model(x_in, t, labels), np.asarray(x, dtype=np.float64),
+        channels = model_sample_shape(self.model)[0] if self.learns_variance else None  # eps only (the ODE's)
+        out, trace = jacobian_trace(lambda x_in: self.model(x_in, t, labels)[:, :channels], np.asarray(x, dtype=np.float64),
                                     parameters, probes)
         return np.asarray(out, dtype=np.float64), trace
 
