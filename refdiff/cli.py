@@ -158,6 +158,12 @@ def build_parser():
     p.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=None,
                    help="diffusion: default epsilon")
     p.add_argument("--loss-weighting", choices=("none", "min_snr"), default=None, help="diffusion: default none")
+    p.add_argument("--variance-type", choices=("fixed_small", "fixed_large", "learned", "learned_range"), default=None,
+                   help="diffusion: the reverse step's variance; learned_range / learned: the model outputs 2C channels "
+                        "and trains with the hybrid loss L_simple + lambda L_vlb (improved DDPM sec. 3.1); "
+                        "sampling and bits/dim read it from the checkpoint. Default fixed_small")
+    p.add_argument("--vlb-weight", type=_positive_float, default=None,
+                   help="diffusion with a learned variance: lambda of the hybrid loss (improved DDPM eq. 16); default 0.001")
     p.add_argument("--hidden", type=_positive_int, default=128, help="mlp: hidden width")
     p.add_argument("--num-blocks", type=_positive_int, default=3, help="mlp: residual blocks")
     p.add_argument("--base-channels", type=_positive_int, default=32, help="unet: channels at the first level")
@@ -259,8 +265,8 @@ def _load_data(spec, n=None, seed=0, image_size=None):
         raise CLIError(f"--data {spec}: {_one_line(e)}") from None
 
 
-def _make_model(args, dataset):
-    """The network for `dataset` from the command's options."""
+def _make_model(args, dataset, learned_variance=False):
+    """The network for `dataset` from the command's options (2C output channels for a learned variance)."""
     kind = getattr(dataset, "kind", "points")
     model = args.model
     if model == "auto":
@@ -278,7 +284,8 @@ def _make_model(args, dataset):
 
         try:
             return MLPDenoiser(dim=int(x.shape[1]), hidden=args.hidden, num_blocks=args.num_blocks,
-                               num_classes=num_classes, backend=args.backend, seed=args.seed)
+                               num_classes=num_classes, backend=args.backend, seed=args.seed,
+                               out_dim=2 * int(x.shape[1]) if learned_variance else None)
         except (ValueError, TypeError) as e:
             raise CLIError(f"bad MLP options: {e}") from None
     if x.ndim != 4:
@@ -294,6 +301,7 @@ def _make_model(args, dataset):
     try:
         return UNet(
             in_channels=int(C),
+            out_channels=2 * int(C) if learned_variance else None,
             base_channels=args.base_channels,
             channel_mults=args.channel_mults,
             num_res_blocks=args.num_res_blocks,
@@ -316,7 +324,8 @@ def _make_schedule(name, T):
 
 # each training objective's own options and their defaults
 OBJECTIVE_OPTIONS = {
-    "diffusion": {"T": 1000, "schedule": "linear", "prediction_type": "epsilon", "loss_weighting": "none"},
+    "diffusion": {"T": 1000, "schedule": "linear", "prediction_type": "epsilon", "loss_weighting": "none",
+                  "variance_type": "fixed_small", "vlb_weight": 0.001},
     "flow_matching": {"time_sampling": "uniform", "shift": 1.0},
 }
 
@@ -391,7 +400,7 @@ def _start_training(args, parallel):
         if latest_checkpoint(ckpt_dir) is not None:
             raise CLIError(f"--out {args.out} already holds a run: pass --resume to continue it or choose another --out")
         dataset = _load_data(args.data, n=args.n, seed=args.seed, image_size=args.image_size)
-        model = _make_model(args, dataset)
+        model = _make_model(args, dataset, learned_variance=(getattr(args, "variance_type", None) or "").startswith("learned"))
         is_images = np.asarray(dataset.x).ndim == 4
         options = _objective_options(args)
         if args.objective == "flow_matching":
@@ -401,7 +410,8 @@ def _start_training(args, parallel):
         else:
             diffusion = GaussianDiffusion(model, _make_schedule(options["schedule"], options["T"]),
                                           prediction_type=options["prediction_type"],
-                                          loss_weighting=options["loss_weighting"])
+                                          loss_weighting=options["loss_weighting"],
+                                          variance_type=options["variance_type"], vlb_weight=options["vlb_weight"])
         data_info = {"spec": args.data, "n": args.n, "seed": args.seed, "image_size": args.image_size,
                      "kind": getattr(dataset, "kind", None), "num_classes": getattr(dataset, "num_classes", None)}
         try:
