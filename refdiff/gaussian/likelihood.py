@@ -196,34 +196,61 @@ def model_output_parts(model_output, x_t, variance_type):
 
 
 def vlb_term(x0, x_t, t, mean, log_var, schedule):
-    """L_t of one index for a batch, in nats per sample (B,): the decoder -log p(x_0 | x_1) at t = 0
-    (DDPM eq. 13), KL(q(x_{t-1} | x_t, x_0) || N(mean, e^log_var)) for t >= 1 (DDPM eqs. 5-7).
-    x0, x_t, mean: float64 (B, ...); log_var a number or an array broadcasting against them."""
-    if t == 0:
-        return -_sum_per_sample(discretized_gaussian_log_likelihood(x0, mean, log_var))             # L_0
-    true_mean, _, true_log_var = q_posterior(x0, x_t, t, schedule)                            # DDPM eqs. 6-7
-    return _sum_per_sample(normal_kl(true_mean, true_log_var, mean, log_var))                  # L_t
+    """L_t for a batch, in nats per sample (B,): the decoder -log p(x_0 | x_1) where t = 0 (DDPM
+    eq. 13), KL(q(x_{t-1} | x_t, x_0) || N(mean, e^log_var)) where t >= 1 (DDPM eqs. 5-7).
+    x0, x_t, mean: float64 (B, ...); t: an int or an int array (B,); log_var a number or an array
+    broadcasting against x0."""
+    return _per_timestep_group(x0, x_t, t, mean, log_var, schedule, _decoder_nll, _posterior_kl, per_sample=True)
 
 
 def vlb_term_grad_log_var(x0, x_t, t, mean, log_var, schedule):
     """d vlb_term / d log_var, elementwise (B, ...): the gradient that improved DDPM's hybrid loss
     sends into the model's variance through L_vlb (sec. 3.1; mean held fixed: the stop-gradient)."""
-    log_var = np.broadcast_to(log_var, x0.shape)
-    if t == 0:
-        return -discretized_gaussian_log_likelihood_grad_log_var(x0, mean, log_var)
+    return _per_timestep_group(x0, x_t, t, mean, log_var, schedule, _decoder_nll_grad, _posterior_kl_grad,
+                               per_sample=False)
+
+
+def _decoder_nll(x0, x_t, t, mean, log_var, schedule):
+    return -discretized_gaussian_log_likelihood(x0, mean, log_var)                                  # L_0
+
+
+def _posterior_kl(x0, x_t, t, mean, log_var, schedule):
+    true_mean, _, true_log_var = q_posterior(x0, x_t, t, schedule)                                 # DDPM eqs. 6-7
+    return normal_kl(true_mean, true_log_var, mean, log_var)                                        # L_t
+
+
+def _decoder_nll_grad(x0, x_t, t, mean, log_var, schedule):
+    return -discretized_gaussian_log_likelihood_grad_log_var(x0, mean, log_var)
+
+
+def _posterior_kl_grad(x0, x_t, t, mean, log_var, schedule):
     true_mean, _, true_log_var = q_posterior(x0, x_t, t, schedule)
     return normal_kl_grad_log_var_2(true_mean, true_log_var, mean, log_var)
+
+
+def _per_timestep_group(x0, x_t, t, mean, log_var, schedule, at_zero, above_zero, per_sample):
+    """at_zero(...) on the samples whose t = 0 and above_zero(...) on the others (elementwise
+    functions of the rows they get), summed per sample if per_sample."""
+    t = np.broadcast_to(np.asarray(t), (x0.shape[0],))
+    log_var = np.broadcast_to(log_var, x0.shape)
+    out = np.empty(x0.shape[0]) if per_sample else np.empty(x0.shape)
+    for rows, term in ((t == 0, at_zero), (t > 0, above_zero)):
+        if rows.any():
+            value = term(x0[rows], x_t[rows], t[rows], mean[rows], log_var[rows], schedule)
+            out[rows] = _sum_per_sample(value) if per_sample else value
+    return out
 
 
 def p_mean(model_output, x_t, t, schedule, prediction_type="epsilon", clip_sample=False):
     """mu_theta(x_t, t) = mu_tilde_t(x_t, x0_pred): the posterior mean (DDPM eq. 7, refdiff.gaussian.posterior)
     at the x_0 the model predicts (DDPM eq. 11 for eps; eq. 15 for x0_pred), clipped to [-1, 1] if
-    clip_sample (the improved-DDPM evaluation's clip_denoised). float64 (B, ...)."""
-    abar_t = np.full(x_t.shape[0], schedule.alphas_cumprod[t])
+    clip_sample (the improved-DDPM evaluation's clip_denoised). t: an int or an int array (B,). float64 (B, ...)."""
+    abar_t = np.broadcast_to(schedule.alphas_cumprod[t], (x_t.shape[0],))
     x0_pred, _ = x0_eps_from_model_output(x_t, model_output, abar_t, prediction_type)
     if clip_sample:
         x0_pred = np.clip(x0_pred, -1.0, 1.0)
     return q_posterior(x0_pred, x_t, t, schedule)[0]
+
 
 
 def vlb_terms(model, x0, schedule, rng=None, prediction_type="epsilon", variance_type="fixed_small",

@@ -34,20 +34,15 @@ def vlb_term_bits(log_var, mean, x0, x_t, t, schedule):
     """L_t per sample in bits per dimension, (B,) Tensor, as a function of the model's log-variance
     (an autograd op): forward refdiff.gaussian.likelihood.vlb_term / (D ln 2), backward its
     vlb_term_grad_log_var / (D ln 2). mean (the model's mu_theta), x0, x_t: constant arrays (B, ...);
-    t: int array (B,); log_var: Tensor (B, ...). The terms are computed on the host in float64 and
-    grouped by timestep (vlb_term takes one t)."""
+    t: int array (B,); log_var: Tensor (B, ...). The terms are computed on the host in float64."""
     xp = array_module(log_var.data)
     host = [np.asarray(to_numpy(a), dtype=np.float64) for a in (log_var.data, mean, x0, x_t)]
     log_var_64, mean_64, x0_64, x_t_64 = host
     t = np.asarray(to_numpy(t))
     D = int(np.prod(x0_64.shape[1:]))
-    bits = np.empty(x0_64.shape[0])
-    grad = np.empty_like(log_var_64)
-    for step in np.unique(t):
-        rows = np.flatnonzero(t == step)
-        args = (x0_64[rows], x_t_64[rows], int(step), mean_64[rows], log_var_64[rows], schedule)
-        bits[rows] = vlb_term(*args) / (D * LOG_2)
-        grad[rows] = vlb_term_grad_log_var(*args) / (D * LOG_2)
+    args = (x0_64, x_t_64, t, mean_64, log_var_64, schedule)
+    bits = vlb_term(*args) / (D * LOG_2)                     # L_t in bits/dim, (B,)
+    grad = vlb_term_grad_log_var(*args) / (D * LOG_2)        # d L_t / d log_var, (B, ...)
     out = log_var._child(xp.asarray(bits, dtype=log_var.dtype), log_var)
 
     def backward():  # dL_t/dlog_var, per element, times the incoming gradient of each sample's L_t
@@ -65,11 +60,8 @@ def vlb_loss(model_output, v, x0, x_t, t, schedule, prediction_type, variance_ty
     output = to_numpy(model_output.detach().data if isinstance(model_output, Tensor) else model_output)
     x_t_host = np.asarray(to_numpy(x_t), dtype=np.float64)
     t_host = np.asarray(to_numpy(t))
-    mean = np.empty_like(x_t_host)
-    for step in np.unique(t_host):  # mu_theta = mu_tilde(x_t, x0_pred), no clipping (their clip_denoised=False)
-        rows = np.flatnonzero(t_host == step)
-        mean[rows] = p_mean(np.asarray(output[rows], dtype=np.float64), x_t_host[rows], int(step), schedule,
-                            prediction_type)
+    # mu_theta = mu_tilde(x_t, x0_pred) of the detached output, unclipped (their clip_denoised=False)
+    mean = p_mean(np.asarray(output, dtype=np.float64), x_t_host, t_host, schedule, prediction_type)
     shape = (-1,) + (1,) * (v.ndim - 1)
     log_beta = xp.asarray(np.log(schedule.betas[t_host]).reshape(shape), dtype=v.dtype)             # (B, 1, ...)
     log_beta_tilde = xp.asarray(schedule.posterior_log_variance_clipped[t_host].reshape(shape), dtype=v.dtype)
