@@ -6,5 +6,6 @@
     metrics.py  sample-quality metrics: energy distance, sliced Wasserstein, a judge classifier, Frechet distance
     distributed.py  data parallelism over N processes (MPI; NCCL on GPUs): shards, gradient Allreduce, agreement
     reflow.py   rectified flow (Liu et al. 2022): reflow pairs from a trained flow, retraining on them, straightness
+    hybrid_loss.py  improved DDPM's L_simple + lambda L_vlb with the stop-gradient on the mean (sec. 3.1, eq. 16)
     distill.py  progressive distillation stage by stage (Salimans & Ho 2022 Algorithm 2): halve the steps, each stage a resumable run
 """
