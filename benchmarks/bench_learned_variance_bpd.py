@@ -51,10 +51,14 @@ def main():
     p.add_argument("--atol", type=float, default=1e-5)
     args = p.parse_args()
 
-    train = load_dataset(args.data, n=args.n_train, seed=args.seed)
+    train = load_dataset(args.data, n=None if args.data == "digits" else args.n_train, seed=args.seed)
     images = train.kind == "images"
-    train = Dataset(x=eight_bit(train.x), name=args.data, kind=train.kind)
-    held_out = eight_bit(load_dataset(args.data, n=args.n_eval, seed=args.seed + 1).x).astype(np.float64)
+    if images:  # a fixed dataset (digits: 1797 images): the last n_eval held out, the rest trained on
+        held_out = eight_bit(train.x[-args.n_eval:]).astype(np.float64)
+        train = Dataset(x=eight_bit(train.x[:-args.n_eval]), name=args.data, kind=train.kind)
+    else:  # a sampled toy: fresh held-out points
+        train = Dataset(x=eight_bit(train.x), name=args.data, kind=train.kind)
+        held_out = eight_bit(load_dataset(args.data, n=args.n_eval, seed=args.seed + 1).x).astype(np.float64)
     C = held_out.shape[1]
     d = int(np.prod(held_out.shape[1:]))
     schedule = rd.NoiseSchedule.linear(T=args.T)

@@ -192,9 +192,9 @@ class GaussianDiffusion:
         from .gaussian.learned_variance import split_model_output
         from .training.hybrid_loss import hybrid_loss, vlb_loss
 
-        output, v = split_model_output(model_output, x0.shape[1])  # (B, C, ...) each
+        output, var_values = split_model_output(model_output, x0.shape[1])  # (B, C, ...) each
         simple = mse_loss(output, target, weights=self._loss_weights(t, dtype))
-        vlb_bits = vlb_loss(output, v, x0, x_t, t, self.schedule, self.prediction_type, self.variance_type)
+        vlb_bits = vlb_loss(output, var_values, x0, x_t, t, self.schedule, self.prediction_type, self.variance_type)
         return hybrid_loss(simple, vlb_bits, self.T, self.vlb_weight)
 
     def _draw_t(self, gen, B):

@@ -1,8 +1,9 @@
 """Learned variance: the model's reverse-step variance Sigma_theta(x_t, t) (improved DDPM sec. 3.1).
 
 The network outputs 2C channels for C data channels: the usual output (eps, x_0 or v, read by
-prediction_type) and C channels v of the variance, split on axis 1 (split_model_output). Two
-readings of v, diffusers' DDPMScheduler variance_type names:
+prediction_type) and C channels v of the variance (code name `var_values`, improved DDPM code's
+model_var_values; not the v of v-prediction), split on axis 1 (split_model_output). Two readings
+of v, diffusers' DDPMScheduler variance_type names:
 
     "learned_range":  log Sigma = frac log beta_t + (1 - frac) log beta_tilde_t,  frac = (v + 1) / 2
                       (improved DDPM eq. 15, with v mapped from [-1, 1] to [0, 1] as their code
@@ -39,36 +40,36 @@ from .posterior import posterior_variance
 
 
 def split_model_output(model_output, channels, name="model_output"):
-    """(output, v): the first C channels of a 2C-channel model output (eps, x_0 or v-prediction)
+    """(output, var_values): the first C channels of a 2C-channel model output (eps, x_0 or v-prediction)
     and the last C (the variance values), split on axis 1 (diffusers' DDPMScheduler.step:
     torch.split(model_output, C, dim=1)). Works on arrays and on autograd Tensors."""
     check_learned_output(model_output, channels, name)
     return model_output[:, :channels], model_output[:, channels:]
 
 
-def interpolation_fraction(v):
+def interpolation_fraction(var_values):
     """frac = (v + 1) / 2: v of [-1, 1] mapped to the interpolation weight of [0, 1] (improved DDPM
     code, p_mean_variance; diffusers DDPMScheduler._get_variance)."""
-    return (v + 1) / 2
+    return (var_values + 1) / 2
 
 
-def learned_range_log_variance(v, log_beta, log_beta_tilde):
+def learned_range_log_variance(var_values, log_beta, log_beta_tilde):
     """log Sigma_theta = frac log beta_t + (1 - frac) log beta_tilde_t, frac = (v + 1) / 2   (improved DDPM eq. 15).
 
-    v: the model's variance channels (array or Tensor); log_beta, log_beta_tilde: the logs of the
+    var_values: v, the model's variance channels (array or Tensor); log_beta, log_beta_tilde: the logs of the
     step's beta_t and beta_tilde_t, numbers or arrays broadcasting against v. Linear in v, so it
     runs on autograd Tensors unchanged (the gradient d log Sigma / dv = (log beta - log beta_tilde) / 2).
     """
-    frac = interpolation_fraction(v)
+    frac = interpolation_fraction(var_values)
     return frac * log_beta + (1 - frac) * log_beta_tilde
 
 
-def learned_log_variance(v, log_beta, log_beta_tilde, variance_type):
-    """log Sigma_theta of the model's variance channels v for a learned variance_type:
+def learned_log_variance(var_values, log_beta, log_beta_tilde, variance_type):
+    """log Sigma_theta of the model's variance channels var_values (v) for a learned variance_type:
     "learned_range" learned_range_log_variance (eq. 15), "learned" v itself (improved DDPM sec. 3.1)."""
     if variance_type == "learned":
-        return v
-    return learned_range_log_variance(v, log_beta, log_beta_tilde)
+        return var_values
+    return learned_range_log_variance(var_values, log_beta, log_beta_tilde)
 
 
 def step_log_betas(abar_t, abar_prev, floor=1e-20):

@@ -168,17 +168,17 @@ def prior_kl(x0, schedule):
     return _sum_per_sample(normal_kl(mean, math.log1p(-abar_last), 0.0, 0.0))
 
 
-def model_log_variance(t, schedule, variance_type, v=None):
+def model_log_variance(t, schedule, variance_type, var_values=None):
     """log sigma_t^2 of the model's step at index t (DDPM sec. 3.2; improved DDPM sec. 3.1 and code):
     "fixed_small" log beta_tilde_t, clipped (log beta_tilde_1 at t = 0: the schedule's
     posterior_log_variance_clipped); "fixed_large" log beta_t, with beta_tilde_1 at t = 0;
     "learned_range" frac log beta_t + (1 - frac) log beta_tilde_t (clipped), frac = (v + 1) / 2
     (improved DDPM eq. 15, their code's min_log / max_log); "learned" v itself.
-    v: the model's variance channels (B, C, ...), needed for the learned types (then the result
-    is an array like v; else a float)."""
+    var_values: v, the model's variance channels (B, C, ...), needed for the learned types (then
+    the result is an array like it; else a float)."""
     log_beta_tilde = float(schedule.posterior_log_variance_clipped[t])
     if variance_type in ("learned", "learned_range"):
-        return learned_log_variance(v, float(np.log(schedule.betas[t])), log_beta_tilde, variance_type)
+        return learned_log_variance(var_values, float(np.log(schedule.betas[t])), log_beta_tilde, variance_type)
     if variance_type == "fixed_small":
         return log_beta_tilde
     if t == 0 and schedule.T > 1:
@@ -187,7 +187,7 @@ def model_log_variance(t, schedule, variance_type, v=None):
 
 
 def model_output_parts(model_output, x_t, variance_type):
-    """(output, v): a learned-variance model's 2C-channel output split into the output read by
+    """(output, var_values): a learned-variance model's 2C-channel output split into the output read by
     prediction_type and the variance channels v (improved DDPM sec. 3.1); (model_output, None) for a
     fixed variance_type."""
     if variance_type in ("learned", "learned_range"):
@@ -281,9 +281,9 @@ def vlb_terms(model, x0, schedule, rng=None, prediction_type="epsilon", variance
         x_t = q_sample(x0, t, noise, schedule)                                          # DDPM eq. 4
         model_output = np.asarray(model(x_t, t), dtype=np.float64)
         x_t_64 = x_t.astype(np.float64)
-        model_output, v = model_output_parts(model_output, x_t_64, variance_type)
+        model_output, var_values = model_output_parts(model_output, x_t_64, variance_type)
         mean = p_mean(model_output, x_t_64, t, schedule, prediction_type, clip_sample)
-        log_var = model_log_variance(t, schedule, variance_type, v)
+        log_var = model_log_variance(t, schedule, variance_type, var_values)
         terms[:, t] = vlb_term(x0_64, x_t_64, t, mean, log_var, schedule)
     return terms, prior_kl(x0_64, schedule)
 

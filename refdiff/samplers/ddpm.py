@@ -70,9 +70,9 @@ def ddpm_step(
     Returns x_prev: (B, ...) of x_t's dtype.
     """
     check_variance_type(variance_type)
-    v = None
+    var_values = None
     if variance_type in LEARNED_VARIANCE_TYPES:  # [output, v] on axis 1 (improved DDPM sec. 3.1)
-        model_output, v = split_model_output(model_output, x_t.shape[1])
+        model_output, var_values = split_model_output(model_output, x_t.shape[1])
         if model_output_uncond is not None:
             model_output_uncond, _ = split_model_output(model_output_uncond, x_t.shape[1], "model_output_uncond")
     x_t, model_output, noise, model_output_uncond = check_step_arrays(x_t, model_output, noise, model_output_uncond)
@@ -96,9 +96,9 @@ def ddpm_step(
     # 6. add noise where t > 0
     if noise is None:
         return mean
-    if v is not None:  # 5. the learned variance, per element  (improved DDPM eq. 15)
+    if var_values is not None:  # 5. the learned variance, per element  (improved DDPM eq. 15)
         log_beta, log_beta_tilde = step_log_betas(abar_t, abar_prev)
-        log_var = learned_log_variance(v, per_sample(log_beta, x_t), per_sample(log_beta_tilde, x_t), variance_type)
+        log_var = learned_log_variance(var_values, per_sample(log_beta, x_t), per_sample(log_beta_tilde, x_t), variance_type)
         std = per_sample(np.where(t > 0, 1.0, 0.0), x_t) * np.exp(0.5 * log_var)
         return mean + std.astype(x_t.dtype, copy=False) * noise
     # 5. variance of the step

@@ -52,20 +52,20 @@ def vlb_term_bits(log_var, mean, x0, x_t, t, schedule):
     return out._set_backward(backward)
 
 
-def vlb_loss(model_output, v, x0, x_t, t, schedule, prediction_type, variance_type):
+def vlb_loss(model_output, var_values, x0, x_t, t, schedule, prediction_type, variance_type):
     """L_t per sample (bits/dim, (B,) Tensor) with the stop-gradient on the mean (improved DDPM sec. 3.1):
     mu_theta from the detached model_output (its first C channels), log Sigma_theta from the variance
-    channels v (Tensor) by eq. 15 on the autograd, L_t by vlb_term_bits."""
-    xp = array_module(v.data)
+    channels var_values (v, a Tensor) by eq. 15 on the autograd, L_t by vlb_term_bits."""
+    xp = array_module(var_values.data)
     output = to_numpy(model_output.detach().data if isinstance(model_output, Tensor) else model_output)
     x_t_host = np.asarray(to_numpy(x_t), dtype=np.float64)
     t_host = np.asarray(to_numpy(t))
     # mu_theta = mu_tilde(x_t, x0_pred) of the detached output, unclipped (their clip_denoised=False)
     mean = p_mean(np.asarray(output, dtype=np.float64), x_t_host, t_host, schedule, prediction_type)
-    shape = (-1,) + (1,) * (v.ndim - 1)
-    log_beta = xp.asarray(np.log(schedule.betas[t_host]).reshape(shape), dtype=v.dtype)             # (B, 1, ...)
-    log_beta_tilde = xp.asarray(schedule.posterior_log_variance_clipped[t_host].reshape(shape), dtype=v.dtype)
-    log_var = learned_log_variance(v, log_beta, log_beta_tilde, variance_type)                      # eq. 15
+    shape = (-1,) + (1,) * (var_values.ndim - 1)
+    log_beta = xp.asarray(np.log(schedule.betas[t_host]).reshape(shape), dtype=var_values.dtype)      # (B, 1, ...)
+    log_beta_tilde = xp.asarray(schedule.posterior_log_variance_clipped[t_host].reshape(shape), dtype=var_values.dtype)
+    log_var = learned_log_variance(var_values, log_beta, log_beta_tilde, variance_type)             # eq. 15
     return vlb_term_bits(log_var, mean, x0, x_t, t_host, schedule)
 
 
