@@ -350,7 +350,9 @@ class GaussianDiffusion:
                         bar.update(1)
 
                 try:
-                    model_pair = self._model_pair(int(n), y, guidance_scale, keep_variance=spec.works_on == "timesteps")
+                    # a learned variance's channels go to ddpm/ddim only (a subclass's _model_pair has no such option)
+                    extra = dict(keep_variance=spec.works_on == "timesteps") if self.learns_variance else {}
+                    model_pair = self._model_pair(int(n), y, guidance_scale, **extra)
                     x, _ = run_sampler(model_pair, x, self.schedule, sampler, steps,
                                        rng, self.prediction_type, backend=self.backend, guidance_scale=guidance_scale,
                                        defaults=defaults, on_step=on_step, **options)
