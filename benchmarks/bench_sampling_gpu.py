@@ -9,7 +9,10 @@ to t - 20 (in PyTorch: tensor ops running the library's formula functions); imag
 batch / median step time (CUDA events, after warm-up).
 
 The graphed variant captures one whole refdiff step on a non-blocking CuPy stream
-(Stream.begin_capture / end_capture, then graph.launch). Where the step cannot be captured
+(Stream.begin_capture / end_capture, then graph.launch). The CapturedSampler columns time what a
+user gets from GaussianDiffusion.capture_sampler (refdiff/capture.py: timesteps in device
+buffers, the U-Net's products as cuTENSOR contractions during the capture, its own stream and
+memory pool), one replay per step, and compare its 10-step samples with the eager loop's. Where the step cannot be captured
 (a host synchronisation, a host-to-device copy of t, an allocation outside the pool), the
 capture's error is printed and recorded instead of a time: that is the to-do list for issue 6.
 
@@ -157,6 +160,28 @@ def try_graph(step, timer):
         return timer(lambda: graph.launch(stream)), None
 
 
+def captured_sampler_step(model, schedule, batch, timer, steps=10):
+    """(seconds per replay of refdiff's CapturedSampler step, None, agreement) or (None, why, "-").
+
+    The object a user gets from GaussianDiffusion.capture_sampler: warm-up, capture of the whole
+    DDIM step (U-Net with cuTENSOR products, fused step kernel) on its own stream and pool, replays.
+    agreement: max |captured - eager| / max |eager| of `steps`-step samples with the same seed
+    (cuTENSOR against cuBLAS products: float32 rounding only)."""
+    import refdiff as rd
+    from refdiff.capture import CapturedSampler
+
+    diffusion = rd.GaussianDiffusion(model, schedule)
+    try:
+        captured = CapturedSampler(diffusion, batch, sampler="ddim", steps=steps)
+        samples = captured.sample(seed=0)
+    except Exception as e:  # report, do not hide: the capture's own error is the to-do list
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", "-"
+    eager = diffusion.sample(batch, sampler="ddim", steps=steps, seed=0, progress=False)
+    agree = f"{float(np.abs(samples - eager).max() / max(np.abs(eager).max(), 1e-30)):.1e}"
+    with captured.step.stream:  # the timer's events on the stream the graph replays on
+        return timer(captured.step.replay), None, agree
+
+
 def run(smoke=False, batches=BATCHES, torch_baseline=True, results=common.RESULTS, command=None):
     import refdiff as rd
     from refdiff.backend import to_numpy
@@ -176,6 +201,10 @@ def run(smoke=False, batches=BATCHES, torch_baseline=True, results=common.RESULT
         t_graph, why = (None, "smoke run") if smoke else try_graph(step, timer)
         if why and why != "smoke run":
             notes.append(f"batch {batch}: graph capture failed: {why}")
+        t_captured, why, agree_captured = (None, None, "-") if smoke else captured_sampler_step(model, schedule, batch,
+                                                                                               timer)
+        if why:
+            notes.append(f"batch {batch}: CapturedSampler failed: {why}")
         t_torch, agree = None, "-"
         if tmodel is not None:
             tx = torch.from_dlpack(x)
@@ -189,10 +218,12 @@ def run(smoke=False, batches=BATCHES, torch_baseline=True, results=common.RESULT
             t_torch = timer(lambda: torch_step(tmodel, coefs, tx, tt))
         ips = lambda s: "-" if s is None else f"{batch / s:.0f}"  # noqa: E731
         rows.append([batch, common.fmt_us(t_eager), ips(t_eager), common.fmt_us(t_graph), ips(t_graph),
+                     common.fmt_us(t_captured), ips(t_captured), common.fmt_ratio(t_captured, t_eager), agree_captured,
                      common.fmt_us(t_torch), ips(t_torch), common.fmt_ratio(t_eager, t_torch),
                      common.fmt_ratio(t_graph, t_torch), agree])
-    header = ["batch", "refdiff eager us/step", "img/s", "refdiff graphed us/step", "img/s", "torch eager us/step",
-              "img/s", "eager / torch time", "graphed / torch time",
+    header = ["batch", "refdiff eager us/step", "img/s", "refdiff graphed us/step", "img/s",
+              "CapturedSampler us/step", "img/s", "captured / eager time", "captured vs eager samples",
+              "torch eager us/step", "img/s", "eager / torch time", "graphed / torch time",
               "vs torch, max abs diff / max abs: U-Net output, step"]
     notes.insert(0, f"U-Net {config}; DDIM step t={T_STEP} -> {T_STEP - STRIDE}, eta=0")
     if smoke:

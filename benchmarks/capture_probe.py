@@ -12,7 +12,9 @@ the error's first line). It settles on hardware what the CPU tests can only assu
     fused ddim_step, caches warm       expected: captured (numba-cuda launch, t by value, noise preallocated)
     fused ddim_step, device t arrays   expected: captured; t and t_prev read from device memory at replay
     fused ddim_step, cold caches       expected: refused (the schedule tables' first cuda.to_device)
-    MLP denoiser forward               expected: refused at its first matmul (cuBLAS)
+    MLP denoiser forward               expected: captured where cuTENSOR is installed (refdiff.backend.matmul
+                                       takes cuTENSOR while the stream captures); refused without it
+    U-Net sampler step (CapturedSampler) expected: captured, replays equal to the eager loop up to rounding
 
     python benchmarks/capture_probe.py [--results FILE]    # exits 2 where no GPU is visible
 """
@@ -67,6 +69,23 @@ def probes(cupy):
         with rd.no_grad():
             mlp(x2, 5)
 
+    from refdiff.capture import CapturedSampler
+    from refdiff.models.unet import UNet
+
+    unet = UNet(in_channels=3, base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
+                sample_size=16, norm_groups=8).to(be)
+    diffusion = rd.GaussianDiffusion(unet, warm)
+    made = {}
+
+    def captured_sampler():  # CapturedStep captures on its own stream: the probe's stream captures nothing
+        made["sampler"] = CapturedSampler(diffusion, 2, sampler="ddim", steps=5)
+
+    def sampler_equals_eager():
+        got = made["sampler"].sample(seed=0)
+        expected = diffusion.sample(2, sampler="ddim", steps=5, seed=0, progress=False)
+        diff = float(abs(got - expected).max() / max(abs(expected).max(), 1e-30))
+        return None if diff < 1e-3 else f"captured samples differ from the eager loop's by {diff:.3g} (relative)"
+
     return [
         ("CuPy elementwise kernel", lambda: cupy.multiply(x, 2.0, out=out), None),
         ("cuBLAS matmul (cupy.matmul)", lambda: cupy.matmul(a, a), None),
@@ -75,7 +94,8 @@ def probes(cupy):
         ("fused ddim_step, caches warm, t by value", step_into_out, same_as_eager),
         ("fused ddim_step, t and t_prev device arrays", step_device_t, same_as_eager),
         ("fused ddim_step, cold caches (new schedule)", cold_step, None),
-        ("MLP denoiser forward (cuBLAS inside)", mlp_forward, None),
+        ("MLP denoiser forward (cuTENSOR route)", mlp_forward, None),
+        ("U-Net DDIM step as CapturedSampler", captured_sampler, sampler_equals_eager),
     ]
 
 
@@ -86,6 +106,12 @@ def run(results=None):
     for name, fn, check in probes(cupy):
         stream = cupy.cuda.Stream(non_blocking=True)
         try:
+            if "CapturedSampler" in name:  # captures by itself (refdiff.backend.CapturedStep)
+                fn()
+                wrong = check()
+                rows.append([name, "captured" if wrong is None else "captured, WRONG", wrong or ""])
+                print(f"{name}: {rows[-1][1]} {rows[-1][2]}", flush=True)
+                continue
             if "cold" in name:  # no warm-up call: the point is what a first call does inside a capture
                 with stream:
                     stream.begin_capture()

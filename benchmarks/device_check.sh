@@ -11,7 +11,8 @@
 #   kernel-tests   the kernels' agreement tests with their twins, on CuPy arrays
 #   capture-probe  benchmarks/capture_probe.py: what can be captured into a CUDA graph
 #   bench-kernels  benchmarks/bench_kernels.py: GB/s, eager and graphed, vs CuPy and PyTorch
-#   bench-sampling benchmarks/bench_sampling_gpu.py: a DDIM step, eager and graphed
+#   bench-sampling benchmarks/bench_sampling_gpu.py: a DDIM step, eager, graphed and as CapturedSampler
+#   bench-launch   benchmarks/bench_launch_cost.py: host us per launch, argument cache on and off
 #   bench-train    benchmarks/bench_train_gpu.py: a training step
 # and writes into FOLDER: one log per step, RESULTS.md (the benchmarks' tables), summary.md (a
 # table of the steps: status, seconds, the last line of each log) and logs.tar.gz (all of it, for
@@ -106,7 +107,7 @@ if [[ -n "$PROBLEM" ]]; then ENV_STATUS="pass: no GPU usable"; else ENV_STATUS="
 row env "$ENV_STATUS" $(($(date +%s) - START)) "cuda_problem(): ${PROBLEM:-None}"
 
 if [[ -n "$PROBLEM" ]]; then
-    for name in gpu-tests kernel-tests capture-probe bench-kernels bench-sampling bench-train; do
+    for name in gpu-tests kernel-tests capture-probe bench-kernels bench-sampling bench-launch bench-train; do
         row "$name" "SKIP: no GPU: $PROBLEM" 0 ""
     done
 else
@@ -114,10 +115,12 @@ else
     step gpu-tests 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests
     step kernel-tests 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_kernels_forward.py \
         tests/test_kernels_reverse.py tests/test_kernels_embedding.py tests/test_kernels_harness.py \
-        tests/test_kernels_errors.py tests/test_kernels_launch.py tests/test_backend.py
+        tests/test_kernels_errors.py tests/test_kernels_launch.py tests/test_backend.py \
+        tests/test_kernels_samplers.py
     step capture-probe 60 "$PY" benchmarks/capture_probe.py --results "$RESULTS"
     step bench-kernels 90 "$PY" benchmarks/bench_kernels.py --results "$RESULTS"
-    step bench-sampling 60 "$PY" benchmarks/bench_sampling_gpu.py --batches 1 16 --results "$RESULTS"
+    step bench-sampling 90 "$PY" benchmarks/bench_sampling_gpu.py --batches 1 16 --results "$RESULTS"
+    step bench-launch 30 "$PY" benchmarks/bench_launch_cost.py --results "$RESULTS"
     step bench-train 60 "$PY" benchmarks/bench_train_gpu.py --results "$RESULTS"
 fi
 

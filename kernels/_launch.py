@@ -3,8 +3,9 @@
 Nothing here is diffusion math (that is in the kernel files and kernels/_device.py). A launcher
 in kernels/<name>.py validates its arguments with the helpers below, allocates its outputs,
 and calls `launch(kernel, B, N, *args)`. Everything that costs host time and can be reused
-(device tables of a schedule, the launch configuration, numba stream objects, placeholder
-arrays) is computed once and cached here.
+(device tables of a schedule, the launch configuration and the configured kernel, numba stream
+objects, placeholder arrays, the numba view of each input buffer: ArgumentCache) is computed
+once and cached here.
 
 Two modes, fixed when numba is first imported:
 - GPU: arrays are CuPy arrays. Each launch runs on CuPy's current stream (a numba external
@@ -368,17 +369,80 @@ if ARG_MODE not in ("numba", "direct"):
     raise ValueError(f"REFDIFF_KERNEL_ARG_MODE must be 'numba' or 'direct', got {ARG_MODE!r}")
 
 
-def device_view(a):
-    """`a` as a kernel argument: NumPy arrays as they are (simulator); CuPy arrays as numba
-    device arrays without the CUDA-array-interface synchronisation (see ARG_MODE)."""
-    if SIMULATED or ARG_MODE == "direct" or not _is_device_array(a):
-        return a
+class ArgumentCache:
+    """Kernel arguments converted once and reused: (pointer, shape, strides, dtype, stream) -> the
+    converted array, the `capacity` most recently used kept (issue 15, item 5: numba-cuda's
+    conversion of a CuPy array costs host microseconds at every launch; a sampling loop passes the
+    same buffers step after step).
+
+    Why the key is safe: an entry holds the array it was made from, so that memory cannot be freed
+    and handed to another array while the entry lives; another array with the same pointer, shape,
+    strides and dtype is then a view of exactly the same memory, for which the cached conversion is
+    equally right. Invalidation: an entry goes when `capacity` newer keys have been used since its
+    last use (least recently used first; its array may then be freed), or by clear(). The cost: up
+    to `capacity` arrays stay alive a little longer than their last use. Hits and misses are counted.
+    """
+
+    def __init__(self, capacity=16):
+        self.capacity, self.entries, self.hits, self.misses = capacity, {}, 0, 0
+
+    @staticmethod
+    def key(a, stream):
+        ptr = a.data.ptr if _is_device_array(a) else a.__array_interface__["data"][0]
+        return ptr, tuple(a.shape), tuple(a.strides), np.dtype(a.dtype).str, stream
+
+    def get(self, a, convert, stream=0):
+        """convert(a), or the conversion made for the same memory before."""
+        key = self.key(a, stream)
+        entry = self.entries.pop(key, None)  # re-inserted below: the dict's order is the use order
+        if entry is None:
+            self.misses += 1
+            entry = (a, convert(a))
+            if len(self.entries) >= self.capacity:
+                del self.entries[next(iter(self.entries))]  # the least recently used
+        else:
+            self.hits += 1
+        self.entries[key] = entry
+        return entry[1]
+
+    def clear(self):
+        self.entries.clear()
+
+
+# REFDIFF_KERNEL_ARG_CACHE=0 switches the cache off (to measure what it saves)
+ARG_CACHE = ArgumentCache() if os.environ.get("REFDIFF_KERNEL_ARG_CACHE", "1") != "0" else None
+
+
+def _as_numba_array(a):
     return cuda.as_cuda_array(a, sync=False)
 
 
+def device_view(a):
+    """`a` as a kernel argument: NumPy arrays as they are (simulator); CuPy arrays as numba
+    device arrays without the CUDA-array-interface synchronisation (see ARG_MODE), converted once
+    per buffer (ARG_CACHE; under the simulator the cache runs too, with the identity as conversion,
+    so that its logic is exercised by every kernel test)."""
+    if ARG_MODE == "direct" or not (SIMULATED or _is_device_array(a)):
+        return a
+    convert = (lambda array: array) if SIMULATED else _as_numba_array
+    if ARG_CACHE is None:
+        return convert(a)
+    return ARG_CACHE.get(a, convert, 0 if SIMULATED else cupy_stream_ptr())
+
+
+def cupy_stream_ptr():
+    import cupy
+
+    return cupy.cuda.get_current_stream().ptr
+
+
 def output_view(a):
-    """An output array as a kernel argument (in the simulator: written back, never copied in)."""
-    return cuda.Out(a) if SIMULATED else device_view(a)
+    """An output array as a kernel argument (in the simulator: written back, never copied in).
+    Not through ARG_CACHE: a launcher's output is a new array at every launch (a cached conversion
+    would never be hit again and would only keep the array alive)."""
+    if SIMULATED:
+        return cuda.Out(a)
+    return a if ARG_MODE == "direct" else _as_numba_array(a)
 
 
 def launch(kernel, B, N, *args):
@@ -392,7 +456,21 @@ def launch(kernel, B, N, *args):
     grid, block = launch_config(B, N)
     if SIMULATED:
         args = [cuda.In(a) if isinstance(a, np.ndarray) else a for a in args]
-    kernel[grid, block, current_stream()](*args)
+    configured(kernel, grid, block, current_stream())(*args)
+
+
+_CONFIGURED = {}
+
+
+def configured(kernel, grid, block, stream):
+    """kernel[grid, block, stream], made once per (kernel, grid, block, stream) and reused (numba
+    builds a launch-configuration object at every kernel[...]). Never invalidated: it holds no
+    array, only the kernel and the stream object, which current_stream() caches per pointer too."""
+    key = (id(kernel), grid, block, id(stream) if not isinstance(stream, int) else stream)
+    entry = _CONFIGURED.get(key)
+    if entry is None or entry[0] is not kernel:
+        entry = _CONFIGURED[key] = (kernel, kernel[grid, block, stream])
+    return entry[1]
 
 
 def _device_id():
@@ -405,5 +483,6 @@ def _device_id():
 
 __all__ = [
     "check_array", "check_like", "check_optional_like", "timestep_arg", "schedule_tables",
-    "frequency_table", "launch", "launch_config", "device_view", "optional_array", "flat",
+    "frequency_table", "launch", "launch_config", "device_view", "optional_array", "flat", "ArgumentCache",
+    "ARG_CACHE", "configured",
 ]

@@ -71,9 +71,19 @@ _EXPORTS = {
     "UNet": "refdiff.models.unet",
     "MLPDenoiser": "refdiff.models.mlp",
     "AutoencoderKL": "refdiff.models.autoencoder",
+    # diffusers pipeline folders (model_index.json, unet/, scheduler/, vae/), sampled by refdiff
+    "load_pipeline": "refdiff.pipeline",
+    # classifier guidance (Dhariwal & Nichol 2021): the noise-conditional classifier, its objective, the math
+    "NoiseClassifier": "refdiff.models.classifier",
+    "NoisyClassification": "refdiff.training.classifier",
+    "classifier_guided_eps": "refdiff.gaussian.guidance",
+    "classifier_guided_mean": "refdiff.gaussian.guidance",
     # training and sampling
     "GaussianDiffusion": "refdiff.diffusion",
+    "CapturedSampler": "refdiff.capture",  # GaussianDiffusion.capture_sampler: a step replayed from a CUDA graph
     "FlowMatching": "refdiff.flow_matching",
+    "ConsistencyDistillation": "refdiff.consistency",
+    "ConsistencyTraining": "refdiff.consistency",
     "Trainer": "refdiff.training.trainer",
     # backends
     "get_backend": "refdiff.backend",

@@ -6,9 +6,15 @@ ddpm_step, ddim_step), reached as attributes (`backend.q_sample(...)`). The "num
 each name to its reference twin; the "cuda" backend uses CuPy arrays and binds each name to the
 fused kernel of `refdiff.kernels`, which has the same signature.
 
+It also holds the two device routes that the autograd's forward ops call where a NumPy function
+would not do on a GPU during a CUDA-graph capture: `matmul` and `einsum` (cuBLAS, or cuTENSOR
+while the current stream is capturing; see "matrix products" below), and `CapturedStep`, one
+step captured into a CUDA graph and replayed.
+
 This is plumbing, not math: the only module of the package (with kernels/) allowed to import
 CuPy or Numba, and it does so only when the "cuda" backend is asked for.
 """
+import gc
 import os
 from dataclasses import dataclass
 from types import ModuleType
@@ -263,3 +269,155 @@ def _simulated_cuda_backend() -> Backend:
     if not _launch.SIMULATED:
         raise BackendUnavailable("the simulated cuda backend needs NUMBA_ENABLE_CUDASIM=1 set before numba is imported")
     return Backend("cuda-simulator", np, _kernels())
+
+
+# ---- matrix products: one call for NumPy, cuBLAS and the capture-safe cuTENSOR route -----------
+# CuPy refuses every cuBLAS call while the current stream is capturing a CUDA graph
+# (cupy_backends/cuda/libs/cublas.pyx setStream: NotImplementedError; cupy/cupy#6290), and every
+# Linear, Conv and attention product of the networks is a cuBLAS GEMM. cuTENSOR contractions are
+# allowed during a capture, so while the current stream captures, the products go through
+# cupyx.cutensor.contraction (the GEMM written as an Einstein contraction: C_mn = A_mk B_kn).
+# Why cuTENSOR and not nvmath-python's cuBLASLt matmul: cuTENSOR comes with CuPy's own API
+# (nothing new to import, CuPy arrays and CuPy's current stream as they are; only the library,
+# the `cutensor-cu12`/`cutensor-cu13` wheel, must be installed), while nvmath-python would be a
+# second package with its own stream and operand model, not installed on the GPU machines lent
+# here (no registry reachable there). Outside a capture the eager path keeps cuBLAS (faster, and
+# what every other CuPy user runs). A contraction in a capture allocates its workspace and output
+# from CuPy's pool: CapturedStep captures under a private pool, warmed by one eager run, so that
+# the graph's memory belongs to it alone.
+
+
+def stream_is_capturing(xp):
+    """True while CuPy's current stream is capturing a CUDA graph (False for NumPy)."""
+    return xp is not np and bool(xp.cuda.get_current_stream().is_capturing())
+
+
+def matmul(a, b, out=None):
+    """a @ b with NumPy's matmul broadcasting (operands of 2 or more axes), into `out` if given.
+
+    NumPy arrays: numpy.matmul itself. CuPy arrays: cupy.matmul (cuBLAS), or a cuTENSOR
+    contraction while the current stream is capturing (capture-safe; see above).
+    """
+    xp = array_module(a)
+    if not stream_is_capturing(xp):
+        return xp.matmul(a, b, out=out)
+    return _contract_matmul(xp, a, b, out)
+
+
+def einsum(subscripts, a, b):
+    """numpy.einsum(subscripts, a, b) for two operands and an explicit output ("ngm,ngm->ng").
+
+    CuPy arrays while the current stream is capturing: one cuTENSOR contraction (cupy.einsum
+    would reach cuBLAS); otherwise the array module's own einsum.
+    """
+    xp = array_module(a)
+    if not stream_is_capturing(xp):
+        return xp.einsum(subscripts, a, b)
+    inputs, out_modes = subscripts.replace(" ", "").split("->")
+    modes_a, modes_b = inputs.split(",")
+    extent = dict(zip(modes_a, a.shape)) | dict(zip(modes_b, b.shape))
+    out = xp.empty(tuple(extent[m] for m in out_modes), dtype=np.result_type(a.dtype, b.dtype))
+    return _contraction(xp, a.astype(out.dtype, copy=False), tuple(modes_a), b.astype(out.dtype, copy=False),
+                        tuple(modes_b), out, tuple(out_modes))
+
+
+def _contract_matmul(xp, a, b, out):
+    """a (..., M, K) @ b (..., K, N) as one contraction C[..., m, n] = sum_k A[..., m, k] B[..., k, n].
+
+    The batch axes broadcast as in numpy.matmul: a batch axis of extent 1 against a longer one is
+    dropped from that operand (a view), so that each mode has one extent, as cuTENSOR requires.
+    """
+    if a.ndim < 2 or b.ndim < 2:
+        raise ValueError(f"matmul during a capture needs operands of 2 or more axes, got shapes {a.shape} and {b.shape}")
+    batch = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    dtype = np.result_type(a.dtype, b.dtype)
+    shape = batch + (a.shape[-2], b.shape[-1])
+    if out is None:
+        out = xp.empty(shape, dtype=dtype)
+    m, k, n = len(batch), len(batch) + 1, len(batch) + 2
+
+    def operand(x, last_modes):
+        lead = x.ndim - 2
+        index, modes = [], []
+        for i in range(lead):
+            mode = len(batch) - lead + i
+            if x.shape[i] == 1 and batch[mode] != 1:
+                index.append(0)  # broadcast: dropped
+            else:
+                index.append(slice(None))
+                modes.append(mode)
+        return x[tuple(index)].astype(dtype, copy=False), tuple(modes) + last_modes
+
+    a_view, modes_a = operand(a, (m, k))
+    b_view, modes_b = operand(b, (k, n))
+    return _contraction(xp, a_view, modes_a, b_view, modes_b, out, tuple(range(len(batch))) + (m, n))
+
+
+def _contraction(xp, a, modes_a, b, modes_b, out, modes_out):
+    """out = A B contracted over the modes not in modes_out (cupyx.cutensor.contraction, beta = 0)."""
+    try:
+        from cupyx import cutensor
+    except ImportError as e:  # CuPy without the cuTENSOR library
+        raise BackendUnavailable(
+            f"a matrix product during a CUDA-graph capture needs cuTENSOR (CuPy refuses cuBLAS there): {e}; "
+            f"install it with: pip install cutensor-cu13 (cutensor-cu12 for CUDA 12)") from e
+    return cutensor.contraction(1.0, a, modes_a, b, modes_b, 0.0, out, modes_out)
+
+
+# ---- one step captured into a CUDA graph ------------------------------------------------------
+
+
+class CapturedStep:
+    """A step, captured once into a CUDA graph on a non-blocking stream of its own, then replayed.
+
+    body(): a function of no arguments that reads and writes device buffers made beforehand
+    (a graph replays its kernels with the arguments and addresses of the capture: a value that
+    changes from step to step must change in device memory, e.g. a timestep buffer, never in a
+    Python argument). state: the buffers body() updates in place, restored after the warm-up.
+    Write the buffers between two replays on `self.stream` (`with step.stream: ...`), so that
+    the writes and the replays are ordered on one stream.
+
+    1. warm-up: body() run `warmup` times eagerly on the stream, under a memory pool of its own:
+       fills every first-use cache (the kernels' device tables, which cuda.to_device copies, a
+       blocking call illegal in a capture; compiled kernels; cuTENSOR plans) and leaves the
+       pool's blocks free for the capture, which then takes memory without growing the pool.
+    2. capture: begin_capture(); body(); end_capture(), under the same pool: the memory the graph
+       uses belongs to this object alone (nothing else allocates from its pool), for as long as
+       it lives. A failure inside ends the capture and re-raises the error that broke it.
+    3. replay(): graph.launch(stream): the whole step in one launch, no host work per kernel.
+    During the capture the networks' matrix products take the cuTENSOR route (`matmul` above).
+    """
+
+    def __init__(self, body, xp, state=(), warmup=1):
+        self.xp = xp
+        xp.cuda.get_current_stream().synchronize()  # the buffers were written on the caller's stream
+        self.stream = xp.cuda.Stream(non_blocking=True)
+        self.pool = xp.cuda.MemoryPool()
+        saved = [s.copy() for s in state]
+        with self.stream, xp.cuda.using_allocator(self.pool.malloc):
+            for _ in range(warmup):
+                body()
+            for s, v in zip(state, saved):
+                s[...] = v
+        del saved
+        gc.collect()  # free the warm-up's temporaries into the pool before the capture takes them
+        self.stream.synchronize()
+        with self.stream, xp.cuda.using_allocator(self.pool.malloc):
+            self.stream.begin_capture()
+            try:
+                body()
+            except BaseException:
+                try:
+                    self.stream.end_capture()
+                except Exception:  # the capture is broken anyway: the error to show is the first one
+                    pass
+                raise
+            self.graph = self.stream.end_capture()
+
+    def replay(self):
+        """Run the captured step once (asynchronously, on self.stream)."""
+        self.graph.launch(self.stream)
+
+    def synchronize(self):
+        """Wait for the replays launched so far."""
+        self.stream.synchronize()

@@ -694,3 +694,44 @@ def check_nested_grids(student, teacher):
     if len(teacher) != 2 * len(student) or not np.array_equal(teacher[0::2], student):
         raise ValueError(f"the {len(teacher)}-step teacher grid does not contain the {len(student)}-step student "
                          f"grid as every other timestep")
+
+
+GUIDANCE_KINDS = ("classifier_free", "classifier")
+
+
+def check_guidance(guidance, classifier, y, guidance_scale, num_classes):
+    """The guidance of a sampling call: None (classifier-free when guidance_scale != 1), "classifier_free"
+    or "classifier". Classifier guidance needs a classifier (an object with log_prob_gradient(x, t, y)
+    and num_classes) and labels y; its labels are checked against the classifier's classes by
+    check_class_labels. A classifier given without guidance="classifier" is refused (it would be
+    ignored). Returns the guidance kind ("classifier_free", "classifier" or None)."""
+    if guidance is not None:
+        check_choice(guidance, GUIDANCE_KINDS, "guidance")
+    guidance_scale = check_real(guidance_scale, "guidance_scale")
+    if guidance != "classifier":
+        if classifier is not None:
+            raise ValueError("classifier given but guidance is not 'classifier': pass guidance='classifier'")
+        if guidance_scale != 1.0 and y is None:
+            raise ValueError("guidance_scale != 1 needs class labels y (classifier-free guidance)")
+        if guidance is None and guidance_scale != 1.0:
+            return "classifier_free"
+        return guidance
+    if classifier is None:
+        raise ValueError("guidance='classifier' needs a classifier (classifier=NoiseClassifier or any object "
+                         "with log_prob_gradient(x, t, y) and num_classes)")
+    if not callable(getattr(classifier, "log_prob_gradient", None)):
+        raise TypeError(f"classifier must have a log_prob_gradient(x, t, y) method, got {type(classifier).__name__}")
+    if y is None:
+        raise ValueError("guidance='classifier' needs class labels y (the classes to guide towards)")
+    classes = getattr(classifier, "num_classes", None)
+    if num_classes is not None and classes is not None and classes != num_classes:
+        raise ValueError(f"the classifier has {classes} classes but the diffusion model {num_classes}")
+    return "classifier"
+
+
+def check_consistency_metric(metric, choices=("l2",)):
+    """A consistency model's distance d (Song et al. 2023 eq. 7): one of choices; LPIPS refused with the reason."""
+    if metric == "lpips":
+        raise ValueError("metric='lpips' needs a pretrained VGG/AlexNet image network, which refdiff neither ships "
+                         "nor downloads (and it is undefined for 2-D points): use metric='l2'")
+    return check_choice(metric, choices, "metric")

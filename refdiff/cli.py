@@ -8,6 +8,10 @@
     refdiff sample runs/moons --sampler euler --steps 20 --option s_churn=0.5 --out moons.png
     refdiff train --data moons --objective flow_matching --steps 3000 --out runs/moons-fm
     refdiff sample runs/moons-fm --sampler flow_euler --steps 8 --out moons-fm.png
+    refdiff sample path/to/google-ddpm-cifar10-32 --n 16 --out cifar.png   # a diffusers pipeline folder
+    refdiff distill runs/moons --method progressive --from-steps 64 --to-steps 1 --steps-per-stage 500 --out runs/pd
+    refdiff distill runs/moons --method consistency --steps 2000 --out runs/cd   # --resume continues either
+    refdiff sample runs/cd --steps 1 --out cd.png                              # one consistency step
     refdiff demo                                                    # ~1-2 minutes on a laptop CPU
     mpiexec -n 2 refdiff train --data digits --steps 4000 --out runs/digits   # data-parallel, 2 processes
 
@@ -116,7 +120,7 @@ def build_parser():
         prog="refdiff",
         description="Train denoising diffusion models and draw samples (NumPy reference, optional CUDA backend).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval,distill,demo}")
     sub.required = True
 
     # ---- train ----
@@ -144,17 +148,19 @@ def build_parser():
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--n", type=_positive_int, default=None, help="number of data points to generate/load")
     p.add_argument("--image-size", type=_positive_int, default=None, help="resize images to this size")
-    p.add_argument("--objective", choices=("diffusion", "flow_matching"), default="diffusion",
+    p.add_argument("--objective", choices=("diffusion", "flow_matching", "classifier"), default="diffusion",
                    help="diffusion: DDPM's noise regression on --schedule (GaussianDiffusion); flow_matching: the "
-                   "velocity of the straight path x_t = (1 - t) x0 + t eps (FlowMatching; sample with flow_euler/flow_heun)")
+                   "velocity of the straight path x_t = (1 - t) x0 + t eps (FlowMatching; sample with flow_euler/flow_heun); "
+                   "classifier: a noise-conditional classifier p(y | x_t) on labelled images (NoiseClassifier, the "
+                   "U-Net's encoder half; cross-entropy at uniform t on --schedule) for `refdiff sample --guidance classifier`")
     # each objective's own options: default None here, so that one given to the other objective
     # is refused instead of ignored (OBJECTIVE_OPTIONS below holds their defaults)
     p.add_argument("--time-sampling", choices=("uniform", "logit_normal"), default=None,
                    help="flow_matching: how training draws t (logit_normal: SD3's, Esser et al. 2024 eq. 19); default uniform")
     p.add_argument("--shift", type=_positive_float, default=None,
                    help="flow_matching: the sampling grid's shift (SD3 eq. 23); default 1")
-    p.add_argument("--T", type=_positive_int, default=None, help="diffusion: steps of the schedule; default 1000")
-    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="diffusion: default linear")
+    p.add_argument("--T", type=_positive_int, default=None, help="diffusion, classifier: steps of the schedule; default 1000")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="diffusion, classifier: default linear")
     p.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=None,
                    help="diffusion: default epsilon")
     p.add_argument("--loss-weighting", choices=("none", "min_snr"), default=None, help="diffusion: default none")
@@ -187,7 +193,8 @@ def build_parser():
         help="draw samples from a trained run",
         description="Draw samples from the latest checkpoint of a run (EMA weights) and write a picture or arrays.",
     )
-    p.add_argument("run", help="run directory (or a checkpoint step_*.json file)")
+    p.add_argument("run", help="run directory (or a checkpoint step_*.json file), or a diffusers pipeline folder "
+                   "(model_index.json, unet/, scheduler/, vae/: sampled with its own scheduler unless --sampler)")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples")
     p.add_argument("--out", required=True, help="output: .png (image grid or 2-D scatter) or .npz (samples, labels)")
     p.add_argument("--sampler", default=None, help="a registered sampler: ddpm, ddim, euler, euler_ancestral, heun, "
@@ -204,13 +211,22 @@ def build_parser():
     p.add_argument("--clipped-eps", action="store_true",
                    help="DDIM: use the eps of the clipped x0 prediction (diffusers' use_clipped_model_output); "
                    "steadier with an imperfect model")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
+    p.add_argument("--guidance-scale", type=float, default=1.0,
+                   help="guidance scale s: classifier-free (class-conditional runs; 1: off) or classifier guidance's")
+    p.add_argument("--guidance", choices=("classifier_free", "classifier"), default=None,
+                   help="classifier: classifier guidance (Dhariwal & Nichol 2021) with the run at --classifier; "
+                   "default: classifier-free when --guidance-scale != 1")
+    p.add_argument("--classifier", default=None,
+                   help="run directory of a classifier (refdiff train --objective classifier) for --guidance classifier")
     p.add_argument("--class", dest="label", type=_nonnegative_int, default=None,
                    help="class label for all samples (class-conditional runs; default: cycle through the classes)")
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--backend", choices=("numpy", "cuda"), default=None, help="default: the run's backend")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="ddpm/ddim on the cuda backend: capture one step (network + fused update) into a CUDA graph "
+                   "and replay it per step (diffusion.capture_sampler; needs cuTENSOR)")
 
     # ---- eval ----
     p = sub.add_parser(
@@ -249,6 +265,32 @@ def build_parser():
     p.add_argument("--backend", choices=("numpy", "cuda"), default="numpy")
     p.add_argument("--quick", action="store_true", help="a few seconds: tiny run, for smoke tests")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # ---- distill ----
+    p = sub.add_parser(
+        "distill",
+        help="distill a trained diffusion run into a few-step sampler (progressive or consistency)",
+        description="Distill the diffusion model of RUN (its EMA weights) on RUN's data. progressive (Salimans & Ho "
+                    "2022): stages OUT/steps_N halve the DDIM steps from --from-steps to --to-steps; sample "
+                    "OUT/steps_N. consistency (Song et al. 2023): one run in OUT; sample it with --steps 1 (or more).",
+    )
+    p.add_argument("run", help="the teacher: a run directory of `refdiff train` (objective diffusion, unconditional)")
+    p.add_argument("--method", choices=("progressive", "consistency"), required=True)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue what OUT holds (finished stages are kept)")
+    p.add_argument("--from-steps", type=_positive_int, default=None, help="progressive: the teacher's DDIM steps (e.g. 64)")
+    p.add_argument("--to-steps", type=_positive_int, default=None, help="progressive: the last student's steps (e.g. 1)")
+    p.add_argument("--steps-per-stage", type=_positive_int, default=None, help="progressive: training steps per stage")
+    p.add_argument("--steps", type=_positive_int, default=None, help="consistency: training steps in all")
+    p.add_argument("--num-boundaries", type=_positive_int, default=18, help="consistency: N, the discretization (>= 2)")
+    p.add_argument("--solver", choices=("heun", "euler"), default="heun", help="consistency: the teacher's ODE step")
+    p.add_argument("--mu", type=_decay, default=0.95, help="consistency: the target network's EMA rate in [0, 1)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="default 256 for points, 64 for images")
+    p.add_argument("--lr", type=_positive_float, default=None, help="AdamW learning rate (default 5e-4)")
+    p.add_argument("--ema-decay", type=_decay, default=0.99, help="the sampling EMA's decay in [0, 1)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--checkpoint-every", type=_nonnegative_int, default=1000, help="steps between checkpoints")
+    p.add_argument("--backend", choices=("numpy", "cuda"), default=None, help="default: the teacher run's backend")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -269,6 +311,8 @@ def _make_model(args, dataset, learned_variance=False):
     """The network for `dataset` from the command's options (2C output channels for a learned variance)."""
     kind = getattr(dataset, "kind", "points")
     model = args.model
+    if args.objective == "classifier":
+        return _make_classifier(args, dataset)
     if model == "auto":
         model = "unet" if kind == "images" else "mlp"
     x = np.asarray(dataset.x)
@@ -316,6 +360,30 @@ def _make_model(args, dataset, learned_variance=False):
         raise CLIError(f"bad U-Net options: {e}") from None
 
 
+def _make_classifier(args, dataset):
+    """The NoiseClassifier of `refdiff train --objective classifier` (the U-Net options size its encoder)."""
+    x = np.asarray(dataset.x)
+    if args.model == "mlp" or x.ndim != 4:
+        raise CLIError(f"--objective classifier trains a U-Net encoder on images (N, C, H, W); dataset {args.data!r} "
+                       f"has shape {x.shape}" + (" (--model mlp is not a classifier)" if args.model == "mlp" else ""))
+    if getattr(dataset, "y", None) is None or not getattr(dataset, "num_classes", 0):
+        raise CLIError(f"--objective classifier: dataset {args.data!r} has no class labels")
+    if args.sample_every:
+        raise CLIError("--sample-every: a classifier run draws no samples")
+    C, H, W = x.shape[1:]
+    if H != W or H % (2 ** (len(args.channel_mults) - 1)):
+        raise CLIError(f"--objective classifier needs square images divisible by 2^{len(args.channel_mults) - 1}, got {H}x{W}")
+    from .models.classifier import NoiseClassifier
+
+    try:
+        return NoiseClassifier(int(dataset.num_classes), in_channels=int(C), base_channels=args.base_channels,
+                               channel_mults=args.channel_mults, num_res_blocks=args.num_res_blocks,
+                               attention_resolutions=(), sample_size=int(H), norm_groups=min(8, args.base_channels),
+                               backend=args.backend, seed=args.seed)
+    except (ValueError, TypeError) as e:
+        raise CLIError(f"bad classifier options: {e}") from None
+
+
 def _make_schedule(name, T):
     from .gaussian.schedule import NoiseSchedule
 
@@ -327,14 +395,16 @@ OBJECTIVE_OPTIONS = {
     "diffusion": {"T": 1000, "schedule": "linear", "prediction_type": "epsilon", "loss_weighting": "none",
                   "variance_type": "fixed_small", "vlb_weight": 0.001},
     "flow_matching": {"time_sampling": "uniform", "shift": 1.0},
+    "classifier": {"T": 1000, "schedule": "linear"},
 }
 
 
 def _objective_options(args):
     """The options of args.objective with their defaults filled in; an option of the other
     objective given on the command line is an error (it would be ignored)."""
+    own = OBJECTIVE_OPTIONS[args.objective]
     for objective, options in OBJECTIVE_OPTIONS.items():
-        given = [name for name in options if getattr(args, name) is not None]
+        given = [name for name in options if getattr(args, name) is not None and name not in own]
         if objective != args.objective and given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise CLIError(f"{flags}: an option of --objective {objective}, not of --objective {args.objective}")
@@ -407,6 +477,10 @@ def _start_training(args, parallel):
             from .flow_matching import FlowMatching
 
             diffusion = FlowMatching(model, time_sampling=options["time_sampling"], shift=options["shift"])
+        elif args.objective == "classifier":
+            from .training.classifier import NoisyClassification
+
+            diffusion = NoisyClassification(model, _make_schedule(options["schedule"], options["T"]))
         else:
             diffusion = GaussianDiffusion(model, _make_schedule(options["schedule"], options["T"]),
                                           prediction_type=options["prediction_type"],
@@ -429,7 +503,7 @@ def _start_training(args, parallel):
                 grad_clip=args.grad_clip,
                 ema_decay=args.ema_decay,
                 seed=args.seed,
-                cond_drop_prob=args.cond_drop_prob,
+                cond_drop_prob=0.0 if args.objective == "classifier" else args.cond_drop_prob,
                 sample_every=args.sample_every,
                 sample_n=args.sample_n,
                 sample_steps=args.sample_steps,
@@ -466,18 +540,20 @@ def _train(args, parallel):
     except FloatingPointError as e:  # diverged (on every rank at once): the last checkpoint is kept
         raise CLIError(f"{e}; the latest checkpoint in {ckpt_dir} is kept (try a lower --lr)") from None
     seconds = time.perf_counter() - t0
-    picture = trainer.save_samples()
+    picture = None if trainer.diffusion.objective == "classifier" else trainer.save_samples()
     if main:
         with open(os.path.join(args.out, "losses.json"), "w") as f:
             json.dump(trainer.losses, f)
     say(f"trained {remaining} steps in {seconds:.1f} s ({remaining / seconds:.1f} steps/s), "
         f"final loss (mean of last 100) {np.mean(losses[-100:]):.4f}")
     say(f"checkpoint: {latest_checkpoint(ckpt_dir)}")
-    say(f"samples:    {picture}")
+    if picture is not None:
+        say(f"samples:    {picture}")
     return 0
 
 
 def cmd_sample(args):
+    from .backend import BackendUnavailable
     from .io.checkpoint import CheckpointError
     from .io.images import save_image_grid, save_scatter
     from .training.trainer import load_diffusion
@@ -485,27 +561,37 @@ def cmd_sample(args):
     ext = os.path.splitext(args.out)[1].lower()
     if ext not in (".png", ".npz"):
         raise CLIError(f"--out {args.out}: the file name must end in .png or .npz")
+    from .pipeline import is_pipeline_folder
+
+    if is_pipeline_folder(args.run):
+        return cmd_sample_pipeline(args, ext)
     try:
         diffusion, meta = load_diffusion(args.run, backend=args.backend, ema=not args.no_ema)
     except CheckpointError as e:
         raise CLIError(str(e)) from None
-    num_classes = diffusion.num_classes
+    if diffusion.objective == "classifier":
+        raise CLIError(f"{args.run} is a classifier run: sample a diffusion run, with --guidance classifier "
+                       f"--classifier {args.run}")
+    classifier = _load_classifier(args, diffusion)
+    num_classes = diffusion.num_classes if classifier is None else classifier.num_classes
     y = None
     if num_classes is not None:
         if args.label is not None:
             if args.label >= num_classes:
-                raise CLIError(f"--class {args.label}: the model has classes 0..{num_classes - 1}")
+                owner = "model" if classifier is None else "classifier"
+                raise CLIError(f"--class {args.label}: the {owner} has classes 0..{num_classes - 1}")
             y = np.full(args.n, args.label, dtype=np.int64)
         else:
             y = np.arange(args.n, dtype=np.int64) % num_classes
     elif args.label is not None or args.guidance_scale != 1.0:
-        raise CLIError("--class and --guidance-scale need a class-conditional run (train with --classes)")
+        raise CLIError("--class and --guidance-scale need a class-conditional run (train with --classes) "
+                       "or --guidance classifier")
     if args.steps is not None and args.steps > diffusion.T:
         raise CLIError(f"--steps {args.steps} exceeds the T={diffusion.T} steps of the model")
     from .samplers import SAMPLERS
 
-    if args.sampler is None:
-        args.sampler = "flow_euler" if diffusion.objective == "flow_matching" else "ddpm"
+    if args.sampler is None:  # each objective's own sampler
+        args.sampler = DEFAULT_SAMPLERS.get(diffusion.objective, "ddpm")
     if args.sampler not in SAMPLERS:
         raise CLIError(f"--sampler {args.sampler!r}: choose from {sorted(SAMPLERS)}")
     options = dict(args.options)
@@ -514,14 +600,26 @@ def cmd_sample(args):
     if args.clipped_eps:
         options["use_clipped_model_output"] = True
     steps = args.steps
+    if steps is None and diffusion.objective == "consistency_distillation" and not isinstance(args.sigmas, list):
+        steps = 1  # a consistency model's one step (Algorithm 1)
+    if diffusion.objective == "progressive_distillation" and args.sampler == "ddim":
+        steps = steps or diffusion.student_steps  # the student's own grid, as trained
+        args.spacing = args.spacing or "trailing"
     if steps is None and args.sampler not in ("ddpm", "ddim") and not isinstance(args.sigmas, list):
         raise CLIError(f"--sampler {args.sampler} needs --steps (or an explicit --sigmas grid)")
+    if args.cuda_graph:
+        _check_cuda_graph(args, diffusion, options)
     t0 = time.perf_counter()
     try:
-        x = diffusion.sample(args.n, sampler=args.sampler, steps=steps, y=y,
-                             guidance_scale=args.guidance_scale, seed=args.seed, spacing=args.spacing,
-                             sigmas=args.sigmas, progress=not args.no_progress, **options)
-    except (ValueError, TypeError) as e:  # a bad option or grid: one line, exit 2
+        if args.cuda_graph:
+            captured = diffusion.capture_sampler(args.n, sampler=args.sampler, steps=steps, eta=options.get("eta", 0.0),
+                                                 y=y, spacing=args.spacing or "leading")
+            x = captured.sample(seed=args.seed)
+        else:
+            x = diffusion.sample(args.n, sampler=args.sampler, steps=steps, y=y, guidance=args.guidance,
+                                 classifier=classifier, guidance_scale=args.guidance_scale, seed=args.seed,
+                                 spacing=args.spacing, sigmas=args.sigmas, progress=not args.no_progress, **options)
+    except (ValueError, TypeError, BackendUnavailable) as e:  # a bad option or grid, no cuTENSOR: one line, exit 2
         raise CLIError(str(e).splitlines()[0]) from None
     seconds = time.perf_counter() - t0
     shape = (meta.get("data") or {}).get("shape")  # images flattened for an MLP: draw them as images
@@ -540,6 +638,161 @@ def cmd_sample(args):
     n_steps = steps or (len(args.sigmas) - 1 if isinstance(args.sigmas, list) else diffusion.T)
     print(f"{args.n} samples ({args.sampler}, {n_steps} steps) in {seconds:.1f} s -> {args.out}")
     return 0
+
+
+def _check_cuda_graph(args, diffusion, options):
+    """--cuda-graph: what diffusion.capture_sampler can capture, or one line and exit 2."""
+    if getattr(diffusion.backend, "name", "numpy") != "cuda":
+        raise CLIError("--cuda-graph needs the cuda backend (--backend cuda): CUDA graphs are captured on a GPU")
+    if not hasattr(diffusion, "capture_sampler") or args.sampler not in ("ddpm", "ddim"):
+        raise CLIError(f"--cuda-graph captures the ddpm and ddim samplers of a diffusion run, not {args.sampler!r}")
+    extra = sorted(set(options) - {"eta"})
+    if extra or args.guidance_scale != 1.0 or args.guidance is not None or args.sigmas is not None:
+        raise CLIError("--cuda-graph takes --steps, --eta, --spacing, --class and --seed only "
+                       "(not --guidance, --guidance-scale, --sigmas, --clipped-eps or --option)")
+
+
+def cmd_sample_pipeline(args, ext):
+    """refdiff sample on a diffusers pipeline folder (refdiff.pipeline): its own scheduler unless --sampler."""
+    from .io.images import save_image_grid
+    from .pipeline import load_pipeline
+    from .samplers import SAMPLERS
+
+    given = (("--class", args.label is not None), ("--guidance-scale", args.guidance_scale != 1.0),
+             ("--no-ema", args.no_ema))
+    refused = [flag for flag, is_given in given if is_given]
+    if refused:
+        raise CLIError(f"{', '.join(refused)}: not for a diffusers pipeline folder (unconditional, one set of weights)")
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        raise CLIError(f"--sampler {args.sampler!r}: choose from {sorted(SAMPLERS)}")
+    try:
+        pipe = load_pipeline(args.run, backend=args.backend or "numpy")
+    except (OSError, ValueError, TypeError) as e:  # a missing file, a part or key refdiff cannot run
+        raise CLIError(str(e)) from None
+    options = dict(args.options)
+    for name, value in (("eta", args.eta), ("spacing", args.spacing), ("sigmas", args.sigmas)):
+        if value is not None:
+            options[name] = value
+    if args.clipped_eps:
+        options["use_clipped_model_output"] = True
+    sampler = args.sampler or pipe.sampler
+    if args.steps is not None and args.steps > pipe.scheduler.schedule.T:
+        raise CLIError(f"--steps {args.steps} exceeds the T={pipe.scheduler.schedule.T} steps of the scheduler")
+    t0 = time.perf_counter()
+    try:
+        x = pipe(args.n, steps=args.steps, seed=args.seed, sampler=sampler, **options)
+    except (ValueError, TypeError, FloatingPointError) as e:  # a bad option or grid: one line, exit 2
+        raise CLIError(str(e).splitlines()[0]) from None
+    seconds = time.perf_counter() - t0
+    if ext == ".npz":
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        np.savez(args.out, samples=x)
+    else:
+        save_image_grid(x, args.out)
+    steps = args.steps or pipe.steps_for(sampler) or pipe.scheduler.schedule.T
+    print(f"{args.n} samples ({pipe.class_name}, {sampler}, {steps} steps) in {seconds:.1f} s -> {args.out}")
+    return 0
+
+
+def _load_classifier(args, diffusion):
+    """The NoiseClassifier of --classifier for --guidance classifier (None without it); CLIError when one
+    is given without the other, when the run is not a classifier, or trained on another schedule."""
+    from .io.checkpoint import CheckpointError
+    from .training.trainer import load_diffusion
+
+    if args.guidance != "classifier":
+        if args.classifier is not None:
+            raise CLIError("--classifier is only read with --guidance classifier")
+        return None
+    if args.classifier is None:
+        raise CLIError("--guidance classifier needs --classifier RUN (refdiff train --objective classifier)")
+    try:
+        objective, _ = load_diffusion(args.classifier, backend=args.backend, ema=not args.no_ema)
+    except (CheckpointError, OSError) as e:
+        raise CLIError(f"--classifier {args.classifier}: {_one_line(e)}") from None
+    if objective.objective != "classifier":
+        raise CLIError(f"--classifier {args.classifier}: not a classifier run (its objective is {objective.objective!r})")
+    betas = getattr(getattr(diffusion, "schedule", None), "betas", None)
+    if betas is None or not np.array_equal(np.asarray(objective.schedule.betas), np.asarray(betas)):
+        raise CLIError(f"--classifier {args.classifier}: trained on another noise schedule than {args.run}")
+    return objective.model
+
+
+DEFAULT_SAMPLERS = {"flow_matching": "flow_euler", "progressive_distillation": "ddim",
+                    "consistency_distillation": "consistency"}
+
+
+def cmd_distill(args):
+    """Progressive or consistency distillation of a trained run (refdiff.training.distill)."""
+    from .io.checkpoint import CheckpointError
+    from .training import distill
+    from .training.trainer import load_diffusion
+
+    _check_backend(args.backend)
+    if args.method == "progressive":
+        missing = [f for f in ("from_steps", "to_steps", "steps_per_stage") if getattr(args, f) is None]
+        wrong = [f for f in ("steps",) if getattr(args, f) is not None]
+    else:
+        missing = [f for f in ("steps",) if getattr(args, f) is None]
+        wrong = [f for f in ("from_steps", "to_steps", "steps_per_stage") if getattr(args, f) is not None]
+    if missing:
+        raise CLIError(f"--method {args.method} needs {', '.join('--' + f.replace('_', '-') for f in missing)}")
+    if wrong:
+        raise CLIError(f"{', '.join('--' + f.replace('_', '-') for f in wrong)}: not an option of --method {args.method}")
+    try:
+        teacher, meta = load_diffusion(args.run, backend=args.backend)
+    except CheckpointError as e:
+        raise CLIError(str(e)) from None
+    if teacher.objective != "diffusion":
+        raise CLIError(f"{args.run}: the teacher must be a diffusion run (objective diffusion), not {teacher.objective}")
+    data_info = dict(meta.get("data") or {})
+    if not isinstance(data_info.get("spec"), str):
+        raise CLIError(f"{args.run}: the run names no data spec to distill on")
+    dataset = _load_data(data_info["spec"], n=data_info.get("n"), seed=data_info.get("seed") or 0,
+                         image_size=data_info.get("image_size"))
+    is_images = np.asarray(dataset.x).ndim == 4
+    options = dict(batch_size=args.batch_size or (64 if is_images else 256), lr=args.lr or 5e-4,
+                   ema_decay=args.ema_decay, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                   data_info=data_info)
+    run_dir = args.out if args.method == "consistency" else None
+    if not args.resume and _holds_run(args.out):
+        raise CLIError(f"--out {args.out} already holds a distillation: pass --resume to continue it or choose another --out")
+    t0 = time.perf_counter()
+    try:
+        if args.method == "progressive":
+            if args.to_steps >= args.from_steps or args.from_steps % args.to_steps:
+                raise CLIError(f"--from-steps {args.from_steps} must be --to-steps {args.to_steps} times a power of 2")
+            ratio = args.from_steps // args.to_steps
+            if ratio & (ratio - 1):
+                raise CLIError(f"--from-steps {args.from_steps} must be --to-steps {args.to_steps} times a power of 2")
+            if args.from_steps > teacher.T:
+                raise CLIError(f"--from-steps {args.from_steps} exceeds the T={teacher.T} steps of the teacher")
+            students = distill.progressive_distillation(teacher, dataset, args.from_steps, args.to_steps,
+                                                        args.steps_per_stage, out_dir=args.out,
+                                                        progress=not args.no_progress, resume=args.resume, **options)
+            run_dir = os.path.join(args.out, f"steps_{students[-1].student_steps}")
+        else:
+            distill.consistency_distillation(teacher, dataset, args.steps, out_dir=args.out,
+                                             progress=not args.no_progress, resume=args.resume,
+                                             num_boundaries=args.num_boundaries, solver=args.solver, mu=args.mu,
+                                             **options)
+    except FloatingPointError as e:
+        raise CLIError(f"{e}; the latest checkpoint in {args.out} is kept (try a lower --lr)") from None
+    except (ValueError, TypeError) as e:  # a bad option the library refused (CheckpointError included)
+        raise CLIError(_one_line(e)) from None
+    print(f"distilled ({args.method}) in {time.perf_counter() - t0:.1f} s -> {run_dir}")
+    print(f"sample it: refdiff sample {run_dir} --out samples.png")
+    return 0
+
+
+def _holds_run(out):
+    """Whether OUT holds a run (OUT/checkpoints) or progressive stages (OUT/steps_N/checkpoints)."""
+    from .io.checkpoint import latest_checkpoint
+
+    if not os.path.isdir(out):
+        return False
+    dirs = [out] + [os.path.join(out, d) for d in os.listdir(out) if d.startswith("steps_")]
+    return any(latest_checkpoint(os.path.join(d, "checkpoints")) is not None for d in dirs)
 
 
 def cmd_eval(args):
@@ -636,7 +889,7 @@ def cmd_demo(args):
 DEMO_T = 1000
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "distill": cmd_distill, "demo": cmd_demo}
 
 
 def _check_backend(name):
@@ -663,7 +916,7 @@ def _check_out(args):
     if not out:
         return
     path = os.path.abspath(out)
-    is_dir_option = args.command in ("train", "demo")
+    is_dir_option = args.command in ("train", "demo", "distill")
     if is_dir_option and os.path.exists(path) and not os.path.isdir(path):
         raise CLIError(f"--out {out}: is a file, not a directory: choose a directory")
     if not is_dir_option and os.path.isdir(path):

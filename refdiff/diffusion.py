@@ -17,6 +17,9 @@ stop-gradient on the mean (refdiff.training.hybrid_loss; lambda = vlb_weight, 0.
 For classifier-free guidance (Ho & Salimans 2022) the label is replaced by the null label
 num_classes with probability cond_drop_prob during training; sampling then evaluates the model
 with the label and with the null label and combines eps_uncond + s (eps_cond - eps_uncond).
+Classifier guidance (Dhariwal & Nichol 2021) instead adds the gradient of a separate classifier's
+log p_phi(y | x_t), taken by the autograd: the ddpm sampler moves its mean by s Sigma_t grad
+(Algorithm 1), the others use eps - sqrt(1 - abar_t) s grad (eq. 14); see sample(guidance=).
 
 Sampling runs a registered sampler (refdiff.samplers, through the loop of rd.sample_loop) under no_grad. The fused ops
 (q_sample_with_target, ddpm_step, ddim_step) are called through the model's backend, so the
@@ -26,7 +29,8 @@ import numpy as np
 
 from .nn.autograd import Tensor, no_grad
 from .checks import (LEARNED_VARIANCE_TYPES, check_choice, check_class_labels, check_clip, check_finite,
-                     check_positive_real, check_prediction_type, check_variance_type, value_checks_on)
+                     check_fixed_variance_type, check_guidance, check_positive_real, check_prediction_type,
+                     check_variance_type, value_checks_on)
 from .backend import get_backend
 from .nn.functional import mse_loss
 from .gaussian.losses import WEIGHTINGS, loss_weight
@@ -276,6 +280,41 @@ class GaussianDiffusion:
 
         return model_pair
 
+    def _classifier_guided(self, model_pair, classifier, y, guidance_scale, mean_shift):
+        """(model_pair, options) of classifier guidance (Dhariwal & Nichol 2021) with scale s.
+
+        The gradient grad_x log p_phi(y | x_t) is the classifier's (classifier.log_prob_gradient, by
+        the autograd for a NoiseClassifier), at the step's x_t and t; x_t is reshaped to the
+        classifier's sample_shape when the diffusion's data are the same numbers flattened.
+        mean_shift (a sampler with the classifier_gradient option, ddpm): Algorithm 1, the sampler
+        moves its mean by Sigma_t s grad; the model output is left alone. Otherwise eq. 14: the
+        model's eps is replaced by eps - sqrt(1 - abar_t) s grad (any prediction type is read as
+        (x_0, eps) at the step's (signal_scale, noise_std) first; the samplers then read eps)."""
+        from .gaussian.guidance import classifier_guided_eps
+        from .gaussian.parameterization import PREDICTION_CODES, x0_eps_from_output_formula
+        from .gaussian.process import as_process
+
+        y_dev = self.backend.asarray(y)
+        shape = getattr(classifier, "sample_shape", None)
+
+        def gradient(x_t, t):  # s grad_x log p_phi(y | x_t) in x_t's shape
+            x_c = x_t if shape is None or tuple(x_t.shape[1:]) == tuple(shape) else x_t.reshape(len(x_t), *shape)
+            grad = _data(classifier.log_prob_gradient(x_c, t, y_dev))
+            return guidance_scale * grad.reshape(x_t.shape).astype(x_t.dtype, copy=False)
+
+        if mean_shift:
+            return model_pair, {"classifier_gradient": gradient}
+        process = as_process(self.schedule)
+        code = PREDICTION_CODES[self.prediction_type]
+
+        def guided_pair(x_t, t):
+            out, _ = model_pair(x_t, t)
+            a, s = float(process.signal_scale(t)), float(process.noise_std(t))
+            _, eps = x0_eps_from_output_formula(x_t, out, a, s, code)
+            return classifier_guided_eps(eps, s, gradient(x_t, t), 1.0), None  # Dhariwal & Nichol eq. 14
+
+        return guided_pair, {}
+
     def sample(
         self,
         n,
@@ -284,6 +323,8 @@ class GaussianDiffusion:
         eta=None,
         y=None,
         guidance_scale=1.0,
+        guidance=None,
+        classifier=None,
         seed=None,
         return_trajectory=False,
         progress=True,
@@ -304,6 +345,13 @@ class GaussianDiffusion:
             explicit sigmas array). eta: DDIM's (or euler_ancestral's) eta; None leaves the sampler's default.
         y: class labels (int or (n,) ints) for a class-conditional model; guidance_scale s != 1
             turns on classifier-free guidance: eps_uncond + s (eps_cond - eps_uncond).
+        guidance: None (classifier-free when guidance_scale != 1), "classifier_free", or
+            "classifier": classifier guidance (Dhariwal & Nichol 2021) towards labels y with scale
+            s = guidance_scale and `classifier` (a refdiff.NoiseClassifier trained on this schedule,
+            or any object with log_prob_gradient(x, t, y) and num_classes). The diffusion model is
+            then used unconditionally (a class-conditional one with its null label), and the
+            classifier's gradient moves each step: ddpm by Algorithm 1 (the mean + s Sigma_t grad), the
+            other samplers by eq. 14 (eps - sqrt(1 - abar_t) s grad).
         seed: seed of the backend generator for x_T and the step noise (same seed, same backend:
             same samples). return_trajectory: also return the array (steps + 1, n, ...) of x_T, x at
             every step (ddpm/ddim: after each update; the others: where the model is called at each
@@ -319,10 +367,24 @@ class GaussianDiffusion:
 
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        if guidance_scale != 1.0 and y is None:
-            raise ValueError("guidance_scale != 1 needs class labels y (classifier-free guidance)")
+        guidance = check_guidance(guidance, classifier, y, guidance_scale, self.num_classes)
         spec = sampler_spec(sampler)
-        y = check_class_labels(y, n, self.num_classes)
+        if guidance == "classifier":  # eq. 14 reads eps: a flow-matching velocity model is not covered
+            check_choice(self.prediction_type, ("epsilon", "sample", "v_prediction"),
+                         "prediction_type of a classifier-guided model")
+            y = check_class_labels(y, n, classifier.num_classes)
+            check_fixed_variance_type(self.variance_type, "classifier guidance")
+            model_pair = self._model_pair(int(n), None, 1.0)  # the unconditional model
+            model_pair, guided_options = self._classifier_guided(model_pair, classifier, y, guidance_scale,
+                                                                 "classifier_gradient" in spec.options)
+            options.update(guided_options)
+            loop_scale, prediction_type = 1.0, ("epsilon" if not guided_options else self.prediction_type)
+        else:
+            y = check_class_labels(y, n, self.num_classes)
+            # a learned variance's channels go to ddpm/ddim only (a subclass's _model_pair has no such option)
+            extra = dict(keep_variance=spec.works_on == "timesteps") if self.learns_variance else {}
+            model_pair = self._model_pair(int(n), y, guidance_scale, **extra)
+            loop_scale, prediction_type = guidance_scale, self.prediction_type
         shape = (int(n), *model_sample_shape(self.model))
         rng = self.backend.rng(seed)
         given = dict(eta=eta, spacing=spacing, sigmas=sigmas, steps_offset=steps_offset or None)
@@ -350,12 +412,9 @@ class GaussianDiffusion:
                         bar.update(1)
 
                 try:
-                    # a learned variance's channels go to ddpm/ddim only (a subclass's _model_pair has no such option)
-                    extra = dict(keep_variance=spec.works_on == "timesteps") if self.learns_variance else {}
-                    model_pair = self._model_pair(int(n), y, guidance_scale, **extra)
-                    x, _ = run_sampler(model_pair, x, self.schedule, sampler, steps,
-                                       rng, self.prediction_type, backend=self.backend, guidance_scale=guidance_scale,
-                                       defaults=defaults, on_step=on_step, **options)
+                    x, _ = run_sampler(model_pair, x, self.schedule, sampler, steps, rng, prediction_type,
+                                       backend=self.backend, guidance_scale=loop_scale, defaults=defaults,
+                                       on_step=on_step, **options)
                 except (ValueError, FloatingPointError) as e:
                     xp = self.backend.xp
                     # data live in [-1, 1] and x_T ~ N(0, I): |x_t| > 1e4 (or NaN) is a run-away
@@ -383,6 +442,15 @@ class GaussianDiffusion:
     # ----------------------------------------------------------------------------------------
     # likelihood: the network as the plain functions refdiff.gaussian.likelihood and
     # refdiff.gaussian.ode_likelihood take
+
+    def capture_sampler(self, n, sampler="ddim", steps=None, eta=0.0, y=None, **options):
+        """A refdiff.capture.CapturedSampler: the ddim/ddpm loop with each step (network + fused
+        update) captured once into a CUDA graph and replayed; .sample(seed) equals
+        self.sample(n, sampler, steps, eta, y=y, seed=seed) (device backends only)."""
+        from .capture import CapturedSampler
+
+        y = check_class_labels(y, n, self.num_classes) if y is not None else None
+        return CapturedSampler(self, n, sampler, steps, eta, y, **options)
 
     def _likelihood_labels(self, n):
         """The null label for every sample of a class-conditional model (the unconditional model

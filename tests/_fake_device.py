@@ -8,7 +8,12 @@ device on a real GPU goes through `_transfer()`:
                                  np.asarray(a) (the __array__ protocol)
     copying host data in         xp.asarray / xp.array of host data (NumPy arrays, lists,
                                  Python numbers), a NumPy array as an operand or index
-Inside `capturing()` (a CUDA-graph capture) also a cuBLAS or cuRAND call raises CaptureError.
+Inside `capturing()` (a CUDA-graph capture) also a cuBLAS or cuRAND call, a stream
+synchronisation or a kernel cache's numba.cuda.to_device raises CaptureError. `xp.cuda` stands for
+cupy.cuda: Stream (begin_capture / end_capture record every device op into a Graph, whose launch()
+replays them on the same memory; an allocation that grows the current MemoryPool raises during
+the recording), MemoryPool, using_allocator, get_current_stream; `cupyx.cutensor.contraction`
+(np.einsum on the device memory; allowed during a capture) is installed with the fake.
 Inside `no_host_transfers()` a transfer raises HostTransfer (naming what did it); outside, it
 is allowed and counted in `TRANSFERS`. Python scalars as operands (`a * 2.0`) and
 `xp.full(shape, 2.0)` are no transfer: on a GPU they are kernel arguments.
@@ -31,6 +36,7 @@ import contextlib
 import math
 import sys
 import types
+import weakref
 
 import numpy as np
 
@@ -55,20 +61,215 @@ _capturing = [False]
 
 @contextlib.contextmanager
 def capturing():
-    """Inside this block, as inside Stream.begin_capture() / end_capture(): a cuBLAS call (a
-    matrix product), a cuRAND call (a random draw, a new generator) or a host transfer raises."""
+    """Inside this block, as inside Stream.begin_capture() / end_capture() (the current stream
+    reports is_capturing()): a cuBLAS call (a matrix product), a cuRAND call (a random draw, a
+    new generator), a host transfer, a stream synchronisation, a numba.cuda.to_device copy of
+    the kernels' caches (under the simulator) or an allocation that grows a memory pool raises."""
     previous = _capturing[0]
     _capturing[0] = True
     try:
-        with no_host_transfers():
+        with no_host_transfers(), _to_device_refused():
             yield
     finally:
         _capturing[0] = previous
 
 
+@contextlib.contextmanager
+def _to_device_refused():
+    """refdiff.kernels._launch.to_device raising CaptureError (where the kernels are importable)."""
+    launch = sys.modules.get("refdiff.kernels._launch")
+    if launch is None:
+        yield
+        return
+    real = launch.to_device
+
+    def refused(a):
+        raise CaptureError(f"numba.cuda.to_device of a {a.shape} cache table during stream capture (a blocking "
+                           f"copy; warm the caches before the capture)")
+
+    launch.to_device = refused
+    try:
+        yield
+    finally:
+        launch.to_device = real
+
+
 def _library_call(library, what):
     if _capturing[0]:
         raise CaptureError(f"{library} call during stream capture: {what} (CuPy refuses it: cupy/cupy#6290)")
+
+
+# ---- the CUDA-graph stand-in: streams, graphs, memory pools, cuTENSOR ---------------------------
+# Between Stream.begin_capture() and end_capture() every device op is recorded as (function,
+# device-memory arguments, result) and also run (as CuPy runs the kernels of a capture, which is
+# how results reach the next op). Graph.launch() replays the record: each function called again on
+# the same memory, its result written into the memory of the captured result, as a graph replays
+# its kernels on the addresses of the capture. A value the step reads from a Python argument is
+# frozen at its captured value; a value in device memory is read anew. (The fused kernels' host
+# launchers are re-run as a whole, so what they pass by value is read anew here, not frozen as on a
+# GPU: a kernel's timesteps must still be device arrays there, which tests check separately.)
+_recording = [None]  # the list a capture appends to
+
+
+class MemoryPool:
+    """A device memory pool: freed blocks are kept by size (bins of 512 bytes, as CuPy's) and
+    reused; a request no free block fits grows the pool, which raises during a capture."""
+
+    def __init__(self):
+        self.free, self.held, self.grown = {}, 0, 0
+
+    def malloc(self, nbytes):  # what cupy.cuda.using_allocator takes; the fake charges arrays itself
+        raise NotImplementedError
+
+    def take(self, nbytes):
+        size = -(-max(nbytes, 1) // 512) * 512
+        if self.free.get(size):
+            self.free[size] -= 1
+        else:
+            if _recording[0] is not None:  # inside Stream.begin_capture() .. end_capture()
+                raise CaptureError(f"a memory pool allocation of {size} bytes that grows the pool during stream "
+                                   f"capture (no free block of that size: warm the pool before the capture)")
+            self.held += size
+            self.grown += 1
+        return size
+
+    def give_back(self, size):
+        self.free[size] = self.free.get(size, 0) + 1
+
+
+DEFAULT_POOL = MemoryPool()
+_allocator = [DEFAULT_POOL]
+_live = {}  # id(root ndarray) -> [pool, block size, number of live DeviceArrays on that memory]
+
+
+def _charge(array):
+    """Charge the memory of a new DeviceArray (the root of a view) to the current pool, until the
+    last DeviceArray on that memory dies (CuPy frees memory when its last array goes; the record
+    of a capture keeps the NumPy memory alive for the replay, but not the DeviceArrays)."""
+    root = array._a
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    entry = _live.get(id(root))
+    if entry is None:
+        pool = _allocator[0]
+        entry = _live[id(root)] = [pool, pool.take(root.nbytes), 0]
+    entry[2] += 1
+    weakref.finalize(array, _release, id(root))
+
+
+def _release(key):
+    entry = _live[key]
+    entry[2] -= 1
+    if entry[2] == 0:
+        del _live[key]
+        entry[0].give_back(entry[1])
+
+
+@contextlib.contextmanager
+def using_allocator(malloc):
+    """cupy.cuda.using_allocator(pool.malloc): new arrays in this block come from that pool."""
+    previous = _allocator[0]
+    _allocator[0] = malloc.__self__
+    try:
+        yield
+    finally:
+        _allocator[0] = previous
+
+
+class Graph:
+    """What Stream.end_capture() returns: the recorded ops, replayed by launch()."""
+
+    def __init__(self, ops):
+        self.ops = ops
+
+    def launch(self, stream=None):
+        if _capturing[0]:
+            raise CaptureError("graph.launch() inside a capture")
+        for f, args, kwargs, result in self.ops:
+            _write_into(result, f(*args, **kwargs))
+
+
+def _write_into(result, new):
+    if isinstance(result, np.ndarray):
+        old, new = result, np.asarray(new)
+        if not (old.__array_interface__["data"][0] == new.__array_interface__["data"][0]
+                and old.strides == new.strides and old.shape == new.shape):
+            old[...] = new
+    elif isinstance(result, (tuple, list)):
+        for r, n in zip(result, new):
+            _write_into(r, n)
+
+
+class Stream:
+    """cupy.cuda.Stream: a context manager making it current; begin/end_capture record a Graph."""
+
+    def __init__(self, non_blocking=False, null=False):
+        self.null, self._outer, self._capture = null, [], None
+        self.ptr = 0 if null else id(self)
+
+    def __enter__(self):
+        self._outer.append(_current_stream[0])
+        _current_stream[0] = self
+        return self
+
+    def __exit__(self, *exc):
+        _current_stream[0] = self._outer.pop()
+
+    def begin_capture(self):
+        if self.null:
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        self._capture = contextlib.ExitStack()
+        self._capture.enter_context(capturing())
+        _recording[0] = []
+
+    def end_capture(self):
+        ops, _recording[0] = _recording[0], None
+        self._capture.close()
+        self._capture = None
+        return Graph(ops)
+
+    def is_capturing(self):
+        return _capturing[0]
+
+    def synchronize(self):
+        if _capturing[0]:
+            raise CaptureError("stream synchronisation during stream capture")
+
+
+_current_stream = [Stream(null=True)]
+
+
+class _FakeCuda(types.SimpleNamespace):
+    """cupy.cuda: streams, graphs, memory pools."""
+
+
+cuda = _FakeCuda(Stream=Stream, MemoryPool=MemoryPool, Graph=Graph, using_allocator=using_allocator,
+                 get_current_stream=lambda: _current_stream[0])
+
+
+def _contraction(alpha, a, modes_a, b, modes_b, beta, c, modes_c):
+    """cupyx.cutensor.contraction (allowed during a capture): C = alpha A B + beta C by modes."""
+    letters = {}
+
+    def subscript(modes):
+        return "".join(letters.setdefault(m, chr(ord("a") + len(letters))) for m in modes)
+
+    spec = f"{subscript(modes_a)},{subscript(modes_b)}->{subscript(modes_c)}"
+    CONTRACTIONS.append(spec)
+
+    def contract(a, b, c):
+        c[...] = alpha * np.einsum(spec, a, b) + (beta * c if beta else 0)  # beta = 0: C is not read
+        return c
+
+    _run(contract, (_device_memory(a), _device_memory(b), _device_memory(c)), {})
+    return c
+
+
+CONTRACTIONS = []  # the specs of the cuTENSOR contractions run, in order
+cutensor = types.ModuleType("cupyx.cutensor")
+cutensor.contraction = _contraction
+cupyx = types.ModuleType("cupyx")
+cupyx.cutensor = cutensor
 
 
 TRANSFERS = []  # what transferred (outside no_host_transfers), in order
@@ -143,9 +344,17 @@ def _wrap(x):
 
 def _device_call(f):
     def call(*args, **kwargs):
-        return _wrap(f(*_unwrap(args), **_unwrap(kwargs)))
+        return _run(f, _unwrap(args), _unwrap(kwargs))
 
     return call
+
+
+def _run(f, args, kwargs):
+    """f on device memory (NumPy arrays), its result as device arrays; recorded during a capture."""
+    result = _wrap(f(*args, **kwargs))
+    if _recording[0] is not None:
+        _recording[0].append((f, args, kwargs, _device_memory(result)))
+    return result
 
 
 # ---- the array ---------------------------------------------------------------------------------
@@ -158,6 +367,7 @@ class DeviceArray:
 
     def __init__(self, a):
         self._a = a
+        _charge(self)
 
     # metadata lives on the host: free
     shape = property(lambda self: self._a.shape)
@@ -224,18 +434,18 @@ class DeviceArray:
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         if ufunc.__name__ in BLAS_FUNCTIONS:
             _library_call("cuBLAS", f"numpy.{ufunc.__name__}")
-        return _wrap(getattr(ufunc, method)(*_unwrap(inputs), **_unwrap(kwargs)))
+        return _run(getattr(ufunc, method), _unwrap(inputs), _unwrap(kwargs))
 
     def __array_function__(self, func, types, args, kwargs):
         if func.__name__ in BLAS_FUNCTIONS:
             _library_call("cuBLAS", f"numpy.{func.__name__}")
-        return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
+        return _run(func, _unwrap(args), _unwrap(kwargs))
 
     def __getitem__(self, index):
-        return _wrap(self._a[_unwrap(index, operand=False)])
+        return _run(self._a.__getitem__, (_unwrap(index, operand=False),), {})
 
     def __setitem__(self, index, value):
-        self._a[_unwrap(index, operand=False)] = _unwrap(value, operand=False)
+        _run(self._a.__setitem__, (_unwrap(index, operand=False), _unwrap(value, operand=False)), {})
 
 
 class MemoryPointer:
@@ -253,10 +463,14 @@ def _operator(name, in_place=False):
     def op(self, *other):
         if name in BLAS_FUNCTIONS:
             _library_call("cuBLAS", "a @ b")
-        result = getattr(self._a, name)(*_unwrap(other))
+        f, args = getattr(self._a, name), _unwrap(other)
+        result = f(*args)
         if result is NotImplemented:  # e.g. a refdiff Tensor on the other side: its reflected op runs
             return NotImplemented
-        return self if in_place else _wrap(result)
+        result = self if in_place else _wrap(result)
+        if _recording[0] is not None:
+            _recording[0].append((f, args, {}, _device_memory(result)))
+        return result
 
     op.__name__ = name
     return op
@@ -313,12 +527,17 @@ class _FakeCuPy(_Proxy):
 
 
 xp = _FakeCuPy(np)
+xp.cuda = cuda
 
 
 def installed(monkeypatch):
-    """Make `import cupy` (and so refdiff.backend.array_module) answer with this fake."""
+    """Make `import cupy` (and so refdiff.backend.array_module) answer with this fake, and
+    `from cupyx import cutensor` with its contraction."""
     monkeypatch.setitem(sys.modules, "cupy", xp)
+    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
+    monkeypatch.setitem(sys.modules, "cupyx.cutensor", cutensor)
     TRANSFERS.clear()
+    CONTRACTIONS.clear()
 
 
 def to_device(a):
@@ -357,7 +576,7 @@ def _on_device(kernel):
     """A fused kernel run by Numba's CUDA simulator on the values of DeviceArrays: what the
     launch does on a GPU (the kernel reads and writes device memory; no transfer)."""
     def launch(*args, **kwargs):
-        return _wrap(kernel(*_device_memory(args), **_device_memory(kwargs)))
+        return _run(kernel, _device_memory(args), _device_memory(kwargs))
 
     launch.__name__ = getattr(kernel, "__name__", "kernel")
     return launch

@@ -138,6 +138,7 @@ def test_pyproject_offers_one_cuda_extra_per_cuda_major_version_with_its_librari
         deps = extras[f"cuda{major}"]
         assert f"cupy-cuda{major}x[ctk]>=14" in deps  # [ctk]: cuBLAS, cuRAND, NVRTC, the runtime of that major
         assert f"numba-cuda[cu{major}]>=0.20" in deps  # NVVM and the runtime numba-cuda links against
+        assert f"cutensor-cu{major}>=2" in deps  # the capture-safe matrix products (refdiff.backend.matmul)
     assert extras["cuda"] == ["refdiff[cuda13]"]
 
 

@@ -134,6 +134,7 @@ def test_sample_options_that_do_not_fit_the_run_exit_2(moons_run, digits_run, tm
         (["sample", digits_run, "--class", "10", "--out", png], "the model has classes 0..9"),
         (["sample", moons_run, "--steps", "51", "--out", png], "exceeds the T=50 steps"),
         (["sample", moons_run, "--sampler", "no_such_sampler", "--out", png], "--sampler 'no_such_sampler'"),
+        (["sample", moons_run, "--cuda-graph", "--out", png], "--cuda-graph needs the cuda backend"),
     ]
     for argv, message in cases:
         code, err = _exit_code_and_error(argv, capsys)

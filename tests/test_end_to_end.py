@@ -41,7 +41,8 @@ def test_training_on_moons_beats_the_untrained_model_by_a_wide_margin():
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
-@pytest.mark.parametrize("name", ["forward_process", "schedules", "toy_2d", "ddpm_vs_ddim", "guidance_digits", "rectified_flow"])
+@pytest.mark.parametrize("name", ["forward_process", "schedules", "toy_2d", "ddpm_vs_ddim", "guidance_digits", "rectified_flow",
+                                  "classifier_guidance_digits", "few_step"])
 def test_example_runs_with_quick_and_writes_its_pictures(name, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(EXAMPLES)
     module = importlib.import_module(name)

@@ -13,7 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 
-@pytest.mark.parametrize("script", ["bench_kernels.py", "bench_sampling_gpu.py", "bench_train_gpu.py"])
+@pytest.mark.parametrize("script", ["bench_kernels.py", "bench_sampling_gpu.py", "bench_train_gpu.py",
+                                    "bench_launch_cost.py"])
 def test_benchmark_without_a_gpu_exits_with_code_2_and_says_why(script):
     import gpu_bench_common
 
@@ -53,6 +54,19 @@ def test_model_benchmark_runs_and_records_a_table(script, tmp_path):
     assert bench.main(argv + ["--results", str(results)]) == 0
     text = results.read_text()
     assert "| batch |" in text and "- device:" in text and "- command:" in text
+
+
+def test_bench_launch_cost_measures_both_cache_settings_and_records_a_table(tmp_path):
+    """Smoke run (simulator: not a GPU figure) or, on a GPU, the real thing: a row per cache
+    setting, the cache's hits counted (the second and later launches on the same inputs hit)."""
+    import bench_launch_cost
+
+    results = tmp_path / "RESULTS.md"
+    rows = bench_launch_cost.run(smoke=SIMULATED, calls=2 if SIMULATED else 50, results=str(results))
+    assert [r[0] for r in rows] == ["off", "on"]
+    hits, misses = (int(w) for w in rows[1][2].split()[::3])
+    assert misses == 2 and hits > 0  # x and denoised converted once, then reused
+    assert "argument cache on and off" in results.read_text()
 
 
 class _Stream:
@@ -125,6 +139,7 @@ def test_the_device_check_runs_end_to_end_without_a_gpu_skipping_each_gpu_step_w
     assert r.returncode == 0, r.stdout + r.stderr
     summary = (out / "summary.md").read_text()
     assert "| env | pass: no GPU usable |" in summary
-    for step in ("gpu-tests", "kernel-tests", "capture-probe", "bench-kernels", "bench-sampling", "bench-train"):
+    for step in ("gpu-tests", "kernel-tests", "capture-probe", "bench-kernels", "bench-sampling", "bench-launch",
+                 "bench-train"):
         assert f"| {step} | SKIP: no GPU: {problem[:40]}" in summary, step
     assert (out / "env.log").exists() and (out / "logs.tar.gz").stat().st_size > 0

@@ -18,7 +18,9 @@
                          (Lipman et al. 2023; Liu et al. 2022; Esser et al. 2024 eq. 19)
     distillation.py      progressive distillation: the target x_tilde of two teacher DDIM steps folded into one,
                          its v, the truncated-SNR weight (Salimans & Ho 2022 Algorithm 2, sec. 4)
-    consistency.py       consistency models' c_skip / c_out: f(x, sigma_min) = x by construction (Song et al. 2023 eq. 5, app. C)
+    consistency.py       consistency models: c_skip / c_out (f(x, sigma_min) = x by construction), the network target of
+                         the CD loss, the re-noise of multistep sampling, the target network's EMA, consistency
+                         training's N(k), mu(k) (Song et al. 2023 eq. 5, Algorithms 1-3, app. C)
 
 A math folder: it imports NumPy, refdiff.checks and refdiff.backend only, never the networks,
 the autograd or the training code (tests/test_layout.py keeps it so). The names follow

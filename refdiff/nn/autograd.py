@@ -53,6 +53,19 @@ def no_grad():
         _grad_enabled = previous
 
 
+@contextlib.contextmanager
+def enable_grad():
+    """Context manager: record the graph again inside a no_grad() block (classifier guidance takes
+    a gradient with respect to x_t in the middle of sampling)."""
+    global _grad_enabled
+    previous = _grad_enabled
+    _grad_enabled = True
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
 def unbroadcast(grad, shape):
     """Sum `grad` over the axes that broadcasting added or stretched, so it has `shape`.
 

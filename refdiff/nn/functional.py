@@ -13,7 +13,9 @@ Shapes: images are NCHW (batch, channels, height, width); a conv weight is
 (out_channels, in_channels, kh, kw) and a linear weight is (out_features, in_features), as in
 PyTorch and diffusers, so their checkpoints load as they are.
 
-All array calls go through `xp = array_module(data)`, so the same code runs on CuPy arrays.
+All array calls go through `xp = array_module(data)`, so the same code runs on CuPy arrays. The
+forward matrix products call refdiff.backend's `matmul` / `einsum` (numpy.matmul / numpy.einsum on
+NumPy arrays): on CuPy they take a route that works inside a CUDA-graph capture.
 """
 import contextlib
 import math
@@ -23,7 +25,7 @@ import threading
 import numpy as np
 
 from .autograd import Tensor
-from ..backend import array_module
+from ..backend import array_module, einsum, matmul
 
 
 def _tensor(x):
@@ -59,7 +61,7 @@ def linear(x, weight, bias=None):
     if x.shape[-1] != in_features:
         raise ValueError(f"linear: input of shape {x.shape} does not match weight of shape {weight.shape}")
     x2 = x.data.reshape(-1, in_features)  # (B, in), B = all leading axes
-    y = x2 @ weight.data.T  # (B, out)
+    y = matmul(x2, weight.data.T)  # (B, out)
     if bias is not None:
         y += bias.data
     parents = (x, weight) if bias is None else (x, weight, bias)
@@ -307,7 +309,7 @@ def _correlate(x, w, sh, sw, ph, pw):
     Ho, Wo = _conv_output_size(H, kh, sh, ph), _conv_output_size(W, kw, sw, pw)
     cols = _im2col(x, kh, kw, sh, sw, ph, pw)
     w2 = w.transpose(2, 3, 1, 0).reshape(kh * kw * C, O)  # rows (i, j, c), like the columns of cols
-    y = xp.matmul(cols, w2, out=_workspace(xp, "gemm", (N * Ho * Wo, O), cols.dtype))  # (N*Ho*Wo, O)
+    y = matmul(cols, w2, out=_workspace(xp, "gemm", (N * Ho * Wo, O), cols.dtype))  # (N*Ho*Wo, O)
     return y.reshape(N, Ho, Wo, O).transpose(0, 3, 1, 2).copy()  # a new C-ordered array, even when O = 1
 
 
@@ -398,7 +400,7 @@ def _conv2d_pointwise(x, weight, bias):
     O = weight.shape[0]
     x3 = x.data.reshape(N, C, H * W)  # (N, C, HW) (a copy only if x is not contiguous)
     w2 = weight.data.reshape(O, C)
-    y = xp.matmul(w2, x3)  # (N, O, HW)
+    y = matmul(w2, x3)  # (N, O, HW)
     if bias is not None:
         y += bias.data.reshape(1, O, 1)
     parents = (x, weight) if bias is None else (x, weight, bias)
@@ -446,7 +448,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     M = xg.shape[-1]
     mu = xg.mean(axis=-1, keepdims=True)
     xhat = xg - mu  # centred now, normalised in place below (this op is memory-bound)
-    var = xp.einsum("ngm,ngm->ng", xhat, xhat)[..., None] / M  # biased variance, no temporary
+    var = einsum("ngm,ngm->ng", xhat, xhat)[..., None] / M  # biased variance, no temporary
     rstd = 1 / xp.sqrt(var + eps)  # (N, G, 1)
     xhat *= rstd  # (N, G, M)
     y = xhat.reshape(x.shape)  # shares xhat's memory until the affine step makes a new array
@@ -631,11 +633,11 @@ def scaled_dot_product_attention(q, k, v, scale=None):
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     q_scaled = q.data * scale  # scale the (L, d) operand, not the (L, S) scores
-    p = q_scaled @ xp.swapaxes(k.data, -1, -2)  # scores S = scale Q K^T (..., L, S), made into P in place:
+    p = matmul(q_scaled, xp.swapaxes(k.data, -1, -2))  # scores S = scale Q K^T (..., L, S), made into P in place:
     p -= p.max(axis=-1, keepdims=True)  # shift each row by its max: exp cannot overflow
     xp.exp(p, out=p)
     p /= p.sum(axis=-1, keepdims=True)  # attention weights P = softmax(S), rows sum to 1
-    out = _node(p @ v.data, q, k, v)  # (..., L, dv)
+    out = _node(matmul(p, v.data), q, k, v)  # (..., L, dv)
 
     def backward():
         # O = P V: dV = P^T dO, dP = dO V^T; P = softmax(S): dS = P (dP - rowsum(dP P));

@@ -31,6 +31,7 @@ through loop.run_sampler, so a new sampler plugs in by registering: one module p
     dpm_solver.py   dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, dpmpp_3m_sde, dpmpp_2s, dpmpp_3s (DPM-Solver++) and their grids
     unipc.py        unipc (UniPC, B(h) = e^-h - 1)
     score_sde.py    score_sde_euler, score_sde_pc, annealed_langevin (the reverse SDE, predictor-corrector, NCSN)
+    consistency.py  consistency (Song et al. 2023 Algorithm 1: one step of a consistency model, or a few with re-noising)
 
 Timesteps of ddpm/ddim are integers 0..T-1 (index t is the paper's step t+1); t_prev < 0 means
 "before the first step" (abar_prev = 1).
@@ -46,6 +47,7 @@ from .timesteps import inference_timesteps, previous_timestep, timestep_pairs
 from . import flow, k_diffusion  # noqa: F401  (register euler, euler_ancestral, heun, lms, flow_euler, flow_heun)
 from . import dpm_solver, unipc  # noqa: F401  (register dpmpp_2m, _3m, _2m_sde, _3m_sde, _2s, _3s, unipc)
 from . import score_sde  # noqa: F401  (register score_sde_euler, score_sde_pc, annealed_langevin)
+from . import consistency  # noqa: F401  (registers consistency and its grid)
 from .grids import Grid, build_grid, exponential_sigmas, karras_sigmas
 from .loop import sample_loop
 

@@ -1,4 +1,4 @@
-"""Small pieces every reverse step shares: the guided output, the clipped x_0, a noise draw.
+"""Small pieces every reverse step shares: the guided output, the clipped x_0, a noise draw, the fused step.
 
 Each is a few lines of plumbing around one equation that lives elsewhere (guidance in
 refdiff.gaussian.guidance); the steps in ddpm.py and ddim.py read as their papers' equations.
@@ -25,3 +25,12 @@ def clipped(x0_pred, clip_sample, clip_sample_range):
 def draw_noise(rng, x):
     """A standard normal array of x's shape and dtype from the generator rng."""
     return rng.standard_normal(x.shape, dtype=x.dtype)
+
+
+def fused(denoise, twin):
+    """The function that computes `twin`'s step here: on a device backend, the fused kernel that
+    refdiff.kernels.TWINS registers as twin's (one launch instead of one per array operation),
+    else twin itself. denoise.backend is the Backend the model runs on (None for a plain function
+    given to sample_loop, where the arrays are NumPy's)."""
+    backend = getattr(denoise, "backend", None)
+    return twin if backend is None else getattr(backend, twin.__name__)

@@ -13,8 +13,9 @@ Reference: Ho, Jain, Abbeel 2020, DDPM, arXiv:2006.11239 (eqs. 6-7, 15; Algorith
 import numpy as np
 
 from ..backend import per_sample
-from ..checks import (LEARNED_VARIANCE_TYPES, check_noise_given, check_step_arrays, check_step_options,
-                      check_step_timesteps, check_variance_type)
+from ..checks import (LEARNED_VARIANCE_TYPES, check_fixed_variance_type, check_noise_given, check_step_arrays,
+                      check_step_options, check_step_timesteps, check_variance_type)
+from ..gaussian.guidance import classifier_guided_mean
 from ..gaussian.parameterization import x0_eps_from_model_output
 from ..gaussian.learned_variance import learned_log_variance, split_model_output, step_log_betas
 from ..gaussian.posterior import posterior_mean_coefficients, posterior_variance
@@ -131,6 +132,7 @@ def sample_ddpm(
     clip_sample=True,
     clip_sample_range=1.0,
     guidance_scale=1.0,
+    classifier_gradient=None,
 ):
     """DDPM ancestral sampling (DDPM Algorithm 2), over all T steps or a strided sub-sequence.
 
@@ -139,13 +141,23 @@ def sample_ddpm(
     (the strided DDPM of diffusers' DDPMScheduler with num_inference_steps). A learned variance
     (variance_type "learned" / "learned_range", 2C-channel outputs) interpolates between the
     strided step's beta and beta_tilde, as diffusers and improved DDPM's respacing do.
+
+    classifier_gradient: None, or a function (x_t, t) -> s grad_x log p_phi(y | x_t) (the scaled
+    classifier gradient at the step's input): classifier guidance by Dhariwal & Nichol 2021,
+    Algorithm 1, x_{t_prev} ~ N(mean + s Sigma_t grad, Sigma_t). The step draws mean + sqrt(Sigma_t) z,
+    so adding Sigma_t s grad to the drawn x_{t_prev} is exactly the draw from the shifted mean, whatever
+    clipping did to the mean; Sigma_t is the step's variance (ddpm_variance of t, t_prev): a fixed
+    variance only (with a learned one Sigma_t is the model's, not written yet).
     """
     if eta != 0.0:
         raise ValueError("eta applies to the DDIM sampler; DDPM has no eta (it is DDIM with eta=1)")
+    if classifier_gradient is not None:
+        check_fixed_variance_type(variance_type, "classifier guidance in the ddpm sampler")
     # the fused kernel has the fixed variances only; a learned one runs the reference step
     step = ddpm_step if variance_type in LEARNED_VARIANCE_TYPES else backend.ddpm_step
     for t, t_prev in timestep_pairs(steps, schedule.T, spacing, steps_offset):
         model_output, model_output_uncond = denoise(x, t)
+        x_t = x
         x = step(
             x,
             model_output,
@@ -160,4 +172,8 @@ def sample_ddpm(
             model_output_uncond=model_output_uncond,
             guidance_scale=guidance_scale,
         )
+        if classifier_gradient is not None:  # Algorithm 1: the mean moved by s Sigma_t grad log p_phi(y | x_t)
+            abar_t, abar_prev = schedule.alphas_cumprod_at(t), schedule.alphas_cumprod_at(t_prev)
+            variance = float(ddpm_variance(abar_t, abar_prev, variance_type))  # also at t = 0, as guided-diffusion
+            x = classifier_guided_mean(x, variance, classifier_gradient(x_t, t), 1.0)
         yield t, x

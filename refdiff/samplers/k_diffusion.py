@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from .common import draw_noise
+from .common import draw_noise, fused
 from .registry import register_sampler
 
 # ---- shared pieces ----------------------------------------------------------------------------
@@ -99,11 +99,11 @@ def sample_euler(denoise, x, sigmas, rng, *, s_churn=0.0, s_tmin=0.0, s_tmax=flo
     0). With churn, diffusers calls the model at the x and sigma from before the churn and only then
     adds the noise; refdiff follows EDM and k-diffusion (the model sees x_hat at sigma_hat).
     """
-    steps = len(sigmas) - 1
+    steps, step = len(sigmas) - 1, fused(denoise, euler_step)  # the fused kernel on a device backend
     for i in range(steps):
         gamma = churn_gamma(sigmas[i], steps, s_churn, s_tmin, s_tmax)
         x, sigma_hat, denoised = churned(denoise, x, i, sigmas[i], gamma, s_noise, rng)
-        x = euler_step(x, denoised, sigma_hat, sigmas[i + 1])
+        x = step(x, denoised, sigma_hat, sigmas[i + 1])
     return x
 
 
@@ -120,10 +120,11 @@ def sample_euler_ancestral(denoise, x, sigmas, rng, *, eta=1.0, s_noise=1.0):
     EulerAncestralDiscreteScheduler (eta = 1, s_noise = 1), which also draws a noise array at the
     last step and multiplies it by sigma_up = 0; refdiff draws none there (as k-diffusion).
     """
+    step = fused(denoise, euler_step)  # the fused kernel on a device backend
     for i in range(len(sigmas) - 1):
         denoised = denoise(x, i)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        x = euler_step(x, denoised, sigmas[i], sigma_down)
+        x = step(x, denoised, sigmas[i], sigma_down)
         if sigmas[i + 1] > 0 and sigma_up > 0:
             x = x + draw_noise(rng, x) * (s_noise * sigma_up)
     return x
@@ -143,12 +144,13 @@ def sample_heun(denoise, x, sigmas, rng, *, s_churn=0.0, s_tmin=0.0, s_tmax=floa
     Parity: diffusers' HeunDiscreteScheduler (which has no churn: s_churn = 0).
     """
     steps = len(sigmas) - 1
+    euler, heun = fused(denoise, euler_step), fused(denoise, heun_step)  # fused kernels on a device backend
     for i in range(steps):
         gamma = churn_gamma(sigmas[i], steps, s_churn, s_tmin, s_tmax)
         x_hat, sigma_hat, denoised = churned(denoise, x, i, sigmas[i], gamma, s_noise, rng)
-        x = euler_step(x_hat, denoised, sigma_hat, sigmas[i + 1])  # line 8
+        x = euler(x_hat, denoised, sigma_hat, sigmas[i + 1])  # line 8
         if sigmas[i + 1] > 0:  # the trapezoidal correction (EDM Algorithm 2, lines 9-11)
-            x = heun_step(x_hat, denoised, x, denoise(x, i + 1), sigma_hat, sigmas[i + 1])
+            x = heun(x_hat, denoised, x, denoise(x, i + 1), sigma_hat, sigmas[i + 1])
     return x
 
 

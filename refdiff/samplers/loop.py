@@ -45,11 +45,12 @@ class Denoiser:
 
     model_pair(x, t) -> (model_output, model_output_uncond or None): the model at its own scale and
     time; with an unconditional output, the output used is uncond + s (cond - uncond) (Ho & Salimans
-    2022 eq. 6). nfe counts the model evaluations.
+    2022 eq. 6). nfe counts the model evaluations. backend: the Backend whose fused step kernels the
+    samplers call (samplers.common.fused); None: the reference functions.
     """
 
-    def __init__(self, model_pair, process, grid, prediction_type, guidance_scale=1.0, callback=None):
-        self.model_pair, self.process, self.grid = model_pair, process, grid
+    def __init__(self, model_pair, process, grid, prediction_type, guidance_scale=1.0, callback=None, backend=None):
+        self.model_pair, self.process, self.grid, self.backend = model_pair, process, grid, backend
         self.prediction_type, self.guidance_scale, self.callback = prediction_type, guidance_scale, callback
         self.sigmas = tuple(float(s) for s in grid.sigmas)
         self.times = tuple(float(t) for t in grid.times)
@@ -144,7 +145,7 @@ def run_sampler(model_pair, x_T, process, sampler, steps, rng, prediction_type, 
         if callback is not None:
             callback(i, sigma, x_model, denoised)
 
-    denoise = Denoiser(model_pair, process, grid, prediction_type, guidance_scale, hook)
+    denoise = Denoiser(model_pair, process, grid, prediction_type, guidance_scale, hook, backend)
     if spec.works_on == "velocity":
         x = spec.fn(denoise.velocity, x_T, denoise.times, rng, **sampler_options)
         return x.astype(x_T.dtype, copy=False), denoise.nfe

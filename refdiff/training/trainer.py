@@ -6,6 +6,8 @@
         loss = diffusion.loss(x0, y, cond_drop_prob)  random t and noise
         loss.backward(); clip_grad_norm; AdamW step   (Loshchilov & Hutter 2019)
         ema.step(params)                              weights for sampling (DDPM sec. 4)
+        diffusion.after_optimizer_step(params)        if the objective has one (a consistency model's
+                                                      target network theta-, Song et al. 2023 Algorithm 2)
 
 Randomness: every random draw of step s comes from generators derived from (seed, s) with
 numpy's SeedSequence: the batch order of epoch e from default_rng([seed, e])
@@ -56,13 +58,18 @@ from .distributed import data_parallel
 from ..diffusion import GaussianDiffusion, model_num_classes
 from ..flow_matching import FlowMatching
 from ..distillation import ProgressiveDistillation
+from .classifier import NoisyClassification
+from ..consistency import ConsistencyDistillation, ConsistencyTraining
 from .optim import EMA, AdamW, clip_grad_norm, warmup_lr
 
 # classes a checkpoint may name: a checkpoint never makes us import arbitrary code
-MODEL_CLASSES = {"UNet": "refdiff.models.unet", "MLPDenoiser": "refdiff.models.mlp"}
+MODEL_CLASSES = {"UNet": "refdiff.models.unet", "MLPDenoiser": "refdiff.models.mlp",
+                 "NoiseClassifier": "refdiff.models.classifier"}
 # a checkpoint's diffusion config names its objective ("objective"; absent: "diffusion")
 DIFFUSION_CLASSES = {"diffusion": GaussianDiffusion, "flow_matching": FlowMatching,
-                     "progressive_distillation": ProgressiveDistillation}
+                     "progressive_distillation": ProgressiveDistillation, "classifier": NoisyClassification,
+                     "consistency_distillation": ConsistencyDistillation,
+                     "consistency_training": ConsistencyTraining}
 
 
 @dataclasses.dataclass
@@ -245,6 +252,9 @@ class Trainer:
             clip_grad_norm(self.params, cfg.grad_clip, sync=False)  # the norm is not read: no host sync
         self.optimizer.step()
         self.ema.step(self.params)
+        after = getattr(self.diffusion, "after_optimizer_step", None)
+        if after is not None:  # an objective's own state that follows the weights (consistency models' theta-)
+            after(self.params)
         self._unread.append((self.step, loss.data))
         self.step += 1
 
@@ -613,6 +623,10 @@ def diffusion_from_checkpoint(arrays, meta, where, backend=None, ema=True):
     d.pop("T", None)
     if objective == "progressive_distillation":
         return _distillation_from_checkpoint(model, arrays, meta, where, d, backend)
+    if objective == "classifier":  # a noise-conditional classifier (refdiff.training.classifier)
+        return NoisyClassification(model, NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64)))
+    if objective in ("consistency_distillation", "consistency_training"):
+        return _consistency_from_checkpoint(model, arrays, meta, where, d, backend, objective)
     try:
         return GaussianDiffusion(model, NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64)), **d)
     except Exception as e:
@@ -624,9 +638,7 @@ def _distillation_from_checkpoint(model, arrays, meta, where, d, backend):
     "teacher/..." arrays (a network of the student's class and config)."""
     from ..gaussian.schedule import NoiseSchedule
 
-    teacher_model = build_model(meta, where, backend=backend)
-    skeleton, _ = ckpt.flatten_state(teacher_model.state_dict(), "teacher")
-    load_model_state(teacher_model, arrays, {"states": {"teacher": skeleton}}, where, prefix="teacher")
+    teacher_model = _stored_network(arrays, meta, where, backend, "teacher")
     try:
         student_steps = d.pop("student_steps")
         d.pop("prediction_type", None)
@@ -635,6 +647,37 @@ def _distillation_from_checkpoint(model, arrays, meta, where, d, backend):
         return ProgressiveDistillation(model, teacher, student_steps)
     except Exception as e:
         raise CheckpointError(f"{where}: bad progressive-distillation config in the checkpoint: {e}") from None
+
+
+def _stored_network(arrays, meta, where, backend, prefix):
+    """A network of the checkpoint's model class and config holding the arrays "prefix/..." (a teacher, a target)."""
+    network = build_model(meta, where, backend=backend)
+    skeleton, _ = ckpt.flatten_state(network.state_dict(), prefix)
+    load_model_state(network, arrays, {"states": {prefix: skeleton}}, where, prefix=prefix)
+    return network
+
+
+def _consistency_from_checkpoint(model, arrays, meta, where, d, backend, objective):
+    """A ConsistencyDistillation run (the student `model`, its teacher "teacher/...") or a ConsistencyTraining
+    one (at the checkpoint's step k), with the target network theta- ("target/..."); the networks are of
+    the student's class and config."""
+    from ..gaussian.schedule import NoiseSchedule
+
+    schedule = NoiseSchedule(np.asarray(arrays["schedule/betas"], dtype=np.float64))
+    teacher_model = _stored_network(arrays, meta, where, backend, "teacher") if objective == "consistency_distillation" else None
+    target = _stored_network(arrays, meta, where, backend, "target")
+    try:
+        if teacher_model is None:
+            cm = ConsistencyTraining(model, schedule, **d)
+            cm.set_step(meta["step"])
+        else:
+            teacher = GaussianDiffusion(teacher_model, schedule, prediction_type=d.pop("teacher_prediction_type"),
+                                        clip_sample=False)
+            cm = ConsistencyDistillation(model, teacher, **d)
+    except Exception as e:
+        raise CheckpointError(f"{where}: bad consistency-model config in the checkpoint: {e}") from None
+    cm.target = target
+    return cm
 
 
 def checkpoint_location(path):
