@@ -77,7 +77,7 @@ def ddpm_step(x_t, model_output, t, schedule, noise, prediction_type="epsilon", 
     x_t, model_output, noise, uncond = _launch.check_step_arrays(x_t, model_output, noise, model_output_uncond)
     clip_sample, clip_sample_range, guidance_scale = checks.check_step_options(
         prediction_type, clip_sample, clip_sample_range, guidance_scale, uncond)
-    checks.check_variance_type(variance_type)
+    checks.check_fixed_variance_type(variance_type, "the fused ddpm_step kernel")
     tables = _launch.schedule_tables(schedule)
     B, N = _launch.batch_and_size(x_t)
     t_arg = _launch.timestep_arg(t, tables.T, B)

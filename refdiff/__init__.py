@@ -41,6 +41,9 @@ _EXPORTS = {
     "vlb_terms": "refdiff.gaussian.likelihood",
     "vlb": "refdiff.gaussian.likelihood",
     "bits_per_dim": "refdiff.gaussian.likelihood",
+    # learned variance (improved DDPM sec. 3.1, eq. 15)
+    "learned_range_log_variance": "refdiff.gaussian.learned_variance",
+    "split_model_output": "refdiff.gaussian.learned_variance",
     # the exact likelihood through the probability-flow ODE (Song et al. 2021 app. D)
     "ode_log_likelihood": "refdiff.gaussian.ode_likelihood",
     "ode_bits_per_dim": "refdiff.gaussian.ode_likelihood",

@@ -29,7 +29,8 @@ from .backend import array_module, is_device_array, to_numpy
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-VARIANCE_TYPES = ("fixed_small", "fixed_large")
+VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")  # the model outputs 2C channels [eps-or-other, v]
 
 # REFDIFF_KERNEL_CHECKS=1: also check values on device arrays (see the module docstring).
 # Read once at import, like the other switches of the kernels.
@@ -205,8 +206,28 @@ def check_prediction_type(prediction_type):
 
 
 def check_variance_type(variance_type):
-    """One of "fixed_small" (beta tilde) or "fixed_large" (beta), diffusers' variance_type."""
+    """One of "fixed_small" (beta tilde), "fixed_large" (beta), "learned" or "learned_range" (the
+    model's extra C channels: improved DDPM sec. 3.1), diffusers' variance_type."""
     return check_choice(variance_type, VARIANCE_TYPES, "variance_type")
+
+
+def check_fixed_variance_type(variance_type, where):
+    """A fixed variance type ("fixed_small" or "fixed_large"): `where` (a fused kernel, say) has no
+    learned variance."""
+    check_variance_type(variance_type)
+    if variance_type in LEARNED_VARIANCE_TYPES:
+        raise ValueError(f"variance_type={variance_type!r} is not supported by {where}: use 'fixed_small' or 'fixed_large'")
+    return variance_type
+
+
+def check_learned_output(model_output, channels, name="model_output"):
+    """A model output with 2C channels on axis 1 (C = channels, the data's): [eps-or-other, v]
+    (improved DDPM sec. 3.1; diffusers' DDPMScheduler.step splits there)."""
+    shape = getattr(model_output, "shape", ())
+    if len(shape) < 2 or shape[1] != 2 * channels:
+        raise ValueError(f"{name} must have 2 x {channels} = {2 * channels} channels on axis 1 for a learned "
+                         f"variance (the output, then v), got shape {tuple(shape)}")
+    return model_output
 
 
 # ---- timesteps -------------------------------------------------------------------------------

@@ -178,6 +178,12 @@ def build_parser():
     p.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=None,
                    help="diffusion: default epsilon")
     p.add_argument("--loss-weighting", choices=("none", "min_snr"), default=None, help="diffusion: default none")
+    p.add_argument("--variance-type", choices=("fixed_small", "fixed_large", "learned", "learned_range"), default=None,
+                   help="diffusion: the reverse step's variance; learned_range / learned: the model outputs 2C channels "
+                        "and trains with the hybrid loss L_simple + lambda L_vlb (improved DDPM sec. 3.1); "
+                        "sampling and bits/dim read it from the checkpoint. Default fixed_small")
+    p.add_argument("--vlb-weight", type=_positive_float, default=None,
+                   help="diffusion with a learned variance: lambda of the hybrid loss (improved DDPM eq. 16); default 0.001")
     p.add_argument("--hidden", type=_positive_int, default=128, help="mlp: hidden width")
     p.add_argument("--num-blocks", type=_positive_int, default=3, help="mlp: residual blocks")
     p.add_argument("--base-channels", type=_positive_int, default=32, help="unet: channels at the first level")
@@ -379,7 +385,9 @@ def _load_data(spec, n=None, seed=0, image_size=None):
 
 def _make_model(args, dataset, shape=None):
     """The network for `dataset` from the command's options; shape: (C, H, W) of what it denoises
-    when that is not the data's (the latents of latent diffusion)."""
+    when that is not the data's (the latents of latent diffusion). A learned variance (--variance-type
+    learned, learned_range) gets 2C output channels."""
+    learned_variance = (getattr(args, "variance_type", None) or "").startswith("learned")
     kind = getattr(dataset, "kind", "points")
     model = args.model
     if args.objective == "classifier":
@@ -401,7 +409,8 @@ def _make_model(args, dataset, shape=None):
 
         try:
             return MLPDenoiser(dim=int(x.shape[1]), hidden=args.hidden, num_blocks=args.num_blocks,
-                               num_classes=num_classes, backend=args.backend, seed=args.seed)
+                               num_classes=num_classes, backend=args.backend, seed=args.seed,
+                               out_dim=2 * int(x.shape[1]) if learned_variance else None)
         except (ValueError, TypeError) as e:
             raise CLIError(f"bad MLP options: {e}") from None
     if x.ndim != 4:
@@ -420,7 +429,7 @@ def _make_model(args, dataset, shape=None):
     try:
         return UNet(
             in_channels=int(C) * (2 if factor else 1),  # super-resolution: [x_t, up(x_low)]
-            out_channels=int(C),
+            out_channels=int(C) * (2 if learned_variance else 1),  # a learned variance: [output, v]
             base_channels=args.base_channels,
             channel_mults=args.channel_mults,
             num_res_blocks=args.num_res_blocks,
@@ -467,7 +476,8 @@ def _make_schedule(name, T):
 
 # each training objective's own options and their defaults
 OBJECTIVE_OPTIONS = {
-    "diffusion": {"T": 1000, "schedule": "linear", "prediction_type": "epsilon", "loss_weighting": "none"},
+    "diffusion": {"T": 1000, "schedule": "linear", "prediction_type": "epsilon", "loss_weighting": "none",
+                  "variance_type": "fixed_small", "vlb_weight": 0.001},
     "flow_matching": {"time_sampling": "uniform", "shift": 1.0},
     "classifier": {"T": 1000, "schedule": "linear"},
 }
@@ -571,7 +581,8 @@ def _start_training(args, parallel):
             model = _make_model(args, dataset)
             diffusion = GaussianDiffusion(model, _make_schedule(options["schedule"], options["T"]),
                                           prediction_type=options["prediction_type"],
-                                          loss_weighting=options["loss_weighting"], superres_factor=args.superres)
+                                          loss_weighting=options["loss_weighting"], superres_factor=args.superres,
+                                          variance_type=options["variance_type"], vlb_weight=options["vlb_weight"])
         data_info = {"spec": args.data, "n": args.n, "seed": args.seed, "image_size": args.image_size,
                      "kind": getattr(dataset, "kind", None), "num_classes": getattr(dataset, "num_classes", None)}
         try:
@@ -645,7 +656,7 @@ def _latent_diffusion(args, dataset, options, say=print):
     try:
         return LatentDiffusion(model, _make_schedule(options["schedule"], options["T"]), vae, scaling_factor,
                                prediction_type=options["prediction_type"], loss_weighting=options["loss_weighting"],
-                               source=record)
+                               variance_type=options["variance_type"], vlb_weight=options["vlb_weight"], source=record)
     except ValueError as e:
         raise CLIError(f"--latent {args.latent}: {_one_line(e)}") from None
 
@@ -1139,7 +1150,7 @@ def cmd_eval(args):
                                      variance_type=diffusion.variance_type)
                 how = f"variational bound, {diffusion.T} steps"
             else:
-                value = ode_bits_per_dim(diffusion.model_function(), x, diffusion.schedule, batch_size=args.batch_size,
+                value = ode_bits_per_dim(diffusion.model_function(variance=False), x, diffusion.schedule, batch_size=args.batch_size,
                                          rng=rng, prediction_type=diffusion.prediction_type, divergence=divergence,
                                          model_trace=diffusion.model_trace, rtol=args.rtol, atol=args.atol)
                 how = f"probability-flow ODE, {divergence} divergence, rtol={args.rtol:g} atol={args.atol:g}"

@@ -10,6 +10,10 @@ of Hang et al. 2023):
     target = eps ("epsilon"), x0 ("sample") or v = sqrt(abar) eps - sqrt(1 - abar) x0 ("v_prediction")
     w(t) = 1 ("none") or the min-SNR-gamma weight (refdiff.gaussian.losses.loss_weight)
 
+With a learned variance (variance_type "learned" / "learned_range", improved DDPM sec. 3.1) the
+model outputs 2C channels [output, v] and the loss is the hybrid L_simple + lambda L_vlb with the
+stop-gradient on the mean (refdiff.training.hybrid_loss; lambda = vlb_weight, 0.001).
+
 For classifier-free guidance (Ho & Salimans 2022) the label is replaced by the null label
 num_classes with probability cond_drop_prob during training; sampling then evaluates the model
 with the label and with the null label and combines eps_uncond + s (eps_cond - eps_uncond).
@@ -24,8 +28,9 @@ Sampling runs a registered sampler (refdiff.samplers, through the loop of rd.sam
 import numpy as np
 
 from .nn.autograd import Tensor, no_grad
-from .checks import (check_choice, check_class_labels, check_clip, check_condition_channels, check_finite,
-                     check_guidance, check_positive_int, check_positive_real, check_prediction_type,
+from .checks import (LEARNED_VARIANCE_TYPES, check_choice, check_class_labels, check_clip, check_condition_channels,
+                     check_finite, check_fixed_variance_type, check_guidance, check_positive_int, check_positive_real,
+                     check_prediction_type,
                      check_variance_type, value_checks_on)
 from .backend import get_backend
 from .nn.functional import mse_loss
@@ -74,6 +79,11 @@ class GaussianDiffusion:
     superres_factor: a super-resolution model (SR3, Saharia et al. 2021): the network takes x_t and
         the image upsampled from its area-averaged factor x smaller version on the channel axis
         (superres_condition; 2C channels in, C out); loss(x0) forms that condition from x0 itself.
+        DDPMScheduler / DDIMScheduler options of the same names). variance_type "learned" or
+        "learned_range": the model outputs 2C channels (the output, then the variance values v;
+        improved DDPM sec. 3.1), trained with the hybrid loss.
+    vlb_weight: lambda of the hybrid loss L_simple + lambda L_vlb (improved DDPM eq. 16; 0.001),
+        used with a learned variance only.
     """
 
     def __init__(
@@ -88,12 +98,14 @@ class GaussianDiffusion:
         clip_sample_range=1.0,
         variance_type="fixed_small",
         superres_factor=None,
+        vlb_weight=0.001,
     ):
         check_prediction_type(prediction_type)
         check_choice(loss_weighting, WEIGHTINGS, "loss_weighting")
         min_snr_gamma = check_positive_real(min_snr_gamma, "min_snr_gamma")
         clip_sample, clip_sample_range = check_clip(clip_sample, clip_sample_range)
         check_variance_type(variance_type)
+        vlb_weight = check_positive_real(vlb_weight, "vlb_weight")
         if not hasattr(schedule, "alphas_cumprod") or not hasattr(schedule, "T"):
             raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         self.model = model
@@ -105,6 +117,7 @@ class GaussianDiffusion:
         self.clip_sample = clip_sample
         self.clip_sample_range = float(clip_sample_range)
         self.variance_type = variance_type
+        self.vlb_weight = float(vlb_weight)
         self.num_classes = model_num_classes(model)
         self.superres_factor = None if superres_factor is None else check_positive_int(superres_factor, "superres_factor")
 
@@ -126,6 +139,7 @@ class GaussianDiffusion:
             "clip_sample_range": self.clip_sample_range,
             "variance_type": self.variance_type,
             **({} if self.superres_factor is None else {"superres_factor": self.superres_factor}),
+            "vlb_weight": self.vlb_weight,
         }
 
     def schedule_arrays(self):
@@ -182,6 +196,8 @@ class GaussianDiffusion:
         if x_cond is not None:  # [x_t, x_cond]: the network's input channels (SR3 sec. 2)
             x_t = self.backend.xp.concatenate([x_t, self._condition(x_cond, B, dtype)], axis=1)
         model_output = self.model(x_t, self._model_time(t), y)  # (B, ...)
+        if self.variance_type in LEARNED_VARIANCE_TYPES:
+            return self._hybrid_loss(model_output, target, x0, x_t, t, dtype)
         return mse_loss(model_output, target, weights=self._loss_weights(t, dtype))
 
     def superres_condition(self, x0):
@@ -201,6 +217,22 @@ class GaussianDiffusion:
         if x_cond.shape[0] != B:
             raise ValueError(f"x_cond must hold {B} images (one per sample), got shape {tuple(x_cond.shape)}")
         return x_cond
+
+    @property
+    def learns_variance(self):
+        """True when the model outputs 2C channels [output, v] (variance_type learned / learned_range)."""
+        return self.variance_type in LEARNED_VARIANCE_TYPES
+
+    def _hybrid_loss(self, model_output, target, x0, x_t, t, dtype):
+        """L_simple + lambda L_vlb (improved DDPM eq. 16): L_simple on the first C channels, L_vlb
+        on the variance channels with the mean detached (refdiff.training.hybrid_loss)."""
+        from .gaussian.learned_variance import split_model_output
+        from .training.hybrid_loss import hybrid_loss, vlb_loss
+
+        output, var_values = split_model_output(model_output, x0.shape[1])  # (B, C, ...) each
+        simple = mse_loss(output, target, weights=self._loss_weights(t, dtype))
+        vlb_bits = vlb_loss(output, var_values, x0, x_t, t, self.schedule, self.prediction_type, self.variance_type)
+        return hybrid_loss(simple, vlb_bits, self.T, self.vlb_weight)
 
     def _draw_t(self, gen, B):
         """t ~ Uniform{0, ..., T-1}   (DDPM Algorithm 1), on gen's device."""
@@ -250,10 +282,13 @@ class GaussianDiffusion:
     # ----------------------------------------------------------------------------------------
     # sampling
 
-    def _model_pair(self, n, y, guidance_scale, x_cond=None):
+    def _model_pair(self, n, y, guidance_scale, x_cond=None, keep_variance=True):
         """model_pair(x, t) -> (model_output, model_output_uncond or None) for refdiff.samplers.loop:
-        the network at time t (int or float, the same for the whole batch)."""
+        the network at time t (int or float, the same for the whole batch). keep_variance=False:
+        a learned-variance model's output without its variance channels (for the samplers on
+        sigmas, which read eps, x_0 or v only)."""
         xp = self.backend.xp
+        strip = not keep_variance and self.learns_variance
         guided = y is not None and guidance_scale != 1.0
         y_dev = None if y is None or guided else self.backend.asarray(y)  # copied to the device once
         if guided:
@@ -263,6 +298,10 @@ class GaussianDiffusion:
         # parameters live, and the MLP then computes its timestep path once); any other model gets
         # the array (B,) of the contract model(x, t, y)
         one_number = getattr(self.model, "takes_scalar_timestep", False)
+
+        def output(out):  # the network's output, a learned variance's channels [output, v] stripped if asked
+            out = _data(out)
+            return out[:, :out.shape[1] // 2] if strip else out
 
         def model_pair(x_t, t):
             if x_cond is not None:  # [x_t, x_cond] on the channel axis (SR3)
@@ -274,18 +313,18 @@ class GaussianDiffusion:
 
             if guided:  # one batch of 2n: the conditional half, then the null-label half
                 x_both = xp.concatenate([x_t, x_t])
-                out = _data(self.model(x_both, timesteps(2 * n), y_both))
+                out = output(self.model(x_both, timesteps(2 * n), y_both))
                 return out[:n], out[n:]
-            return _data(self.model(x_t, timesteps(n), y_dev)), None
+            return output(self.model(x_t, timesteps(n), y_dev)), None
 
         return model_pair
 
-    def _pair(self, n, y, guidance_scale, x_cond, dtype):
+    def _pair(self, n, y, guidance_scale, x_cond, dtype, **options):
         """_model_pair, given x_cond (checked, on the backend) only when there is one: the siblings
         (FlowMatching, ...) take no x_cond."""
         if x_cond is None:
-            return self._model_pair(n, y, guidance_scale)
-        return self._model_pair(n, y, guidance_scale, self._condition(x_cond, n, dtype))
+            return self._model_pair(n, y, guidance_scale, **options)
+        return self._model_pair(n, y, guidance_scale, self._condition(x_cond, n, dtype), **options)
 
     def _classifier_guided(self, model_pair, classifier, y, guidance_scale, mean_shift):
         """(model_pair, options) of classifier guidance (Dhariwal & Nichol 2021) with scale s.
@@ -383,6 +422,7 @@ class GaussianDiffusion:
             check_choice(self.prediction_type, ("epsilon", "sample", "v_prediction"),
                          "prediction_type of a classifier-guided model")
             y = check_class_labels(y, n, classifier.num_classes)
+            check_fixed_variance_type(self.variance_type, "classifier guidance")
             model_pair = self._pair(int(n), None, 1.0, x_cond, dtype)  # the unconditional model
             model_pair, guided_options = self._classifier_guided(model_pair, classifier, y, guidance_scale,
                                                                  "classifier_gradient" in spec.options)
@@ -390,7 +430,9 @@ class GaussianDiffusion:
             loop_scale, prediction_type = 1.0, ("epsilon" if not guided_options else self.prediction_type)
         else:
             y = check_class_labels(y, n, self.num_classes)
-            model_pair = self._pair(int(n), y, guidance_scale, x_cond, dtype)
+            # a learned variance's channels go to ddpm/ddim only (a subclass's _model_pair has no such option)
+            extra = dict(keep_variance=spec.works_on == "timesteps") if self.learns_variance else {}
+            model_pair = self._pair(int(n), y, guidance_scale, x_cond, dtype, **extra)
             loop_scale, prediction_type = guidance_scale, self.prediction_type
         shape = (int(n), *model_sample_shape(self.model))
         if x_cond is not None:  # the network's input holds x_t and x_cond: x_t has the output's channels
@@ -451,12 +493,22 @@ class GaussianDiffusion:
             return samples, np.stack(trajectory)
         return samples
 
+    def capture_sampler(self, n, sampler="ddim", steps=None, eta=0.0, y=None, **options):
+        """A refdiff.capture.CapturedSampler: the ddim/ddpm loop with each step (network + fused
+        update) captured once into a CUDA graph and replayed; .sample(seed) equals
+        self.sample(n, sampler, steps, eta, y=y, seed=seed) (device backends only)."""
+        from .capture import CapturedSampler
+
+        y = check_class_labels(y, n, self.num_classes) if y is not None else None
+        return CapturedSampler(self, n, sampler, steps, eta, y, **options)
+
 
     # ----------------------------------------------------------------------------------------
     # editing: thin plumbing over refdiff.samplers.editing (the math), on the host
 
     def _host_model(self, n, x_cond=None):
         """model(x, t) -> the network's output as a host array, x and t as rd.sample_loop gives them."""
+        check_fixed_variance_type(self.variance_type, "image editing")
         pair = (self._model_pair(n, None, 1.0) if x_cond is None
                 else self._model_pair(n, None, 1.0, self.backend.asarray(x_cond)))
 
@@ -537,28 +589,23 @@ class GaussianDiffusion:
     # likelihood: the network as the plain functions refdiff.gaussian.likelihood and
     # refdiff.gaussian.ode_likelihood take
 
-    def capture_sampler(self, n, sampler="ddim", steps=None, eta=0.0, y=None, **options):
-        """A refdiff.capture.CapturedSampler: the ddim/ddpm loop with each step (network + fused
-        update) captured once into a CUDA graph and replayed; .sample(seed) equals
-        self.sample(n, sampler, steps, eta, y=y, seed=seed) (device backends only)."""
-        from .capture import CapturedSampler
-
-        y = check_class_labels(y, n, self.num_classes) if y is not None else None
-        return CapturedSampler(self, n, sampler, steps, eta, y, **options)
-
     def _likelihood_labels(self, n):
         """The null label for every sample of a class-conditional model (the unconditional model
         that classifier-free training also learns); None for an unconditional one."""
         return None if self.num_classes is None else np.full(n, self.num_classes, dtype=np.int64)
 
-    def model_function(self):
+    def model_function(self, variance=True):
         """model(x, t) -> the network's output (host float64 array) at x (B, ...) and time t (a
-        number, the schedule's units): for rd.bits_per_dim and rd.ode_log_likelihood."""
+        number, the schedule's units): for rd.bits_per_dim and rd.ode_log_likelihood.
+        variance=False: a learned-variance model's output without its variance channels (the ODE
+        reads eps only); with them, rd.bits_per_dim uses the learned variance."""
+        strip = not variance and self.learns_variance
 
         def model(x, t):
             with no_grad():
-                out = self.model(self.backend.asarray(x), t, self._likelihood_labels(x.shape[0]))
-            return np.asarray(self.backend.to_numpy(_data(out)), dtype=np.float64)
+                out = _data(self.model(self.backend.asarray(x), t, self._likelihood_labels(x.shape[0])))
+            out = out[:, :out.shape[1] // 2] if strip else out  # [output, v]: the output alone
+            return np.asarray(self.backend.to_numpy(out), dtype=np.float64)
 
         return model
 
@@ -570,7 +617,8 @@ class GaussianDiffusion:
 
         labels = self._likelihood_labels(x.shape[0])
         parameters = self.model.parameters() if hasattr(self.model, "parameters") else ()
-        out, trace = jacobian_trace(lambda x_in: self.model(x_in, t, labels), np.asarray(x, dtype=np.float64),
+        channels = model_sample_shape(self.model)[0] if self.learns_variance else None  # eps only (the ODE's)
+        out, trace = jacobian_trace(lambda x_in: self.model(x_in, t, labels)[:, :channels], np.asarray(x, dtype=np.float64),
                                     parameters, probes)
         return np.asarray(out, dtype=np.float64), trace
 

@@ -141,7 +141,7 @@ def test_t_prev_beyond_the_schedule_is_rejected():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"prediction_type": "eps"}, r"prediction_type must be one of 'epsilon', 'sample', 'v_prediction'"),
-    ({"variance_type": "learned"}, r"variance_type must be one of 'fixed_small', 'fixed_large'"),
+    ({"variance_type": "learned"}, r"variance_type='learned' is not supported by the fused ddpm_step kernel"),
     ({"clip_sample": 1}, r"clip_sample must be True or False"),
     ({"clip_sample_range": 0.0}, r"clip_sample_range must be > 0"),
     ({"clip_sample_range": float("nan")}, r"clip_sample_range must be a finite real number"),

@@ -278,12 +278,13 @@ def test_a_missing_file_is_named(missing, tmp_path):
 
 
 def test_another_sampler_keeps_the_folder_options_it_takes(tmp_path):
-    """sampler="ddim" on a DDPM folder takes its clip_sample and spacing, not its variance_type (as
-    diffusers' DDIMScheduler.from_config). Catches: an option of the folder's sampler handed to one
-    that refuses it (TypeError), or the folder's clipping lost."""
+    """sampler="ddim" on a DDPM folder takes its clip_sample, spacing and variance_type (DDIM reads
+    variance_type only to split a learned variance's channels off, as diffusers' pipelines do before
+    DDIMScheduler.step). Catches: an option of the folder's sampler handed to one that refuses it
+    (TypeError), or the folder's clipping lost."""
     pipe = rd.load_pipeline(assemble("ddpm", tmp_path / "p"))
-    assert pipe.sampler_options("ddim") == dict(spacing="leading", steps_offset=0, clip_sample=True,
-                                                clip_sample_range=1.0)
+    assert pipe.sampler_options("ddim") == dict(spacing="leading", steps_offset=0, variance_type="fixed_small",
+                                                clip_sample=True, clip_sample_range=1.0)
     assert pipe(1, steps=2, seed=0, sampler="ddim").shape == (1, 3, 16, 16)
 
 

@@ -361,7 +361,7 @@ NAN = np.full((3, 2), np.nan, np.float32)
         (dict(t_prev=5), ValueError, "t_prev must be smaller than t"),
         (dict(t_prev=np.array([0, 0, 1000])), ValueError, "t_prev must be < 1000"),
         (dict(prediction_type="eps"), ValueError, "prediction_type must be one of"),
-        (dict(variance_type="learned"), ValueError, "variance_type must be one of 'fixed_small', 'fixed_large'"),
+        (dict(variance_type="fixed"), ValueError, "variance_type must be one of 'fixed_small', 'fixed_large'"),
         (dict(clip_sample_range=0.0), ValueError, "clip_sample_range must be > 0"),
         (dict(clip_sample="yes"), TypeError, "clip_sample must be True or False"),
         (dict(guidance_scale=3.0), ValueError, "guidance_scale=3.0 needs model_output_uncond"),

@@ -8,7 +8,9 @@
     guidance.py          classifier-free guidance (Ho & Salimans 2022, eq. 6)
     losses.py            loss weights per timestep (L_simple, min-SNR-gamma)
     embedding.py         the sinusoidal timestep embedding (Vaswani et al. sec. 3.5)
-    likelihood.py        the variational bound L_vlb and bits/dim: Gaussian KL, discretized decoder, prior (DDPM eq. 5, 13)
+    likelihood.py        the variational bound L_vlb and bits/dim: Gaussian KL, discretized decoder, prior (DDPM eq. 5, 13),
+                         and their gradients in the model's log-variance
+    learned_variance.py  learned variance: the 2C-channel split, learned_range log-variance (improved DDPM eq. 15)
     ode_likelihood.py    log p(x) by the probability-flow ODE and its divergence, Dormand-Prince 5(4),
                          exact or Hutchinson traces; ODE bits/dim (Song et al. 2021 app. D)
     mixture.py           GaussianMixture: exact q(x_t), E[x_0 | x_t], eps, v, score and flow velocity of a mixture (PRML 2.3, EDM app. B.3)

@@ -38,13 +38,16 @@ class MLPDenoiser(Module):
 
     Args: dim (data dimension), hidden (width), num_blocks (residual blocks), time_dim (width
     of the sinusoidal timestep features; the timestep MLP has width `hidden`), num_classes
-    (None or K: labels 0..K-1 plus the null label K), backend, seed.
-    model(x, t, y=None) -> Tensor (B, dim).  .config: the arguments (without backend).
+    (None or K: labels 0..K-1 plus the null label K), backend, seed, out_dim (the output width;
+    None: dim; 2 dim for a learned variance, improved DDPM sec. 3.1).
+    model(x, t, y=None) -> Tensor (B, out_dim).  .config: the arguments (without backend; out_dim
+    only where given).
     """
 
     takes_scalar_timestep = True  # forward(x, t): t may be one number for the whole batch
 
-    def __init__(self, dim=2, hidden=128, num_blocks=3, time_dim=64, num_classes=None, backend="numpy", seed=0):
+    def __init__(self, dim=2, hidden=128, num_blocks=3, time_dim=64, num_classes=None, backend="numpy", seed=0,
+                 out_dim=None):
         super().__init__()
         dim, hidden = _size(dim, "dim", 1), _size(hidden, "hidden", 1)
         num_blocks, time_dim = _size(num_blocks, "num_blocks", 0), _size(time_dim, "time_dim", 2)
@@ -52,12 +55,14 @@ class MLPDenoiser(Module):
         seed = check_seed(seed)
         self.config = dict(dim=dim, hidden=hidden, num_blocks=num_blocks, time_dim=time_dim,
                            num_classes=num_classes, seed=seed)
+        if out_dim is not None:
+            self.config["out_dim"] = _size(out_dim, "out_dim", 1)
         rng = np.random.default_rng(seed)
         self.in_proj = Linear(dim, hidden, rng=rng)
         self.time_embedding = TimestepEmbedding(time_dim, hidden, rng=rng)
         self.class_embedding = Embedding(num_classes + 1, hidden, rng=rng) if num_classes is not None else None
         self.blocks = ModuleList([MLPBlock(hidden, hidden, rng) for _ in range(num_blocks)])
-        self.out_proj = Linear(hidden, dim, rng=rng)
+        self.out_proj = Linear(hidden, self.config.get("out_dim", dim), rng=rng)
         self.out_proj.weight.data[...] = 0  # eps_theta = 0 at initialisation
         self.out_proj.bias.data[...] = 0
         self.backend = get_backend(backend)
@@ -92,7 +97,7 @@ class MLPDenoiser(Module):
         h = self.in_proj(x)  # (B, hidden)
         for block in self.blocks:
             h = block(h, emb)
-        return self.out_proj(silu(h))  # (B, dim)
+        return self.out_proj(silu(h))  # (B, out_dim)
 
 
 def _same_timestep(t):

@@ -16,13 +16,16 @@ import numpy as np
 
 from ..backend import per_sample
 from ..checks import (
+    LEARNED_VARIANCE_TYPES,
     check_eta,
     check_noise_given,
     check_step_arrays,
     check_step_options,
     check_step_timesteps,
     check_t_prev_given,
+    check_variance_type,
 )
+from ..gaussian.learned_variance import split_model_output
 from ..gaussian.parameterization import x0_eps_from_model_output
 from ..gaussian.posterior import posterior_variance
 from .common import clipped, draw_noise, guided
@@ -125,8 +128,14 @@ def sample_ddim(
     guidance_scale=1.0,
     use_clipped_model_output=False,
     first_step=0,
+    variance_type="fixed_small",
 ):
     """DDIM sampling (DDIM eq. 12): deterministic for eta = 0, DDPM-like noise for eta = 1.
+
+    variance_type "learned" / "learned_range": the model outputs 2C channels; DDIM reads the
+    first C (eps, x_0 or v) and ignores the learned variance, sigma_t(eta) staying eq. 16's. So does
+    diffusers: DDIMScheduler.step has no learned variance, and its pipelines (DeepFloyd IF) split the
+    variance channels off before the step (improved DDPM sec. 4's DDIM comparison does the same).
 
     use_clipped_model_output (diffusers' DDIMScheduler.step option of that name): with
     clip_sample, take eps_pred = (x_t - sqrt(abar_t) clip(x0_pred)) / sqrt(1 - abar_t), the eps
@@ -138,8 +147,13 @@ def sample_ddim(
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     clipped_eps = bool(use_clipped_model_output and clip_sample)
+    learned = check_variance_type(variance_type) in LEARNED_VARIANCE_TYPES
     for t, t_prev in timestep_pairs(steps, schedule.T, spacing, steps_offset)[first_step:]:  # img2img starts later
         model_output, model_output_uncond = denoise(x, t)
+        if learned:  # the variance channels split off and unused
+            model_output = split_model_output(model_output, x.shape[1])[0]
+            if model_output_uncond is not None:
+                model_output_uncond = split_model_output(model_output_uncond, x.shape[1], "model_output_uncond")[0]
         step_prediction_type, step_clip, step_scale = prediction_type, clip_sample, guidance_scale
         if clipped_eps:  # the clipped x0_pred, given to the step as a "sample" prediction
             model_output = guided(model_output, model_output_uncond, guidance_scale)

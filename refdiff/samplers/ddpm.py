@@ -13,9 +13,11 @@ Reference: Ho, Jain, Abbeel 2020, DDPM, arXiv:2006.11239 (eqs. 6-7, 15; Algorith
 import numpy as np
 
 from ..backend import per_sample
-from ..checks import check_noise_given, check_step_arrays, check_step_options, check_step_timesteps, check_variance_type
+from ..checks import (LEARNED_VARIANCE_TYPES, check_fixed_variance_type, check_noise_given, check_step_arrays,
+                      check_step_options, check_step_timesteps, check_variance_type)
 from ..gaussian.guidance import classifier_guided_mean
 from ..gaussian.parameterization import x0_eps_from_model_output
+from ..gaussian.learned_variance import learned_log_variance, split_model_output, step_log_betas
 from ..gaussian.posterior import posterior_mean_coefficients, posterior_variance
 from .common import clipped, draw_noise, guided
 from .registry import register_sampler
@@ -45,13 +47,21 @@ def ddpm_step(
     3. if clip_sample: x_0 clipped to [-clip_sample_range, clip_sample_range].
     4. mean = mu_tilde(x_t, x_0), the posterior mean (DDPM eq. 7) at the predicted x_0.
     5. variance: "fixed_small" = max(beta_tilde, 1e-20) (DDPM eq. 7); "fixed_large" = beta_t
-       (DDPM sec. 3.2, sigma^2 = beta).
+       (DDPM sec. 3.2, sigma^2 = beta); "learned_range": log variance = frac log beta_t +
+       (1 - frac) log max(beta_tilde, 1e-20), frac = (v + 1) / 2 (improved DDPM eq. 15, per
+       element; refdiff.gaussian.learned_variance); "learned": log variance = v.
     6. x_prev = mean + sqrt(variance) noise, except where t == 0, where x_prev = mean.
 
     As diffusers (DDPMScheduler.step), not the paper: clipping of x_0 (DDPM's code clips, its
     Algorithm 2 does not); the 1e-20 floor; "fixed_large" is the plain beta_t at every step (the
     DDPM code uses beta tilde at the first step); beta_t is recomputed from abar even when not
     strided; noise is added wherever t > 0, also at a final strided step whose t_prev < 0.
+
+    The learned types read a model_output of 2C channels on axis 1 (C = x_t's): the output, then
+    the variance values v, split as diffusers' DDPMScheduler.step does. With guidance only the
+    first C channels are guided; v is the conditional output's (as diffusers' DeepFloyd-IF
+    pipeline). diffusers' "learned" adds sqrt(v) noise (v read as the variance), refdiff exp(v / 2)
+    noise (v read as the log-variance, improved DDPM's LEARNED); "learned_range" agrees.
 
     x_t, model_output: (B, ...) same shape and dtype (float32/float64), no NaN/inf.
     t: int or int array (B,) in 0..T-1; t_prev: None, int or int array (B,), each < t.
@@ -60,10 +70,15 @@ def ddpm_step(
       the classifier-free-guided output uncond + s (cond - uncond), s = guidance_scale.
     Returns x_prev: (B, ...) of x_t's dtype.
     """
+    check_variance_type(variance_type)
+    var_values = None
+    if variance_type in LEARNED_VARIANCE_TYPES:  # [output, v] on axis 1 (improved DDPM sec. 3.1)
+        model_output, var_values = split_model_output(model_output, x_t.shape[1])
+        if model_output_uncond is not None:
+            model_output_uncond, _ = split_model_output(model_output_uncond, x_t.shape[1], "model_output_uncond")
     x_t, model_output, noise, model_output_uncond = check_step_arrays(x_t, model_output, noise, model_output_uncond)
     clip_sample, clip_sample_range, guidance_scale = check_step_options(
         prediction_type, clip_sample, clip_sample_range, guidance_scale, model_output_uncond)
-    check_variance_type(variance_type)
     t, t_prev = check_step_timesteps(t, t_prev, schedule.T, x_t.shape[0])
     check_noise_given(noise, (t > 0).any(), "where t > 0 (noise may be None only if t == 0 for every sample)")
 
@@ -79,12 +94,16 @@ def ddpm_step(
     coef_x0, coef_xt = posterior_mean_coefficients(abar_t, abar_prev)
     mean = per_sample(coef_x0, x_t) * x0_pred + per_sample(coef_xt, x_t) * x_t
 
-    # 5. variance of the step
-    variance = ddpm_variance(abar_t, abar_prev, variance_type)
-
     # 6. add noise where t > 0
     if noise is None:
         return mean
+    if var_values is not None:  # 5. the learned variance, per element  (improved DDPM eq. 15)
+        log_beta, log_beta_tilde = step_log_betas(abar_t, abar_prev)
+        log_var = learned_log_variance(var_values, per_sample(log_beta, x_t), per_sample(log_beta_tilde, x_t), variance_type)
+        std = per_sample(np.where(t > 0, 1.0, 0.0), x_t) * np.exp(0.5 * log_var)
+        return mean + std.astype(x_t.dtype, copy=False) * noise
+    # 5. variance of the step
+    variance = ddpm_variance(abar_t, abar_prev, variance_type)
     std = np.where(t > 0, variance**0.5, 0.0)
     return mean + per_sample(std, x_t) * noise
 
@@ -120,20 +139,27 @@ def sample_ddpm(
 
     x_{t_prev} ~ p(x_{t_prev} | x_t): the posterior q(x_{t_prev} | x_t, x0_pred) with x0_pred from
     the model output (DDPM eqs. 6-7 and 15). With steps < T the step skips from t to t_prev
-    (the strided DDPM of diffusers' DDPMScheduler with num_inference_steps).
+    (the strided DDPM of diffusers' DDPMScheduler with num_inference_steps). A learned variance
+    (variance_type "learned" / "learned_range", 2C-channel outputs) interpolates between the
+    strided step's beta and beta_tilde, as diffusers and improved DDPM's respacing do.
 
     classifier_gradient: None, or a function (x_t, t) -> s grad_x log p_phi(y | x_t) (the scaled
     classifier gradient at the step's input): classifier guidance by Dhariwal & Nichol 2021,
     Algorithm 1, x_{t_prev} ~ N(mean + s Sigma_t grad, Sigma_t). The step draws mean + sqrt(Sigma_t) z,
     so adding Sigma_t s grad to the drawn x_{t_prev} is exactly the draw from the shifted mean, whatever
-    clipping did to the mean; Sigma_t is the step's variance (ddpm_variance of t, t_prev).
+    clipping did to the mean; Sigma_t is the step's variance (ddpm_variance of t, t_prev): a fixed
+    variance only (with a learned one Sigma_t is the model's, not written yet).
     """
     if eta != 0.0:
         raise ValueError("eta applies to the DDIM sampler; DDPM has no eta (it is DDIM with eta=1)")
+    if classifier_gradient is not None:
+        check_fixed_variance_type(variance_type, "classifier guidance in the ddpm sampler")
+    # the fused kernel has the fixed variances only; a learned one runs the reference step
+    step = ddpm_step if variance_type in LEARNED_VARIANCE_TYPES else backend.ddpm_step
     for t, t_prev in timestep_pairs(steps, schedule.T, spacing, steps_offset)[first_step:]:  # img2img starts later
         model_output, model_output_uncond = denoise(x, t)
         x_t = x
-        x = backend.ddpm_step(
+        x = step(
             x,
             model_output,
             t,
