@@ -709,16 +709,10 @@ def cmd_train_autoencoder(args):
                               checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes)
         except (ValueError, TypeError) as e:
             raise CLIError(_one_line(e)) from None
-    remaining = args.steps - trainer.step
-    if remaining <= 0:
-        print(f"{args.out} is already at step {trainer.step} >= --steps {args.steps}: nothing to do")
+    trained = _train_to_steps(trainer, args, ckpt_dir)
+    if trained is None:
         return 0
-    t0 = time.perf_counter()
-    try:
-        losses = trainer.train(remaining)
-    except FloatingPointError as e:
-        raise CLIError(f"{e}; the latest checkpoint in {ckpt_dir} is kept (try a lower --lr)") from None
-    seconds = time.perf_counter() - t0
+    remaining, losses, seconds = trained
     x = trainer.x[:32]
     with trainer.ema_weights():
         x_hat = trainer.diffusion.reconstruct(x)
@@ -732,6 +726,20 @@ def cmd_train_autoencoder(args):
     print(f"images (top) and reconstructions (bottom): {picture}")
     print(f"next: refdiff train --latent {args.out} --data {(trainer.data_info or {}).get('spec')} --steps N --out RUN")
     return 0
+
+
+def _train_to_steps(trainer, args, ckpt_dir, say=print):
+    """Train up to step --steps: (steps trained, their losses, seconds), or None when the run is there."""
+    remaining = args.steps - trainer.step
+    if remaining <= 0:
+        say(f"{args.out} is already at step {trainer.step} >= --steps {args.steps}: nothing to do")
+        return None
+    t0 = time.perf_counter()
+    try:
+        losses = trainer.train(remaining)
+    except FloatingPointError as e:  # diverged (on every rank at once): the last checkpoint is kept
+        raise CLIError(f"{e}; the latest checkpoint in {ckpt_dir} is kept (try a lower --lr)") from None
+    return remaining, losses, time.perf_counter() - t0
 
 
 def _train(args, parallel):
@@ -749,16 +757,10 @@ def _train(args, parallel):
     if parallel is not None:
         say(f"data-parallel: {parallel.world_size} processes, {trainer.config.batch_size // parallel.world_size} "
             f"samples each of the global batch {trainer.config.batch_size}")
-    remaining = args.steps - trainer.step
-    if remaining <= 0:
-        say(f"{args.out} is already at step {trainer.step} >= --steps {args.steps}: nothing to do")
+    trained = _train_to_steps(trainer, args, ckpt_dir, say)
+    if trained is None:
         return 0
-    t0 = time.perf_counter()
-    try:
-        losses = trainer.train(remaining)
-    except FloatingPointError as e:  # diverged (on every rank at once): the last checkpoint is kept
-        raise CLIError(f"{e}; the latest checkpoint in {ckpt_dir} is kept (try a lower --lr)") from None
-    seconds = time.perf_counter() - t0
+    remaining, losses, seconds = trained
     picture = None if trainer.diffusion.objective == "classifier" else trainer.save_samples()
     if main:
         with open(os.path.join(args.out, "losses.json"), "w") as f:

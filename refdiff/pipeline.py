@@ -46,8 +46,8 @@ refdiff samples correctly there (as LDMPipeline's loop does) and does not copy t
 `sampler=` a name other than the folder's carries over every option of the folder's config that
 the new sampler also takes (as diffusers' OtherScheduler.from_config(config) would).
 
-Latent pipelines: latents sampled by the unet, then images = vae.decode(latents / scaling_factor)
-in one small function (decode_latents) until refdiff.latent.LatentDiffusion holds this.
+Latent pipelines are a refdiff.latent.LatentDiffusion: latents sampled by the unet, then images =
+vae.decode(latents / scaling_factor) (LatentDiffusion.decode).
 """
 import json
 import os
@@ -365,15 +365,17 @@ class Pipeline:
 
     def __init__(self, unet, scheduler, vae=None, class_name="DDPMPipeline", default_steps=None, path=None):
         from .diffusion import GaussianDiffusion
+        from .latent import LatentDiffusion
 
         self.unet, self.scheduler, self.vae = unet, scheduler, vae
         self.class_name, self.default_steps, self.path = class_name, default_steps, path
         # clip_sample and variance_type reach the samplers through their options, not the diffusion's defaults
-        self.diffusion = GaussianDiffusion(unet, scheduler.schedule, prediction_type=scheduler.prediction_type,
-                                           clip_sample=False)
         if vae is not None and vae.config["latent_channels"] != unet.config["in_channels"]:
             raise ValueError(f"the vae's latent_channels={vae.config['latent_channels']} differ from the unet's "
                              f"in_channels={unet.config['in_channels']}")
+        common = dict(prediction_type=scheduler.prediction_type, clip_sample=False)
+        self.diffusion = (GaussianDiffusion(unet, scheduler.schedule, **common) if vae is None else
+                          LatentDiffusion(unet, scheduler.schedule, vae, vae.config["scaling_factor"], **common))
 
     @property
     def sampler(self):
@@ -430,7 +432,7 @@ class Pipeline:
                                self.scheduler.prediction_type, backend=backend,
                                **self.sampler_options(sampler, **options))
             if self.vae is not None:
-                x = decode_latents(self.vae, x, self.vae.config["scaling_factor"])
+                x = self.diffusion.decode(x)  # vae.decode(latents / scaling_factor)
         x = backend.to_numpy(x)
         if not np.all(np.isfinite(x)):
             raise FloatingPointError(f"sampling {self.path or 'the pipeline'} with {sampler} gave NaN or inf")
@@ -439,14 +441,6 @@ class Pipeline:
     def __repr__(self):
         vae = "" if self.vae is None else ", vae"
         return f"Pipeline({self.class_name}{vae}: {self.scheduler!r})"
-
-
-def decode_latents(vae, latents, scaling_factor):
-    """images = vae.decode(latents / scaling_factor): latent diffusion's decoder step (LDM, Rombach et al.
-    2022, sec. 4.3.2 and app. D.1: diffusion runs on z * scaling_factor; diffusers' LDMPipeline).
-    To be replaced by refdiff.latent.LatentDiffusion's decoding once that lands."""
-    out = vae.decode(latents / scaling_factor)
-    return getattr(out, "data", out)
 
 
 def diffusers_images(x):

@@ -12,11 +12,10 @@ import pytest
 
 import _fake_device as fake
 from _gpu import requires_gpu
+from test_device_path import mlp, unet  # the same small networks as the device-path tests
 from refdiff import backend as rb
 from refdiff.diffusion import GaussianDiffusion
 from refdiff.gaussian.schedule import NoiseSchedule
-from refdiff.models.mlp import MLPDenoiser
-from refdiff.models.unet import UNet
 from refdiff.nn.autograd import no_grad
 
 needs_simulated_kernels = pytest.mark.skipif(
@@ -37,19 +36,6 @@ def device(monkeypatch):
 
 def normal(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-def unet():
-    model = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
-                 sample_size=8, norm_groups=4, num_classes=3, resnet_time_scale_shift="scale_shift")
-    model.conv_out.weight.data[...] = 0.1 * np.random.default_rng(1).standard_normal(model.conv_out.weight.shape)
-    return model
-
-
-def mlp():
-    model = MLPDenoiser(dim=2, hidden=16, num_blocks=2, time_dim=8, num_classes=3)
-    model.out_proj.weight.data[...] = 0.1 * np.random.default_rng(1).standard_normal(model.out_proj.weight.shape)
-    return model
 
 
 def captured(fn, warm=True):
