@@ -529,6 +529,17 @@ def cmd_train(args):
         parallel.comm.Abort(1)
 
 
+def _new_run_dataset(args, ckpt_dir):
+    """The --data of a new run (CLIError when it is missing or --out already holds a run)."""
+    from .io.checkpoint import latest_checkpoint
+
+    if args.data is None:
+        raise CLIError("--data is required (unless --resume)")
+    if latest_checkpoint(ckpt_dir) is not None:
+        raise CLIError(f"--out {args.out} already holds a run: pass --resume to continue it or choose another --out")
+    return _load_data(args.data, n=args.n, seed=args.seed, image_size=args.image_size)
+
+
 def _start_training(args, parallel):
     """The Trainer of `refdiff train`: a new run or a resumed one (CLIError for user errors)."""
     from .io.checkpoint import latest_checkpoint
@@ -553,11 +564,7 @@ def _start_training(args, parallel):
         if trainer.diffusion.objective == "autoencoder":
             raise CLIError(f"--resume {args.out}: an autoencoder run: continue it with refdiff train-autoencoder --resume")
     else:
-        if args.data is None:
-            raise CLIError("--data is required (unless --resume)")
-        if latest_checkpoint(ckpt_dir) is not None:
-            raise CLIError(f"--out {args.out} already holds a run: pass --resume to continue it or choose another --out")
-        dataset = _load_data(args.data, n=args.n, seed=args.seed, image_size=args.image_size)
+        dataset = _new_run_dataset(args, ckpt_dir)
         if args.superres is not None and (args.objective != "diffusion" or np.asarray(dataset.x).ndim != 4
                                           or args.model == "mlp" or args.classes or args.latent is not None):
             raise CLIError("--superres needs --objective diffusion on images with the U-Net, without --classes "
@@ -663,7 +670,7 @@ def _latent_diffusion(args, dataset, options, say=print):
 
 def cmd_train_autoencoder(args):
     """Train an AutoencoderKL with the Trainer (AutoencoderTraining); write reconstructions and their PSNR."""
-    from .io.checkpoint import CheckpointError, latest_checkpoint
+    from .io.checkpoint import latest_checkpoint
     from .io.images import save_image_grid
     from .models.autoencoder import AutoencoderKL
     from .training.autoencoder import AutoencoderTraining
@@ -683,11 +690,7 @@ def cmd_train_autoencoder(args):
             raise CLIError(f"--resume {args.out}: a {trainer.diffusion.objective} run, not an autoencoder run")
         print(f"resuming {args.out} at step {trainer.step}")
     else:
-        if args.data is None:
-            raise CLIError("--data is required (unless --resume)")
-        if latest_checkpoint(ckpt_dir) is not None:
-            raise CLIError(f"--out {args.out} already holds a run: pass --resume to continue it or choose another --out")
-        dataset = _load_data(args.data, n=args.n, seed=args.seed, image_size=args.image_size)
+        dataset = _new_run_dataset(args, ckpt_dir)
         x = np.asarray(dataset.x)
         if x.ndim != 4:
             raise CLIError(f"--data {args.data}: the autoencoder needs images (N, C, H, W), got shape {x.shape}")

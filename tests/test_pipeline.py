@@ -8,7 +8,6 @@ scheduler config per diffusers scheduler class with its set_timesteps(10) and al
 """
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest

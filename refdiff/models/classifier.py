@@ -22,7 +22,7 @@ import numpy as np
 
 from ..backend import array_module, get_backend
 from ..checks import check_positive_int
-from ..nn import Conv2d, GroupNorm, Linear, Module, SiLU
+from ..nn import GroupNorm, Linear, Module, SiLU
 from ..nn.autograd import Tensor, enable_grad, no_grad
 from .unet import UNet
 
