@@ -54,6 +54,8 @@ import os
 
 import numpy as np
 
+from .checks import LEARNED_VARIANCE_TYPES, VARIANCE_TYPES
+
 MODEL_INDEX = "model_index.json"
 SCHEDULER_CONFIG = "scheduler_config.json"
 
@@ -194,12 +196,15 @@ def scheduler_from_config(config, class_name=None):
     for key, spec in keys.items():
         if spec[0] == "fixed" and c[key] not in spec[2]:  # ("inert" keys: their switch is a "fixed" key)
             problems.append(_refusal(key, c[key], class_name, spec[2]))
-    if c.get("variance_type") == "learned_range" or c.get("variance_type") == "learned":
+    if class_name != "DDPMScheduler" and c.get("variance_type") in LEARNED_VARIANCE_TYPES:
         problems = [p for p in problems if not p.startswith("variance_type")]
-        problems.append(f"variance_type={c['variance_type']!r} (a learned variance: the unet predicts it in extra "
-                        f"output channels; not supported yet)")
-    elif class_name == "DDPMScheduler" and c["variance_type"] not in ("fixed_small", "fixed_large"):
-        problems.append(_refusal("variance_type", c["variance_type"], class_name, ("fixed_small", "fixed_large")))
+        problems.append(f"variance_type={c['variance_type']!r} (a learned variance: read by refdiff's ddpm sampler, "
+                        f"a DDPMScheduler folder; not by {class_name})")
+    elif class_name == "DDPMScheduler" and c["variance_type"] == "learned":
+        problems.append("variance_type='learned' (diffusers' DDPMScheduler reads that output as the variance, "
+                        "refdiff as its log, improved DDPM's reading: the samples would differ; learned_range agrees)")
+    elif class_name == "DDPMScheduler" and c["variance_type"] not in VARIANCE_TYPES:
+        problems.append(_refusal("variance_type", c["variance_type"], class_name, VARIANCE_TYPES))
     if c["prediction_type"] not in ("epsilon", "sample", "v_prediction"):
         problems.append(_refusal("prediction_type", c["prediction_type"], class_name,
                                  ("epsilon", "sample", "v_prediction")))
@@ -373,7 +378,8 @@ class Pipeline:
         if vae is not None and vae.config["latent_channels"] != unet.config["in_channels"]:
             raise ValueError(f"the vae's latent_channels={vae.config['latent_channels']} differ from the unet's "
                              f"in_channels={unet.config['in_channels']}")
-        common = dict(prediction_type=scheduler.prediction_type, clip_sample=False)
+        common = dict(prediction_type=scheduler.prediction_type, clip_sample=False,
+                      variance_type=scheduler.options.get("variance_type", "fixed_small"))
         self.diffusion = (GaussianDiffusion(unet, scheduler.schedule, **common) if vae is None else
                           LatentDiffusion(unet, scheduler.schedule, vae, vae.config["scaling_factor"], **common))
 
@@ -413,6 +419,7 @@ class Pipeline:
         from .diffusion import model_sample_shape
         from .nn.autograd import no_grad
         from .samplers.loop import run_sampler
+        from .samplers.registry import sampler_spec
 
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -427,7 +434,11 @@ class Pipeline:
         backend = self.diffusion.backend
         self.unet.eval()
         with no_grad():
-            model_pair = self.diffusion._model_pair(int(n), None, 1.0)  # the unet at (x, t), unconditional
+            # the unet at (x, t), unconditional; a learned variance's channels for ddpm/ddim only (as diffusers)
+            keep = {}
+            if self.diffusion.learns_variance:
+                keep["keep_variance"] = sampler_spec(sampler).works_on == "timesteps"
+            model_pair = self.diffusion._model_pair(int(n), None, 1.0, **keep)
             x, _ = run_sampler(model_pair, backend.asarray(x_T), self.scheduler.schedule, sampler, steps, rng,
                                self.scheduler.prediction_type, backend=backend,
                                **self.sampler_options(sampler, **options))

@@ -8,6 +8,7 @@ scheduler config per diffusers scheduler class with its set_timesteps(10) and al
 """
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -212,13 +213,39 @@ def test_a_config_key_refdiff_cannot_honour_is_refused_by_name(class_name, key, 
         scheduler_from_config({"_class_name": class_name, key: value})
 
 
-@pytest.mark.parametrize("class_name", ["DDPMScheduler", "DPMSolverMultistepScheduler"])
-def test_a_learned_variance_is_refused_by_name(class_name):
-    """variance_type="learned_range" (improved DDPM's learned variance, diffusers' DDPM and DPM-Solver
-    schedulers) needs the unet's extra output channels: refused, naming it. Catches: sampling such a
-    model with a fixed variance and half its output ignored."""
-    with pytest.raises(ValueError, match="learned_range"):
-        scheduler_from_config({"_class_name": class_name, "variance_type": "learned_range"})
+@pytest.mark.parametrize("class_name, variance_type", [("DPMSolverMultistepScheduler", "learned_range"),
+                                                        ("DDPMScheduler", "learned")])
+def test_a_learned_variance_refdiff_would_read_otherwise_is_refused_by_name(class_name, variance_type):
+    """A learned variance is read by refdiff's ddpm sampler as improved DDPM reads it; DPM-Solver's
+    learned_range, and "learned" (diffusers reads it as the variance, refdiff as its log), would give
+    other samples than diffusers: refused, naming the value. Catches: a folder sampled silently wrong."""
+    with pytest.raises(ValueError, match=variance_type):
+        scheduler_from_config({"_class_name": class_name, "variance_type": variance_type})
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_a_learned_range_ddpm_folder_samples_as_diffusers(case, tmp_path):
+    """A DDPMPipeline folder of the tiny learned-variance UNet2DModel (2C outputs) with
+    DDPMScheduler(variance_type="learned_range") reproduces diffusers' loop recorded on the same noise
+    by tests/data/make_learned_variance_golden.py (all 20 steps of T = 20; 10 strided steps of 1000).
+    Tolerance 5e-4, derived in tests/test_learned_variance_diffusers.py. Catches: the variance
+    channels dropped (a fixed variance misses by > 100x the tolerance) or fed to the mean."""
+    golden = np.load(os.path.join(DATA, "learned_variance_golden.npz"))
+    meta = json.loads(str(golden[f"case/{case}/meta"]))
+    folder = tmp_path / "lv"
+    shutil.copytree(os.path.join(DATA, "tiny_lv_unet"), folder / "unet")
+    os.makedirs(folder / "scheduler")
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({
+        "_class_name": "DDPMScheduler", "num_train_timesteps": meta["T"], "beta_schedule": "linear",
+        "beta_start": 1e-4, "beta_end": 0.02, "clip_sample": True, "variance_type": "learned_range"}))
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"]}))
+    pipe = rd.load_pipeline(folder)
+    noise = RecordedNoise(golden[f"case/{case}/noise"].astype(np.float32))
+    x = pipe(2, steps=meta["steps"], x_T=golden[f"case/{case}/x_T"], rng=noise)
+    np.testing.assert_allclose(x, golden[f"case/{case}/out"], rtol=0, atol=5e-4)
+    # a sampler on sigmas reads the first C channels only (as diffusers' other schedulers split them off)
+    assert pipe(2, steps=4, seed=0, sampler="euler").shape == (2, 2, 8, 8)
 
 
 def test_an_early_diffusers_config_maps_like_todays():
