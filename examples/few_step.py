@@ -134,6 +134,7 @@ def main(argv=None):
     table["2-RF (reflow)"] = {k: quality(flow2, k) for k in steps if k < 1000}
     table[f"PD (from DDIM-{pd_start})"] = {s.student_steps: quality(s, s.student_steps) for s in students
                                            if s.student_steps in steps}
+    pd_teacher = quality(teacher, pd_start, **ddim)  # what the first PD stage distils: the teacher's DDIM-pd_start
     table["CD (Heun, N = 18)"] = {k: quality(cd, k) for k in steps if k < 1000}
     total = time.perf_counter() - t0
 
@@ -148,10 +149,11 @@ def main(argv=None):
     print("| --- |" + " --- |" * len(steps))
     for name, row in table.items():
         print(f"| {name} | " + " | ".join(_cell(row, k) for k in steps) + " |")
+    print(f"PD's first teacher, the teacher's DDIM-{pd_start}, scores {pd_teacher:.4f}")
     print(f"training seconds {seconds}; {total:.0f} s in all")
     save_json(os.path.join(args.out, "few_step.json"),
               {"data": args.data, "train_steps": args.train_steps, "distill_steps": args.distill_steps, "n": args.n,
-               "pd_from": pd_start, "pd_stage_steps": pd_stage, "hidden": hidden,
+               "pd_from": pd_start, "pd_teacher_ddim": pd_teacher, "pd_stage_steps": pd_stage, "hidden": hidden,
                "baseline": baseline, metric: {m: {str(k): v for k, v in r.items()} for m, r in table.items()},
                "training_seconds": seconds, "seconds": total})
 
