@@ -51,3 +51,16 @@ def test_example_runs_with_quick_and_writes_its_pictures(name, tmp_path, monkeyp
     assert pictures, f"{name} wrote no picture"
     for f in pictures:
         assert min(Image.open(tmp_path / f).size) > 40  # a real picture, not an empty file
+
+
+def test_few_step_runs_on_the_digits_with_quick_and_writes_its_picture(tmp_path, monkeypatch):
+    """The digits path of examples/few_step.py (64-d flattened digits, the classifier's Frechet distance):
+    catches a toy-only assumption (dim = 2, energy distance, held-out toy data) left in the digits
+    path, a PD start (--pd-from) not honoured, and a score that is not a finite positive distance."""
+    monkeypatch.syspath_prepend(EXAMPLES)
+    module = importlib.import_module("few_step")
+    table = module.main(["--quick", "--data", "digits", "--pd-from", "16", "--out", str(tmp_path)])
+    assert set(table["PD (from DDIM-16)"]) == {1, 2, 8}  # students at 8, 4, 2, 1 steps; the table's columns
+    scores = [v for row in table.values() for v in row.values()]
+    assert scores and all(np.isfinite(v) and v > 0 for v in scores)  # a Frechet distance of 100 samples is > 0
+    assert min(Image.open(tmp_path / "few_step.png").size) > 40
