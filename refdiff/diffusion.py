@@ -422,18 +422,22 @@ class GaussianDiffusion:
             check_choice(self.prediction_type, ("epsilon", "sample", "v_prediction"),
                          "prediction_type of a classifier-guided model")
             y = check_class_labels(y, n, classifier.num_classes)
-            check_fixed_variance_type(self.variance_type, "classifier guidance")
-            model_pair = self._pair(int(n), None, 1.0, x_cond, dtype)  # the unconditional model
-            model_pair, guided_options = self._classifier_guided(model_pair, classifier, y, guidance_scale,
-                                                                 "classifier_gradient" in spec.options)
+            mean_shift = "classifier_gradient" in spec.options  # Algorithm 1 (ddpm) or eq. 14 (the others)
+            # a learned variance: ddpm reads Sigma_t from the variance channels; eq. 14 reads eps, so the
+            # other samplers get the first C channels (and take the variance as their own, not the model's)
+            extra = dict(keep_variance=mean_shift) if self.learns_variance else {}
+            model_pair = self._pair(int(n), None, 1.0, x_cond, dtype, **extra)  # the unconditional model
+            model_pair, guided_options = self._classifier_guided(model_pair, classifier, y, guidance_scale, mean_shift)
             options.update(guided_options)
             loop_scale, prediction_type = 1.0, ("epsilon" if not guided_options else self.prediction_type)
+            # without the variance channels the step's variance is the sampler's own (ddim's eta)
+            variance_type = self.variance_type if mean_shift or not self.learns_variance else "fixed_small"
         else:
             y = check_class_labels(y, n, self.num_classes)
             # a learned variance's channels go to ddpm/ddim only (a subclass's _model_pair has no such option)
             extra = dict(keep_variance=spec.works_on == "timesteps") if self.learns_variance else {}
             model_pair = self._pair(int(n), y, guidance_scale, x_cond, dtype, **extra)
-            loop_scale, prediction_type = guidance_scale, self.prediction_type
+            loop_scale, prediction_type, variance_type = guidance_scale, self.prediction_type, self.variance_type
         shape = (int(n), *model_sample_shape(self.model))
         if x_cond is not None:  # the network's input holds x_t and x_cond: x_t has the output's channels
             x_cond = self._condition(x_cond, int(n), dtype)
@@ -445,7 +449,7 @@ class GaussianDiffusion:
         given = dict(eta=eta, spacing=spacing, sigmas=sigmas, steps_offset=steps_offset or None)
         options.update({k: v for k, v in given.items() if v is not None})
         defaults = dict(clip_sample=self.clip_sample if clip_sample is None else clip_sample,
-                        clip_sample_range=self.clip_sample_range, variance_type=self.variance_type)
+                        clip_sample_range=self.clip_sample_range, variance_type=variance_type)
         was_training = getattr(self.model, "training", False)
         if hasattr(self.model, "eval"):
             self.model.eval()

@@ -181,6 +181,38 @@ def test_classifier_guidance_reads_x0_and_v_models_as_their_eps(prediction_type)
     np.testing.assert_allclose(other.sample(64, **kw), eps_model.sample(64, **kw), atol=1e-8)
 
 
+class LearnedVarianceMixture:
+    """MIXTURE's exact eps with constant variance channels v appended: a 2C-output model, [eps, v]
+    (improved DDPM sec. 3.1), for GaussianDiffusion(variance_type="learned_range")."""
+
+    sample_shape = (2,)
+
+    def __init__(self, schedule, v):
+        self.fn, self.v = MIXTURE.model(schedule, "epsilon"), v
+
+    def __call__(self, x, t, y=None):
+        eps = self.fn(x, t)
+        return np.concatenate([eps, np.full_like(eps, self.v)], axis=1)
+
+
+@pytest.mark.parametrize("sampler, steps, v, fixed", [("ddpm", 50, -1.0, "fixed_small"), ("ddpm", 50, 1.0, "fixed_large"),
+                                                      ("ddim", 20, 0.3, "fixed_small"), ("dpmpp_2m", 10, 0.3, "fixed_small")])
+def test_classifier_guidance_of_a_learned_variance_reads_sigma_t_from_the_models_channels(sampler, steps, v, fixed):
+    """learned_range with v = -1 is beta_tilde_t and with v = 1 beta_t (eq. 15): guided ddpm of the 2C
+    model equals guided ddpm of its eps alone with fixed_small / fixed_large, so Algorithm 1's Sigma_t
+    is the model's; eq. 14's samplers read the eps channels only, whatever v.
+    Catches: Sigma_t taken from a fixed variance while the model's differs (v = 1 vs fixed_small),
+    the variance channels read as eps, or left on the output the eq. 14 samplers convert.
+    Tolerance 1e-8: float64 samples of the same computation (log then exp of the variance)."""
+    schedule = rd.NoiseSchedule.linear(T=1000)
+    kw = dict(sampler=sampler, steps=steps, y=np.zeros(64, np.int64), guidance="classifier", guidance_scale=2.0,
+              classifier=MixturePosterior(schedule), seed=3, progress=False, dtype=np.float64)
+    learned = rd.GaussianDiffusion(LearnedVarianceMixture(schedule, v), schedule, variance_type="learned_range",
+                                   clip_sample=False)
+    plain = rd.GaussianDiffusion(MixtureDenoiser(schedule), schedule, variance_type=fixed, clip_sample=False)
+    np.testing.assert_allclose(learned.sample(64, **kw), plain.sample(64, **kw), atol=1e-8)
+
+
 def test_unguided_sampling_of_the_mixture_keeps_both_components():
     """The control of the test above: without guidance both components appear with their weights
     (0.4, 0.6 within 0.05, ~4 standard errors of 500 draws), so the guided test's result is the

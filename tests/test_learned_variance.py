@@ -271,21 +271,3 @@ def test_hybrid_training_lowers_the_bound_below_l_simple_fast():
     simple = _train_and_bound("fixed_small", 300)
     hybrid = _train_and_bound("learned_range", 300)
     assert hybrid < simple - 0.5
-
-
-def test_classifier_guidance_with_a_learned_variance_is_refused_by_name():
-    """Algorithm 1 moves the mean by s Sigma_t grad; with a learned variance Sigma_t is the model's,
-    which the guided ddpm step does not read yet: an error naming the variance type, not a silently
-    wrong Sigma_t."""
-
-    class Classifier:
-        num_classes = 2
-
-        def log_prob_gradient(self, x, t, y):
-            return np.zeros_like(x)
-
-    model = rd.MLPDenoiser(dim=2, hidden=8, num_blocks=1, out_dim=4)
-    diffusion = rd.GaussianDiffusion(model, rd.NoiseSchedule.linear(T=10), variance_type="learned_range")
-    with pytest.raises(ValueError, match="variance_type='learned_range' is not supported by classifier guidance"):
-        diffusion.sample(2, y=[0, 1], guidance="classifier", classifier=Classifier(), guidance_scale=2.0,
-                         progress=False)

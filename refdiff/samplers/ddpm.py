@@ -13,7 +13,7 @@ Reference: Ho, Jain, Abbeel 2020, DDPM, arXiv:2006.11239 (eqs. 6-7, 15; Algorith
 import numpy as np
 
 from ..backend import per_sample
-from ..checks import (LEARNED_VARIANCE_TYPES, check_fixed_variance_type, check_noise_given, check_step_arrays,
+from ..checks import (LEARNED_VARIANCE_TYPES, check_noise_given, check_step_arrays,
                       check_step_options, check_step_timesteps, check_variance_type)
 from ..gaussian.guidance import classifier_guided_mean
 from ..gaussian.parameterization import x0_eps_from_model_output
@@ -108,6 +108,18 @@ def ddpm_step(
     return mean + per_sample(std, x_t) * noise
 
 
+def step_variance(model_output, x_t, t, t_prev, schedule, variance_type):
+    """Sigma_t of the step from t to t_prev (also at t = 0, as guided-diffusion's condition_mean):
+    ddpm_variance for a fixed variance_type (a number), exp of the model's learned log-variance
+    for a learned one (an array like x_t; improved DDPM eq. 15, the variance channels of model_output)."""
+    abar_t, abar_prev = schedule.alphas_cumprod_at(t), schedule.alphas_cumprod_at(t_prev)
+    if variance_type not in LEARNED_VARIANCE_TYPES:
+        return float(ddpm_variance(abar_t, abar_prev, variance_type))
+    _, var_values = split_model_output(model_output, x_t.shape[1])
+    log_beta, log_beta_tilde = step_log_betas(abar_t, abar_prev)
+    return np.exp(learned_log_variance(var_values, log_beta, log_beta_tilde, variance_type)).astype(x_t.dtype)
+
+
 def ddpm_variance(abar_t, abar_prev, variance_type):
     """The variance of a DDPM step: "fixed_small" max(beta_tilde, 1e-20) (DDPM eq. 7, floored as
     diffusers), "fixed_large" beta_t = 1 - abar_t / abar_prev (DDPM sec. 3.2)."""
@@ -147,13 +159,11 @@ def sample_ddpm(
     classifier gradient at the step's input): classifier guidance by Dhariwal & Nichol 2021,
     Algorithm 1, x_{t_prev} ~ N(mean + s Sigma_t grad, Sigma_t). The step draws mean + sqrt(Sigma_t) z,
     so adding Sigma_t s grad to the drawn x_{t_prev} is exactly the draw from the shifted mean, whatever
-    clipping did to the mean; Sigma_t is the step's variance (ddpm_variance of t, t_prev): a fixed
-    variance only (with a learned one Sigma_t is the model's, not written yet).
+    clipping did to the mean; Sigma_t is the step's variance: ddpm_variance of t, t_prev for a fixed
+    one, the model's (step_variance: improved DDPM eq. 15, per element) for a learned one.
     """
     if eta != 0.0:
         raise ValueError("eta applies to the DDIM sampler; DDPM has no eta (it is DDIM with eta=1)")
-    if classifier_gradient is not None:
-        check_fixed_variance_type(variance_type, "classifier guidance in the ddpm sampler")
     # the fused kernel has the fixed variances only; a learned one runs the reference step
     step = ddpm_step if variance_type in LEARNED_VARIANCE_TYPES else backend.ddpm_step
     for t, t_prev in timestep_pairs(steps, schedule.T, spacing, steps_offset)[first_step:]:  # img2img starts later
@@ -174,7 +184,6 @@ def sample_ddpm(
             guidance_scale=guidance_scale,
         )
         if classifier_gradient is not None:  # Algorithm 1: the mean moved by s Sigma_t grad log p_phi(y | x_t)
-            abar_t, abar_prev = schedule.alphas_cumprod_at(t), schedule.alphas_cumprod_at(t_prev)
-            variance = float(ddpm_variance(abar_t, abar_prev, variance_type))  # also at t = 0, as guided-diffusion
+            variance = step_variance(model_output, x_t, t, t_prev, schedule, variance_type)
             x = classifier_guided_mean(x, variance, classifier_gradient(x_t, t), 1.0)
         yield t, x
