@@ -299,9 +299,8 @@ class GaussianDiffusion:
         # the array (B,) of the contract model(x, t, y)
         one_number = getattr(self.model, "takes_scalar_timestep", False)
 
-        def output(out):  # the network's output, a learned variance's channels [output, v] stripped if asked
-            out = _data(out)
-            return out[:, :out.shape[1] // 2] if strip else out
+        def output(out):  # the network's output, a learned variance's channels stripped if asked
+            return _without_variance(_data(out)) if strip else _data(out)
 
         def model_pair(x_t, t):
             if x_cond is not None:  # [x_t, x_cond] on the channel axis (SR3)
@@ -319,12 +318,12 @@ class GaussianDiffusion:
 
         return model_pair
 
-    def _pair(self, n, y, guidance_scale, x_cond, dtype, **options):
-        """_model_pair, given x_cond (checked, on the backend) only when there is one: the siblings
+    def _pair(self, n, y, guidance_scale, x_cond=None, **options):
+        """_model_pair, given x_cond (on the backend) only when there is one: the siblings
         (FlowMatching, ...) take no x_cond."""
         if x_cond is None:
             return self._model_pair(n, y, guidance_scale, **options)
-        return self._model_pair(n, y, guidance_scale, self._condition(x_cond, n, dtype), **options)
+        return self._model_pair(n, y, guidance_scale, x_cond, **options)
 
     def _classifier_guided(self, model_pair, classifier, y, guidance_scale, mean_shift):
         """(model_pair, options) of classifier guidance (Dhariwal & Nichol 2021) with scale s.
@@ -418,6 +417,8 @@ class GaussianDiffusion:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         guidance = check_guidance(guidance, classifier, y, guidance_scale, self.num_classes)
         spec = sampler_spec(sampler)
+        if x_cond is not None:  # checked and copied to the backend once
+            x_cond = self._condition(x_cond, int(n), dtype)
         if guidance == "classifier":  # eq. 14 reads eps: a flow-matching velocity model is not covered
             check_choice(self.prediction_type, ("epsilon", "sample", "v_prediction"),
                          "prediction_type of a classifier-guided model")
@@ -426,7 +427,7 @@ class GaussianDiffusion:
             # a learned variance: ddpm reads Sigma_t from the variance channels; eq. 14 reads eps, so the
             # other samplers get the first C channels (and take the variance as their own, not the model's)
             extra = dict(keep_variance=mean_shift) if self.learns_variance else {}
-            model_pair = self._pair(int(n), None, 1.0, x_cond, dtype, **extra)  # the unconditional model
+            model_pair = self._pair(int(n), None, 1.0, x_cond, **extra)  # the unconditional model
             model_pair, guided_options = self._classifier_guided(model_pair, classifier, y, guidance_scale, mean_shift)
             options.update(guided_options)
             loop_scale, prediction_type = 1.0, ("epsilon" if not guided_options else self.prediction_type)
@@ -436,11 +437,10 @@ class GaussianDiffusion:
             y = check_class_labels(y, n, self.num_classes)
             # a learned variance's channels go to ddpm/ddim only (a subclass's _model_pair has no such option)
             extra = dict(keep_variance=spec.works_on == "timesteps") if self.learns_variance else {}
-            model_pair = self._pair(int(n), y, guidance_scale, x_cond, dtype, **extra)
+            model_pair = self._pair(int(n), y, guidance_scale, x_cond, **extra)
             loop_scale, prediction_type, variance_type = guidance_scale, self.prediction_type, self.variance_type
         shape = (int(n), *model_sample_shape(self.model))
         if x_cond is not None:  # the network's input holds x_t and x_cond: x_t has the output's channels
-            x_cond = self._condition(x_cond, int(n), dtype)
             shape = (int(n), shape[1] - x_cond.shape[1], *shape[2:])
         elif self.superres_factor is not None:
             raise ValueError("a super-resolution model samples from a low-resolution image: use superres(x_low) "
@@ -513,8 +513,7 @@ class GaussianDiffusion:
     def _host_model(self, n, x_cond=None):
         """model(x, t) -> the network's output as a host array, x and t as rd.sample_loop gives them."""
         check_fixed_variance_type(self.variance_type, "image editing")
-        pair = (self._model_pair(n, None, 1.0) if x_cond is None
-                else self._model_pair(n, None, 1.0, self.backend.asarray(x_cond)))
+        pair = self._pair(n, None, 1.0, None if x_cond is None else self.backend.asarray(x_cond))
 
         def model(x, t):
             with no_grad():
@@ -608,7 +607,7 @@ class GaussianDiffusion:
         def model(x, t):
             with no_grad():
                 out = _data(self.model(self.backend.asarray(x), t, self._likelihood_labels(x.shape[0])))
-            out = out[:, :out.shape[1] // 2] if strip else out  # [output, v]: the output alone
+            out = _without_variance(out) if strip else out
             return np.asarray(self.backend.to_numpy(out), dtype=np.float64)
 
         return model
@@ -639,6 +638,11 @@ def _diverged_message(sampler, t, options):
 def _data(out):
     """The array inside a model output (a Tensor, or an array already)."""
     return out.data if isinstance(out, Tensor) else out
+
+
+def _without_variance(out):
+    """The output of a learned-variance network [output, v] (2C channels, improved DDPM sec. 3.1) alone."""
+    return out[:, :out.shape[1] // 2]
 
 
 def _progress(enabled, total, desc):

@@ -54,7 +54,7 @@ import os
 
 import numpy as np
 
-from .checks import LEARNED_VARIANCE_TYPES, VARIANCE_TYPES
+from .checks import LEARNED_VARIANCE_TYPES, VARIANCE_TYPES, check_float_array
 
 MODEL_INDEX = "model_index.json"
 SCHEDULER_CONFIG = "scheduler_config.json"
@@ -415,7 +415,6 @@ class Pipeline:
         seed); rng: the generator of the step noise (default: numpy's default_rng(seed)); options:
         sampler options over the folder's.
         """
-        from .checks import check_float_array
         from .diffusion import model_sample_shape
         from .nn.autograd import no_grad
         from .samplers.loop import run_sampler

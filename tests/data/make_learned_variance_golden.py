@@ -30,6 +30,8 @@ import diffusers
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.schedulers import scheduling_ddpm
 
+from make_tiny_unet import perturb  # one weight perturbation for every tiny diffusers model (run from tests/data)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 NAME = "tiny_lv_unet"
 OUT = os.path.join(HERE, "learned_variance_golden.npz")
@@ -47,15 +49,6 @@ CASES = [
     dict(scheduler="DDIMScheduler", T=1000, steps=10, eta=0.0),
     dict(scheduler="DDIMScheduler", T=1000, steps=10, eta=1.0),
 ]
-
-
-def perturb(model, seed):
-    """Move every parameter off its initial value (zero conv_out included), so that the variance
-    channels vary over [-1, 1] and beyond and a misread weight shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g) * max(float(p.std()), 0.2))
 
 
 def run(model, case, x_T, noise):

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
+from make_tiny_unet import perturb  # one weight perturbation for every tiny diffusers model (run from tests/data)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 CONFIGS = {
@@ -37,15 +39,6 @@ CONFIGS = {
         mid_block_add_attention=False, scaling_factor=0.5,
     ),
 }
-
-
-def perturb(model, seed):
-    """Move every parameter off its initial value (GroupNorm 1/0, zero biases...), so that a
-    weight loaded under the wrong name or transposed cannot go unnoticed."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g) * max(float(p.std()), 0.2))
 
 
 def main():
